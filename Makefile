@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+# Each creates the virtualenv at .venv/ on first use and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: serve test lint sample model bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/risk-engine serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict risk_engine
+
+test: lint
+	$(BIN)/pytest
+
+# Regenerate the committed sample data and the default model (see README).
+sample: $(STAMP)
+	$(BIN)/risk-engine simulate --users 60 --days 21 --seed 7 --out data/samples/events.jsonl --labels data/samples/labels.jsonl
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,78 @@
+"""The decision (contract section 2) and the closed sets it is made of."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Outcome(StrEnum):
+    """What the application should do with the action."""
+
+    ALLOW = "allow"
+    STEP_UP = "step_up"
+    DENY = "deny"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Outcome.ALLOW: 0, Outcome.STEP_UP: 1, Outcome.DENY: 2}
+
+
+class Acr(StrEnum):
+    """Authentication assurance a step-up must prove: any second factor, or phishing-resistant."""
+
+    MFA = "mfa"
+    PHR = "phr"
+
+    @property
+    def rank(self) -> int:
+        return 1 if self is Acr.MFA else 2
+
+
+class Reason(BaseModel):
+    """One signal that drove the decision."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str = Field(description="stable snake_case identifier")
+    detail: str = Field(description="for humans, with the numbers")
+
+
+class Challenge(BaseModel):
+    """A step-up the application must run, bound to user, session and action."""
+
+    id: str
+    expires_at: str = Field(description="RFC 3339 UTC")
+    required_acr: Acr
+    max_age: int
+    www_authenticate: str = Field(
+        description="RFC 9470 hint the application can forward as the WWW-Authenticate header"
+    )
+
+
+class Decision(BaseModel):
+    """The engine's answer for one event."""
+
+    event_id: str
+    score: float = Field(ge=0.0, le=1.0)
+    decision: Outcome
+    reasons: list[Reason] = Field(default_factory=list)
+    required_acr: Acr | None = None
+    max_age: int | None = None
+    model_version: str
+    decision_id: str = ""
+    policy_version: str = ""
+    action_class: str = ""
+    degraded: bool = False
+    challenge: Challenge | None = None
+    features: dict[str, float] | None = None
+    shadow: dict[str, Any] | None = None
+
+    def contract_dict(self) -> dict[str, Any]:
+        """The decision as the backtest writes it: contract fields first, extras after."""
+        return self.model_dump(mode="json", exclude_none=True)

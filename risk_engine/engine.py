@@ -1,0 +1,420 @@
+"""The one core: event in, decision out. The API, the backtest and training call it.
+
+For each event: locate it, build the observation, then, atomically on the user's
+profile, compute the features from the profile as it was (score), decide, and
+only then fold the event into the profile (learn). A step-up holds the event
+until its outcome arrives: a pass teaches the new device or place, a failure
+counts against the user, a missing outcome teaches nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from risk_engine.config import Settings
+from risk_engine.decision import Acr, Challenge, Decision, Outcome, Reason
+from risk_engine.errors import (
+    ConfigurationError,
+    ConflictError,
+    GeoIPError,
+    NotFoundError,
+    ProfileStoreError,
+)
+from risk_engine.events import Event
+from risk_engine.features.observation import Observation, observe
+from risk_engine.features.registry import as_dict, compute_features
+from risk_engine.geo import GeoLocator, Location, network_prefix
+from risk_engine.model.artifact import ModelArtifact, default_model_path, load_artifact
+from risk_engine.policy import Policy, load_policy
+from risk_engine.privacy import Hasher
+from risk_engine.profiles.factory import open_store
+from risk_engine.profiles.learn import hold_pending, learn, resolve_pending
+from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.store import ProfileStore
+from risk_engine.reasons import explain
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A model and the policy applied to its scores (the live pair, or a shadow one)."""
+
+    artifact: ModelArtifact
+    policy: Policy
+
+    @property
+    def model_version(self) -> str:
+        return self.artifact.model_version
+
+
+@dataclass
+class Verdict:
+    """What the scoring step produced inside the profile transaction."""
+
+    score: float
+    outcome: Outcome
+    action_class: str
+    reasons: list[Reason]
+    values: list[float]
+    required_acr: Acr | None
+    max_age: int | None
+    shadow: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ChallengeResult:
+    """The effect of a reported step-up result."""
+
+    challenge_id: str
+    event_id: str
+    user_key: str
+    session_id: str | None
+    passed: bool
+    satisfied: bool
+    acr: Acr | None
+
+
+def action_digest(event: Event) -> str:
+    """What a challenge is bound to: the action, its amount and payee."""
+    parts = f"{event.action}\x00{event.amount!r}\x00{event.currency or ''}\x00{event.payee or ''}"
+    return hashlib.sha256(parts.encode()).hexdigest()[:32]
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Engine:
+    """Scores events against behavioral profiles and applies the policy."""
+
+    def __init__(
+        self,
+        *,
+        store: ProfileStore,
+        geo: GeoLocator,
+        scorer: Scorer | None,
+        hasher: Hasher,
+        shadow: Scorer | None = None,
+        challenge_ttl_s: float = 300.0,
+        device_trust_days: float = 90.0,
+        include_features: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.geo = geo
+        self.scorer = scorer
+        self.shadow = shadow
+        self.hasher = hasher
+        self.challenge_ttl_s = challenge_ttl_s
+        self.device_trust_s = device_trust_days * DAY_S
+        self.include_features = include_features
+        self.clock = clock
+
+    def _live(self) -> Scorer:
+        if self.scorer is None:
+            raise ConfigurationError("no model is loaded: train one with `risk-engine train`")
+        return self.scorer
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def user_key(self, user_id: str) -> str:
+        return self.hasher.digest("user", user_id)
+
+    # -- scoring ------------------------------------------------------------------------
+
+    def locate(self, event: Event) -> tuple[Location, str | None]:
+        """The event's location, or an unknown one and why (GeoIP failing is not fatal)."""
+        try:
+            return self.geo.lookup(event.ip), None
+        except GeoIPError as exc:
+            return Location(known=False, network=network_prefix(event.ip)), exc.message
+
+    def decide(self, event: Event, *, issue_challenge: bool = True) -> Decision:
+        """Score one event, decide, learn from it, and (for step_up) issue a challenge."""
+        scorer = self._live()
+        location, geo_problem = self.locate(event)
+        user_key = self.user_key(event.user_id)
+        obs = observe(event, location, self.hasher, user_key)
+        degraded: list[str] = []
+        if geo_problem:
+            degraded.append(f"GeoIP unavailable: {geo_problem}")
+        try:
+            bursts = self.store.burst_counts(obs.ip_key, obs.network, obs.ts)
+            verdict = self.store.update(user_key, lambda p: self._score_and_learn(p, bursts, obs))
+            self._note_burst(obs)
+        except ProfileStoreError as exc:
+            degraded.append(f"profile store unavailable: {exc.message}")
+            # Score against an empty profile: no history, so the class's fail mode decides.
+            verdict = self._score(Profile(user_key=user_key), BurstCounts(), obs)
+            if verdict.outcome is not Outcome.DENY:
+                verdict.outcome = scorer.policy.class_of(obs.action)[1].fail_mode
+        if degraded:
+            verdict.reasons.insert(0, Reason(code="degraded", detail="; ".join(degraded)))
+            fail_mode = scorer.policy.class_of(obs.action)[1].fail_mode
+            if fail_mode.rank > verdict.outcome.rank:
+                verdict.outcome = fail_mode
+        if verdict.outcome is Outcome.STEP_UP:
+            _, cls = scorer.policy.class_of(obs.action)
+            verdict.required_acr, verdict.max_age = cls.required_acr, cls.max_age
+        decision = Decision(
+            event_id=event.event_id,
+            score=round(verdict.score, 6),
+            decision=verdict.outcome,
+            reasons=verdict.reasons,
+            required_acr=verdict.required_acr,
+            max_age=verdict.max_age,
+            model_version=scorer.model_version,
+            decision_id="d-" + secrets.token_hex(8),
+            policy_version=scorer.policy.version,
+            action_class=verdict.action_class,
+            degraded=bool(degraded),
+            features=as_dict(verdict.values) if self.include_features else None,
+            shadow=verdict.shadow,
+        )
+        if decision.decision is Outcome.STEP_UP and issue_challenge and not degraded:
+            decision.challenge = self._issue_challenge(event, obs, decision)
+        return decision
+
+    def _score(self, profile: Profile, bursts: BurstCounts, obs: Observation) -> Verdict:
+        values = compute_features(profile, bursts, obs)
+        row = np.asarray(values, dtype=np.float64)
+        scorer = self._live()
+        score = scorer.artifact.model.score_one(row)
+        reasons = explain(profile, bursts, obs, values)
+        codes = [r.code for r in reasons]
+        action_class, outcome = scorer.policy.decide(obs.action, score, codes)
+        shadow = None
+        if self.shadow is not None:
+            s_score = self.shadow.artifact.model.score_one(row)
+            _, s_outcome = self.shadow.policy.decide(obs.action, s_score, codes)
+            shadow = {
+                "model_version": self.shadow.model_version,
+                "policy_version": self.shadow.policy.version,
+                "score": round(s_score, 6),
+                "decision": s_outcome.value,
+            }
+        return Verdict(score, outcome, action_class, reasons, values, None, None, shadow)
+
+    def _score_and_learn(self, profile: Profile, bursts: BurstCounts, obs: Observation) -> Verdict:
+        verdict = self._score(profile, bursts, obs)
+        if verdict.outcome is Outcome.STEP_UP:
+            _, cls = self._live().policy.class_of(obs.action)
+            assurance = self._session_assurance(
+                profile, obs, verdict, cls.required_acr, cls.max_age
+            )
+            if assurance is not None:
+                verdict.outcome = Outcome.ALLOW
+                verdict.reasons.insert(0, assurance)
+        learn(
+            profile,
+            obs,
+            trusted=verdict.outcome is Outcome.ALLOW,
+            device_trust_s=self.device_trust_s,
+        )
+        if verdict.outcome is Outcome.STEP_UP:
+            hold_pending(profile, obs)
+        return verdict
+
+    @staticmethod
+    def _session_assurance(
+        profile: Profile, obs: Observation, verdict: Verdict, required: Acr, max_age: int
+    ) -> Reason | None:
+        """A passed step-up in this same, unchanged session covers the next action."""
+        if not obs.session_id:
+            return None
+        record = profile.sessions.get(obs.session_id)
+        if record is None or record.acr is None or record.auth_time is None:
+            return None
+        codes = {r.code for r in verdict.reasons}
+        # A hijacked session must not inherit the victim's assurance.
+        if record.device_key != obs.device_key or record.network != obs.network:
+            return None
+        if codes & {"session_hijack", "impossible_travel", "session_device_changed"}:
+            return None
+        if Acr(record.acr).rank < required.rank or obs.ts - record.auth_time > max_age:
+            return None
+        age = obs.ts - record.auth_time
+        return Reason(
+            code="session_assurance",
+            detail=f"{record.acr} step-up passed in this session {age / 60:.0f} min ago",
+        )
+
+    def _note_burst(self, obs: Observation) -> None:
+        failed = obs.action == "login" and not obs.success
+        self.store.record_burst(obs.ip_key, obs.network, obs.user_key, obs.ts, failed)
+
+    # -- training replay ----------------------------------------------------------------
+
+    def replay(self, event: Event, *, trusted: bool) -> tuple[list[float], Observation]:
+        """Features of one event from the profile as it was, then learn it (no model needed).
+
+        Training replays logs through this: the same observation, features and
+        profile update as ``decide``, with trust taken from labels instead of a policy.
+        """
+        location, _ = self.locate(event)
+        user_key = self.user_key(event.user_id)
+        obs = observe(event, location, self.hasher, user_key)
+        bursts = self.store.burst_counts(obs.ip_key, obs.network, obs.ts)
+
+        def step(profile: Profile) -> list[float]:
+            values = compute_features(profile, bursts, obs)
+            learn(profile, obs, trusted=trusted, device_trust_s=self.device_trust_s)
+            return values
+
+        values = self.store.update(user_key, step)
+        self._note_burst(obs)
+        return values, obs
+
+    # -- step-up outcomes ---------------------------------------------------------------
+
+    def apply_outcome(
+        self,
+        user_id: str,
+        event_id: str,
+        *,
+        passed: bool,
+        now: float,
+        session_id: str | None = None,
+        acr: Acr | None = None,
+    ) -> bool:
+        """Apply a step-up outcome to the held event; False if nothing was held for it."""
+        user_key = self.user_key(user_id)
+
+        def apply(profile: Profile) -> bool:
+            obs = resolve_pending(
+                profile, event_id, passed=passed, now=now, device_trust_s=self.device_trust_s
+            )
+            if obs is None:
+                return False
+            sid = session_id or obs.session_id
+            if passed and acr is not None and sid and sid in profile.sessions:
+                record = profile.sessions[sid]
+                if record.acr is None or Acr(record.acr).rank <= acr.rank:
+                    record.acr = acr.value
+                record.auth_time = now
+            return True
+
+        return self.store.update(user_key, apply)
+
+    def _issue_challenge(self, event: Event, obs: Observation, decision: Decision) -> Challenge:
+        assert decision.required_acr is not None and decision.max_age is not None
+        challenge_id = "c-" + secrets.token_urlsafe(16)
+        now = self.clock()
+        expires = now + self.challenge_ttl_s
+        record = {
+            "event_id": event.event_id,
+            "user_id": event.user_id,
+            "session_id": event.session_id,
+            "action_digest": action_digest(event),
+            "required_acr": decision.required_acr.value,
+            "max_age": decision.max_age,
+            "expires_at": expires,
+            "decision_id": decision.decision_id,
+        }
+        self.store.save_challenge(challenge_id, orjson.dumps(record), self.challenge_ttl_s, now)
+        hint = (
+            'Bearer error="insufficient_user_authentication", '
+            f'error_description="step-up required", acr_values="{decision.required_acr.value}", '
+            f"max_age={decision.max_age}"
+        )
+        return Challenge(
+            id=challenge_id,
+            expires_at=_rfc3339(expires),
+            required_acr=decision.required_acr,
+            max_age=decision.max_age,
+            www_authenticate=hint,
+        )
+
+    def complete_challenge(
+        self,
+        challenge_id: str,
+        *,
+        passed: bool,
+        session_id: str | None,
+        acr: Acr | None,
+    ) -> ChallengeResult:
+        """Record a step-up result reported by the application; single use, session-bound."""
+        now = self.clock()
+        raw = self.store.load_challenge(challenge_id, now)
+        if raw is None:
+            raise NotFoundError(f"challenge {challenge_id} is unknown or expired", field="id")
+        record = orjson.loads(raw)
+        bound = record.get("session_id")
+        if bound is not None and session_id != bound:
+            raise ConflictError(
+                "challenge result is for another session than the challenge", field="session_id"
+            )
+        if not self.store.claim_challenge(challenge_id, now):
+            raise ConflictError(f"challenge {challenge_id} was already used", field="id")
+        required = Acr(record["required_acr"])
+        satisfied = passed and (acr is None or acr.rank >= required.rank)
+        self.apply_outcome(
+            record["user_id"],
+            record["event_id"],
+            passed=satisfied,
+            now=now,
+            session_id=bound,
+            acr=(acr or required) if satisfied else None,
+        )
+        return ChallengeResult(
+            challenge_id=challenge_id,
+            event_id=record["event_id"],
+            user_key=self.user_key(record["user_id"]),
+            session_id=bound,
+            passed=passed,
+            satisfied=satisfied,
+            acr=acr,
+        )
+
+
+def load_scorer(model_path: Path | None, policy_path: Path | None) -> Scorer:
+    """Load a verified model artifact and a validated policy (defaults when None)."""
+    return Scorer(
+        artifact=load_artifact(model_path or default_model_path()),
+        policy=load_policy(policy_path),
+    )
+
+
+def build_engine(
+    settings: Settings,
+    *,
+    store: ProfileStore | None = None,
+    geo: GeoLocator | None = None,
+    with_model: bool = True,
+) -> Engine:
+    """Assemble the engine from settings: store, GeoIP, model, policy, shadow, secret."""
+    if settings.store.startswith("sqlite:///") and store is None:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    scorer = load_scorer(settings.model_path, settings.policy_path) if with_model else None
+    shadow = None
+    if settings.shadow_model_path or settings.shadow_policy_path:
+        shadow = load_scorer(
+            settings.shadow_model_path or settings.model_path,
+            settings.shadow_policy_path or settings.policy_path,
+        )
+    return Engine(
+        store=store or open_store(settings.store, retention_days=settings.retention_days),
+        geo=geo
+        or GeoLocator(
+            settings.geoip_city_db,
+            asn_db=settings.geoip_asn_db,
+            anonymous_db=settings.geoip_anonymous_db,
+        ),
+        scorer=scorer,
+        shadow=shadow,
+        hasher=Hasher(settings.resolve_secret()),
+        challenge_ttl_s=settings.challenge_ttl_s,
+        device_trust_days=settings.device_trust_days,
+        include_features=settings.include_features,
+    )

@@ -1,0 +1,169 @@
+"""The validated event: section 1 of the interface contract.
+
+Timestamps become timezone-aware UTC, IPs are parsed, and every malformed field
+is reported by name (``InvalidEventError.field``), in a log file with its line.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, field_validator
+
+from risk_engine.errors import InvalidEventError
+
+KNOWN_ACTIONS: tuple[str, ...] = (
+    "login",
+    "view_account",
+    "transfer",
+    "add_payee",
+    "change_password",
+    "change_email",
+    "change_mfa",
+    "grant_role",
+    "export_data",
+    "create_api_key",
+)
+
+# RFC 3339 date-time: a full date, "T" (or space), a time and a mandatory offset.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+ShortText = Annotated[str, Field(max_length=512)]
+
+
+class Device(BaseModel):
+    """What the application knows of the client device; every field optional."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    user_agent: Annotated[str, Field(max_length=2048)] | None = None
+    platform: ShortText | None = None
+    timezone: ShortText | None = None
+    language: ShortText | None = None
+    screen: ShortText | None = None
+
+
+class Event(BaseModel):
+    """One sensitive action reported by an application."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "e-000123",
+                    "timestamp": "2026-03-01T08:15:30Z",
+                    "user_id": "u-42",
+                    "action": "login",
+                    "ip": "81.2.69.160",
+                    "session_id": "s-1",
+                    "device": {"id": "d-1", "user_agent": "Mozilla/5.0"},
+                }
+            ]
+        },
+    )
+
+    event_id: Annotated[str, Field(min_length=1, max_length=128, strict=True)]
+    timestamp: datetime
+    user_id: Annotated[str, Field(min_length=1, max_length=256, strict=True)]
+    action: Annotated[str, Field(min_length=1, max_length=128, strict=True)]
+    ip: IPvAnyAddress
+    session_id: Annotated[str, Field(min_length=1, max_length=256, strict=True)] | None = None
+    device: Device | None = None
+    amount: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | None = None
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", strict=True)] | None = None
+    success: Annotated[bool, Field(strict=True)] = True
+    payee: Annotated[str, Field(min_length=1, max_length=256, strict=True)] | None = Field(
+        default=None,
+        description="Optional extension: the payee or target of a money movement, "
+        "bound into the step-up challenge digest.",
+    )
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError("timestamp needs a timezone offset")
+            return value
+        if not isinstance(value, str) or not _RFC3339.match(value):
+            raise ValueError("timestamp must be an RFC 3339 string such as 2026-03-01T08:15:30Z")
+        return value
+
+    @field_validator("timestamp", mode="after")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @field_validator("ip", mode="before")
+    @classmethod
+    def _ip_text(cls, value: Any) -> Any:
+        if not isinstance(value, str | IPv4Address | IPv6Address):
+            raise ValueError("ip must be a string holding an IPv4 or IPv6 address")
+        return value
+
+    @property
+    def epoch(self) -> float:
+        """The timestamp as seconds since the epoch."""
+        return self.timestamp.timestamp()
+
+
+def _field_of(error: dict[str, Any]) -> str:
+    # Keep the field path; union members and list indexes add parts that are no field.
+    loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
+    fields = set(Event.model_fields) | {f"device.{name}" for name in Device.model_fields}
+    path = ""
+    for part in loc:
+        candidate = f"{path}.{part}" if path else part
+        if candidate not in fields and path:
+            break
+        path = candidate
+    return path or "event"
+
+
+def invalid_event_from(exc: ValidationError, *, line: int | None = None) -> InvalidEventError:
+    """Turn pydantic's errors into one InvalidEventError naming the first field."""
+    errors = [
+        {"field": _field_of(dict(e)), "message": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+    first = errors[0]["field"] if errors else "event"
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    where = f"line {line}: " if line is not None else ""
+    return InvalidEventError(f"{where}{summary}", field=first, line=line, errors=errors)
+
+
+def parse_event(data: Any, *, line: int | None = None) -> Event:
+    """Validate a decoded JSON value as an Event, raising InvalidEventError."""
+    if not isinstance(data, dict):
+        where = f"line {line}: " if line is not None else ""
+        raise InvalidEventError(f"{where}an event must be a JSON object", field="event", line=line)
+    try:
+        return Event.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_event_from(exc, line=line) from None
+
+
+def parse_event_line(text: str | bytes, *, line: int | None = None) -> Event:
+    """Parse one JSON Lines record into an Event, naming the line on failure."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        where = f"line {line}: " if line is not None else ""
+        raise InvalidEventError(
+            f"{where}not valid JSON ({exc})", field="event", line=line
+        ) from None
+    return parse_event(data, line=line)
+
+
+def utc_from_epoch(seconds: float) -> datetime:
+    """The UTC datetime of an epoch timestamp."""
+    return datetime.fromtimestamp(seconds, tz=UTC)

@@ -1,0 +1,99 @@
+"""Device signals: known, similar or new device, attribute drift, time-zone mismatch."""
+
+from __future__ import annotations
+
+from risk_engine.features.observation import Observation
+from risk_engine.profiles.model import BurstCounts, DeviceRecord, Profile
+
+# Drift weights: a browser version bump is mild, a new browser family or OS is strong.
+W_FAMILY = 0.40
+W_OS = 0.40
+W_CLASS = 0.20
+W_PLATFORM = 0.15
+W_TIMEZONE = 0.15
+W_LANGUAGE = 0.10
+W_SCREEN = 0.10
+W_OS_MAJOR = 0.05
+W_MAJOR_BUMP = 0.05
+W_MAJOR_JUMP = 0.15
+# At most this drift and a device without a matching id is "similar" (a cleared cookie).
+SIMILAR_DRIFT = 0.30
+
+NAMES = (
+    "device_missing",
+    "device_known",
+    "device_new",
+    "device_similar",
+    "device_untrusted",
+    "device_drift",
+    "tz_mismatch_h",
+)
+
+
+def _differs(a: str, b: str) -> bool:
+    """Both known and different: an unknown attribute is no evidence of change."""
+    return bool(a) and bool(b) and a != b
+
+
+def drift(record: DeviceRecord, obs: Observation) -> float:
+    """How far the event's device is from a known one, in [0, 1]; 0 for identical."""
+    ua = obs.ua
+    score = 0.0
+    if _differs(record.ua_family, ua.family):
+        score += W_FAMILY
+    elif record.ua_major != ua.major and record.ua_major and ua.major:
+        try:
+            step = int(ua.major) - int(record.ua_major)
+        except ValueError:
+            step = 99
+        # Browsers update forward one or two majors at a time; a downgrade is odd.
+        score += W_MAJOR_BUMP if 0 < step <= 2 else W_MAJOR_JUMP
+    if _differs(record.os_family, ua.os_family):
+        score += W_OS
+    elif _differs(record.os_major, ua.os_major):
+        score += W_OS_MAJOR
+    if _differs(record.device_class, ua.device_class):
+        score += W_CLASS
+    if _differs(record.platform, obs.platform):
+        score += W_PLATFORM
+    if _differs(record.timezone, obs.timezone):
+        score += W_TIMEZONE
+    if _differs(record.language, obs.language):
+        score += W_LANGUAGE
+    if _differs(record.screen, obs.screen):
+        score += W_SCREEN
+    return min(1.0, score)
+
+
+def match(profile: Profile, obs: Observation) -> tuple[DeviceRecord | None, bool, float]:
+    """(record, matched by key, drift): the same device by key, else the most similar one."""
+    record = profile.devices.get(obs.device_key)
+    if record is not None:
+        return record, True, drift(record, obs)
+    best: DeviceRecord | None = None
+    best_drift = 1.0
+    for candidate in profile.devices.values():
+        if not candidate.trusted:
+            continue
+        d = drift(candidate, obs)
+        if d < best_drift:
+            best, best_drift = candidate, d
+    return best, False, best_drift
+
+
+def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:
+    missing = not obs.has_device or (not obs.ua.family and not obs.has_device_id)
+    record, by_key, d = match(profile, obs)
+    known = by_key and record is not None and record.is_trusted(obs.ts)
+    untrusted = by_key and record is not None and not known
+    similar = not by_key and record is not None and d <= SIMILAR_DRIFT
+    new = profile.n_events > 0 and not by_key and not similar
+    return (
+        1.0 if missing else 0.0,
+        1.0 if known else 0.0,
+        1.0 if new else 0.0,
+        1.0 if similar else 0.0,
+        1.0 if untrusted else 0.0,
+        d if profile.devices else 0.0,
+        min(obs.tz_mismatch_h, 12.0),
+    )

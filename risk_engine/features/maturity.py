@@ -1,0 +1,17 @@
+"""Profile maturity, so the model tells a cold start from an established user."""
+
+from __future__ import annotations
+
+from risk_engine.features.common import DAY_S, log1p
+from risk_engine.features.observation import Observation
+from risk_engine.profiles.model import BurstCounts, Profile
+
+NAMES = (
+    "history_log_events",
+    "history_log_days",
+)
+
+
+def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:
+    age = (obs.ts - profile.created_ts) / DAY_S if profile.n_events else 0.0
+    return (log1p(profile.n_events), log1p(age))

@@ -1,0 +1,147 @@
+"""What one event tells once located and parsed: the input of features and learning.
+
+An observation is built once per event (GeoIP, User-Agent, keyed hashes, local
+time) so that feature families and the profile update never repeat that work,
+and it round-trips through a dict so a pending step-up can be learned later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from risk_engine.events import Event
+from risk_engine.geo import Location
+from risk_engine.privacy import Hasher
+from risk_engine.useragent import UAInfo, parse_user_agent
+
+
+@lru_cache(maxsize=1024)
+def zone(name: str | None) -> ZoneInfo | None:
+    """A time zone by IANA name, or None for a missing or bogus name."""
+    if not name or len(name) > 64:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def utc_offset_hours(tz: ZoneInfo, ts: float) -> float:
+    """The zone's offset from UTC at ``ts``, in hours."""
+    offset = datetime.fromtimestamp(ts, tz).utcoffset()
+    return offset.total_seconds() / 3600.0 if offset is not None else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One event, located, parsed and keyed; everything features need of it."""
+
+    event_id: str
+    ts: float
+    user_key: str
+    action: str
+    amount: float | None
+    success: bool
+    session_id: str | None
+    ip_key: str
+    network: str
+    geo_known: bool
+    country: str
+    city: str
+    latitude: float | None
+    longitude: float | None
+    accuracy_km: float
+    geo_timezone: str
+    is_anonymous: bool
+    device_key: str
+    has_device_id: bool
+    has_device: bool
+    ua: UAInfo
+    platform: str
+    timezone: str
+    language: str
+    screen: str
+    hour_of_week: int
+    tz_mismatch_h: float
+    payee: str | None = None
+
+    @property
+    def place(self) -> str:
+        if self.city and self.country:
+            return f"{self.city}, {self.country}"
+        return self.country or "an unknown place"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Observation:
+        fields = dict(data)
+        fields["ua"] = UAInfo(**fields["ua"])
+        return cls(**fields)
+
+
+def _fingerprint(ua: UAInfo, platform: str, timezone: str, language: str, screen: str) -> str:
+    return "|".join(
+        (ua.family, ua.major, ua.os_family, ua.device_class, platform, timezone, language, screen)
+    )
+
+
+def observe(event: Event, location: Location, hasher: Hasher, user_key: str) -> Observation:
+    """Combine an event with its location into an Observation (keys hashed)."""
+    device = event.device
+    ua = parse_user_agent(device.user_agent if device else None)
+    platform = (device.platform or "") if device else ""
+    timezone = (device.timezone or "") if device else ""
+    language = (device.language or "").lower() if device else ""
+    screen = (device.screen or "") if device else ""
+    if device is not None and device.id:
+        device_key = "id:" + hasher.digest("device", device.id)
+    else:
+        # No cookie: the attributes themselves identify the device, weakly.
+        device_key = "fp:" + hasher.digest(
+            "fingerprint", _fingerprint(ua, platform, timezone, language, screen)
+        )
+    ts = event.epoch
+    geo_tz = zone(location.time_zone)
+    dev_tz = zone(timezone)
+    local_tz = geo_tz or dev_tz
+    local = datetime.fromtimestamp(ts, local_tz) if local_tz else event.timestamp
+    mismatch = 0.0
+    if geo_tz is not None and dev_tz is not None:
+        mismatch = abs(utc_offset_hours(geo_tz, ts) - utc_offset_hours(dev_tz, ts))
+        mismatch = min(mismatch, 24.0 - mismatch)
+    return Observation(
+        event_id=event.event_id,
+        ts=ts,
+        user_key=user_key,
+        action=event.action,
+        amount=event.amount,
+        success=event.success,
+        session_id=event.session_id,
+        ip_key=hasher.digest("ip", str(event.ip)),
+        network=location.network,
+        geo_known=location.known,
+        country=location.country or "",
+        city=location.city or "",
+        latitude=location.latitude,
+        longitude=location.longitude,
+        accuracy_km=location.accuracy_km,
+        geo_timezone=location.time_zone or "",
+        is_anonymous=location.is_anonymous,
+        device_key=device_key,
+        has_device_id=bool(device is not None and device.id),
+        has_device=device is not None,
+        ua=ua,
+        platform=platform,
+        timezone=timezone,
+        language=language,
+        screen=screen,
+        hour_of_week=local.weekday() * 24 + local.hour,
+        tz_mismatch_h=mismatch,
+        payee=event.payee,
+    )

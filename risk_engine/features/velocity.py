@@ -1,0 +1,35 @@
+"""Velocity and burst signals: failures and activity for the user, the address, the network."""
+
+from __future__ import annotations
+
+from risk_engine.features.common import HOUR_S, log1p
+from risk_engine.features.observation import Observation
+from risk_engine.profiles.model import BurstCounts, Profile
+
+NAMES = (
+    "login_failed",
+    "user_failures_1h",
+    "user_events_1h",
+    "ip_users_1h",
+    "ip_failures_1h",
+    "network_users_1h",
+    "network_failures_1h",
+)
+
+
+def recent_count(timestamps: list[float], now: float, window: float = HOUR_S) -> int:
+    """How many timestamps fall in (now - window, now]."""
+    start = now - window
+    return sum(1 for ts in timestamps if start < ts <= now)
+
+
+def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:
+    return (
+        0.0 if obs.success else 1.0,
+        log1p(recent_count(profile.failures, obs.ts)),
+        log1p(recent_count(profile.recent, obs.ts)),
+        log1p(bursts.ip_users),
+        log1p(bursts.ip_failures),
+        log1p(bursts.network_users),
+        log1p(bursts.network_failures),
+    )

@@ -1,0 +1,221 @@
+"""GeoIP lookups (geoip2, MODE_MMAP_EXT) and great-circle distances.
+
+Private, reserved and unknown addresses give ``UNKNOWN`` rather than an
+exception, because a location we cannot place is a signal, not a failure.
+Without an ASN database the network prefix (IPv4 /24, IPv6 /48) stands in as the
+level between an address and its country.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_network
+from pathlib import Path
+from typing import Any
+
+import geoip2.database
+import geoip2.errors
+import maxminddb
+
+from risk_engine.errors import GeoIPError
+
+EARTH_RADIUS_KM = 6371.0088
+
+IPAddress = IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where an address is, as far as the databases know."""
+
+    known: bool
+    country: str | None = None
+    subdivision: str | None = None
+    city: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    accuracy_km: float = 0.0
+    time_zone: str | None = None
+    network: str = ""
+    asn: int | None = None
+    as_org: str | None = None
+    is_anonymous: bool = False
+    is_private: bool = False
+
+    @property
+    def has_coordinates(self) -> bool:
+        return self.latitude is not None and self.longitude is not None
+
+    @property
+    def label(self) -> str:
+        """A short human name: "Oslo, NO", "NO" or "unknown location"."""
+        if self.city and self.country:
+            return f"{self.city}, {self.country}"
+        return self.country or "unknown location"
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km between two points given in degrees.
+
+    >>> round(haversine_km(59.91, 10.75, 51.51, -0.13))
+    1153
+    >>> haversine_km(10.0, 20.0, 10.0, 20.0)
+    0.0
+    """
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp = p2 - p1
+    dl = math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2.0 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def network_prefix(ip: IPAddress) -> str:
+    """The address's network as a stand-in for its ASN: IPv4 /24, IPv6 /48.
+
+    >>> from ipaddress import ip_address
+    >>> network_prefix(ip_address("81.2.69.160"))
+    '81.2.69.0/24'
+    >>> network_prefix(ip_address("2001:db8:1:2::1"))
+    '2001:db8:1::/48'
+    """
+    bits = 24 if ip.version == 4 else 48
+    return str(ip_network(f"{ip}/{bits}", strict=False))
+
+
+def default_city_database() -> Path:
+    """The GeoLite2 City database bundled by the PyPI package maxminddb-geolite2."""
+    try:
+        from _maxminddb_geolite2 import geolite2_database
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise GeoIPError(
+            "maxminddb-geolite2 is not installed; it carries the default database"
+        ) from exc
+    return Path(geolite2_database())
+
+
+def _open(path: Path, what: str) -> geoip2.database.Reader:
+    if not path.is_file():
+        raise GeoIPError(f"{what} database not found: {path}")
+    try:
+        return geoip2.database.Reader(str(path), mode=geoip2.database.MODE_MMAP_EXT)
+    except (maxminddb.InvalidDatabaseError, ValueError, OSError) as exc:
+        raise GeoIPError(f"{what} database {path} is unreadable or corrupt: {exc}") from exc
+
+
+def _unusable(ip: IPAddress) -> bool:
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_link_local
+        or ip.is_unspecified
+    )
+
+
+class GeoLocator:
+    """Looks up addresses in a City database and, when configured, ASN and Anonymous-IP ones.
+
+    A database that cannot be read at start-up raises ``GeoIPError`` naming the file;
+    a corrupt record met later raises ``GeoIPError`` from ``lookup`` so that the
+    engine can answer in its degraded mode.
+    """
+
+    def __init__(
+        self,
+        city_db: Path | None = None,
+        *,
+        asn_db: Path | None = None,
+        anonymous_db: Path | None = None,
+    ) -> None:
+        self.city_path = city_db or default_city_database()
+        self._city = _open(self.city_path, "GeoIP City")
+        kind = self._city.metadata().database_type
+        if "City" not in kind:
+            self._city.close()
+            raise GeoIPError(f"{self.city_path} is a {kind} database, not a City database")
+        self._asn = _open(asn_db, "GeoIP ASN") if asn_db else None
+        self._anon = _open(anonymous_db, "GeoIP Anonymous-IP") if anonymous_db else None
+        self._probe()
+
+    def _probe(self) -> None:
+        """Read a few records now so that a broken search tree fails at start-up."""
+        for sample in ("81.2.69.160", "8.8.8.8", "2001:4860:4860::8888"):
+            try:
+                self._city.city(sample)
+            except geoip2.errors.AddressNotFoundError:
+                continue
+            except (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError) as exc:
+                raise GeoIPError(f"GeoIP City database {self.city_path} is corrupt: {exc}") from exc
+
+    @property
+    def build_epoch(self) -> int:
+        return int(self._city.metadata().build_epoch)
+
+    @property
+    def description(self) -> str:
+        meta = self._city.metadata()
+        return f"{meta.database_type} built {meta.build_epoch}"
+
+    def lookup(self, ip: IPAddress) -> Location:
+        """Locate one address; unknown, private and reserved ones give ``known=False``."""
+        if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        prefix = network_prefix(ip)
+        if _unusable(ip):
+            return Location(known=False, network=prefix, is_private=True)
+        try:
+            record: Any = self._city.city(ip)
+        except geoip2.errors.AddressNotFoundError:
+            return Location(known=False, network=prefix)
+        except (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError) as exc:
+            raise GeoIPError(f"GeoIP lookup of {ip} failed: corrupt record ({exc})") from exc
+        asn, org, network = self._asn_of(ip, prefix)
+        loc = record.location
+        return Location(
+            known=loc.latitude is not None and loc.longitude is not None,
+            country=record.country.iso_code,
+            subdivision=record.subdivisions.most_specific.iso_code,
+            city=record.city.name,
+            latitude=loc.latitude,
+            longitude=loc.longitude,
+            accuracy_km=float(loc.accuracy_radius or 0.0),
+            time_zone=loc.time_zone,
+            network=network,
+            asn=asn,
+            as_org=org,
+            is_anonymous=self._anonymous(ip),
+        )
+
+    def _asn_of(self, ip: IPAddress, prefix: str) -> tuple[int | None, str | None, str]:
+        if self._asn is None:
+            return None, None, prefix
+        try:
+            rec: Any = self._asn.asn(ip)
+        except geoip2.errors.AddressNotFoundError:
+            return None, None, prefix
+        except (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError) as exc:
+            raise GeoIPError(f"GeoIP ASN lookup of {ip} failed: {exc}") from exc
+        number = rec.autonomous_system_number
+        if number is None:
+            return None, None, prefix
+        return int(number), rec.autonomous_system_organization, f"AS{number}"
+
+    def _anonymous(self, ip: IPAddress) -> bool:
+        if self._anon is None:
+            return False
+        try:
+            rec: Any = self._anon.anonymous_ip(ip)
+        except geoip2.errors.AddressNotFoundError:
+            return False
+        except (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError) as exc:
+            raise GeoIPError(f"GeoIP Anonymous-IP lookup of {ip} failed: {exc}") from exc
+        return bool(
+            rec.is_anonymous or rec.is_anonymous_vpn or rec.is_public_proxy or rec.is_tor_exit_node
+        )
+
+    def close(self) -> None:
+        for reader in (self._city, self._asn, self._anon):
+            if reader is not None:
+                reader.close()

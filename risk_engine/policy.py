@@ -1,0 +1,124 @@
+"""Policy: per action class, score thresholds -> decision, required acr, max age.
+
+Kept apart from scoring: the model ranks, the policy decides. A policy lives in a
+versioned TOML file, validated on load (step_up below deny, acr known, every
+action in one class only).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from risk_engine.decision import Acr, Outcome
+from risk_engine.errors import ConfigurationError
+
+Probability = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class ClassPolicy(BaseModel):
+    """Thresholds and step-up requirements for one class of actions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actions: list[str] = Field(default_factory=list)
+    step_up: Probability
+    deny: Probability
+    required_acr: Acr = Acr.MFA
+    max_age: Annotated[int, Field(gt=0, le=86400 * 30)] = 300
+    fail_mode: Outcome = Outcome.STEP_UP
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClassPolicy:
+        if self.step_up >= self.deny:
+            raise ValueError(f"step_up ({self.step_up}) must be below deny ({self.deny})")
+        return self
+
+
+class Policy(BaseModel):
+    """The whole policy file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[str, Field(min_length=1)]
+    default_class: str = "default"
+    classes: dict[str, ClassPolicy]
+    floors: dict[str, Outcome] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if self.default_class not in self.classes:
+            raise ValueError(f"default_class {self.default_class!r} is not one of the classes")
+        seen: dict[str, str] = {}
+        for name, cls in self.classes.items():
+            for action in cls.actions:
+                if action in seen:
+                    raise ValueError(f"action {action!r} is in both {seen[action]} and {name}")
+                seen[action] = name
+        self._by_action = seen
+        return self
+
+    _by_action: dict[str, str] = {}
+
+    def class_of(self, action: str) -> tuple[str, ClassPolicy]:
+        """The action's class; unknown actions get the default class."""
+        name = self._by_action.get(action, self.default_class)
+        return name, self.classes[name]
+
+    def decide(self, action: str, score: float, codes: list[str]) -> tuple[str, Outcome]:
+        """(class name, outcome) for a score and the reason codes that fired."""
+        name, cls = self.class_of(action)
+        if score >= cls.deny:
+            outcome = Outcome.DENY
+        elif score >= cls.step_up:
+            outcome = Outcome.STEP_UP
+        else:
+            outcome = Outcome.ALLOW
+        for code in codes:
+            floor = self.floors.get(code)
+            if floor is not None and floor.rank > outcome.rank:
+                outcome = floor
+        return name, outcome
+
+    def to_toml(self) -> str:
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return tomli_w.dumps(data)
+
+
+def parse_policy(data: dict[str, Any], source: str) -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"policy {source} is invalid: {problems}") from None
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Load and validate a policy file; None gives the bundled default."""
+    if path is None:
+        text = resources.files("risk_engine.data").joinpath("policy.toml").read_text()
+        source = "(bundled default)"
+    else:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigurationError(f"policy file {path} cannot be read: {exc}") from exc
+        source = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"policy {source} is not valid TOML: {exc}") from exc
+    return parse_policy(data, source)
+
+
+def save_policy(policy: Policy, path: Path) -> None:
+    header = "# Written by risk-engine calibrate; see README for the meaning of each field.\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + policy.to_toml())

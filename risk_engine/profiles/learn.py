@@ -1,0 +1,182 @@
+"""The profile update: the "learn" half of score-then-learn.
+
+Run AFTER the features of an event were computed, so that no feature ever sees
+its own event. Only trusted events (allowed, or whose step-up passed) teach the
+profile where the user is and what the user uses; every event still counts
+towards velocity, failures and the session it belongs to.
+"""
+
+from __future__ import annotations
+
+import math
+
+from risk_engine.features.observation import Observation
+from risk_engine.profiles.model import (
+    HOUR_MASS_CAP,
+    MAX_ACTIONS,
+    MAX_AMOUNTS,
+    MAX_CITIES,
+    MAX_COUNTRIES,
+    MAX_DEVICES,
+    MAX_FAILURES,
+    MAX_IPS,
+    MAX_NETWORKS,
+    MAX_PENDING,
+    MAX_PLACES,
+    MAX_RECENT,
+    MAX_SESSIONS,
+    DeviceRecord,
+    Place,
+    Profile,
+    SessionRecord,
+    bump,
+    push_bounded,
+)
+
+# How long a device stays trusted after its last trusted use.
+DEFAULT_DEVICE_TRUST_S = 90 * 86400.0
+
+
+def learn(
+    profile: Profile,
+    obs: Observation,
+    *,
+    trusted: bool,
+    device_trust_s: float = DEFAULT_DEVICE_TRUST_S,
+) -> None:
+    """Fold one observation into the profile; only a trusted one teaches places and devices."""
+    ts = obs.ts
+    profile.n_seen += 1
+    profile.last_seen_ts = max(profile.last_seen_ts, ts)
+    push_bounded(profile.recent, ts, MAX_RECENT)
+    if obs.action == "login" and not obs.success:
+        push_bounded(profile.failures, ts, MAX_FAILURES)
+    _remember_device(profile, obs, trusted=trusted, device_trust_s=device_trust_s)
+    if not trusted:
+        return
+    if profile.n_events == 0:
+        profile.created_ts = ts
+    profile.n_events += 1
+    profile.last_ts = max(profile.last_ts, ts)
+    if obs.geo_known and obs.latitude is not None and obs.longitude is not None:
+        push_bounded(
+            profile.places,
+            Place(ts, obs.latitude, obs.longitude, obs.accuracy_km, obs.country, obs.city),
+            MAX_PLACES,
+        )
+    _learn_hour(profile, obs.hour_of_week)
+    if obs.country:
+        bump(profile.countries, obs.country, ts, MAX_COUNTRIES)
+    if obs.city:
+        bump(profile.cities, f"{obs.country}/{obs.city}", ts, MAX_CITIES)
+    bump(profile.networks, obs.network, ts, MAX_NETWORKS)
+    bump(profile.ips, obs.ip_key, ts, MAX_IPS)
+    bump(profile.actions, obs.action, ts, MAX_ACTIONS)
+    if obs.amount is not None:
+        push_bounded(profile.amounts, math.log1p(obs.amount), MAX_AMOUNTS)
+    if obs.session_id:
+        _remember_session(profile, obs)
+
+
+def _learn_hour(profile: Profile, hour_of_week: int) -> None:
+    hours = profile.hours
+    hours[hour_of_week] += 1.0
+    if sum(hours) > HOUR_MASS_CAP:
+        profile.hours = [h * 0.5 for h in hours]
+
+
+def _remember_device(
+    profile: Profile, obs: Observation, *, trusted: bool, device_trust_s: float
+) -> None:
+    if not obs.has_device:
+        return
+    ua = obs.ua
+    record = profile.devices.get(obs.device_key)
+    if record is None:
+        if len(profile.devices) >= MAX_DEVICES:
+            # Evict untrusted devices first, then the least recently used.
+            victim = min(profile.devices.values(), key=lambda d: (d.trusted, d.last_ts))
+            del profile.devices[victim.key]
+        record = DeviceRecord(key=obs.device_key, has_id=obs.has_device_id, first_ts=obs.ts)
+        profile.devices[obs.device_key] = record
+    # Attributes follow the device (browser updates) only when the event is trusted.
+    if trusted or record.count == 0:
+        record.ua_family = ua.family
+        record.ua_major = ua.major
+        record.os_family = ua.os_family
+        record.os_major = ua.os_major
+        record.device_class = ua.device_class
+        record.platform = obs.platform
+        record.timezone = obs.timezone
+        record.language = obs.language
+        record.screen = obs.screen
+    record.count += 1
+    record.last_ts = max(record.last_ts, obs.ts)
+    if trusted:
+        record.trusted = True
+        record.trusted_until = obs.ts + device_trust_s
+
+
+def _remember_session(profile: Profile, obs: Observation) -> None:
+    assert obs.session_id is not None
+    sessions = profile.sessions
+    previous = sessions.get(obs.session_id)
+    if previous is None and len(sessions) >= MAX_SESSIONS:
+        oldest = min(sessions, key=lambda k: sessions[k].ts)
+        del sessions[oldest]
+    sessions[obs.session_id] = SessionRecord(
+        ts=obs.ts,
+        ip_key=obs.ip_key,
+        network=obs.network,
+        device_key=obs.device_key,
+        country=obs.country,
+        latitude=obs.latitude,
+        longitude=obs.longitude,
+        accuracy_km=obs.accuracy_km,
+        place=obs.place,
+        # A session keeps the assurance its step-up earned, as long as it stays consistent.
+        acr=previous.acr if previous else None,
+        auth_time=previous.auth_time if previous else None,
+    )
+
+
+def hold_pending(profile: Profile, obs: Observation) -> None:
+    """Keep an observation whose step-up is outstanding, to learn it if the step-up passes."""
+    pending = profile.pending
+    if len(pending) >= MAX_PENDING:
+        oldest = min(pending, key=lambda k: float(pending[k]["ts"]))
+        del pending[oldest]
+    pending[obs.event_id] = obs.to_dict()
+
+
+def resolve_pending(
+    profile: Profile,
+    event_id: str,
+    *,
+    passed: bool,
+    now: float,
+    device_trust_s: float = DEFAULT_DEVICE_TRUST_S,
+) -> Observation | None:
+    """Apply a step-up outcome: a pass teaches the held observation, a failure counts as one.
+
+    Returns the observation that was pending, or None if none was held for ``event_id``.
+    """
+    data = profile.pending.pop(event_id, None)
+    if data is None:
+        return None
+    obs = Observation.from_dict(data)
+    if passed:
+        _learn_passed(profile, obs, device_trust_s=device_trust_s)
+    else:
+        push_bounded(profile.failures, now, MAX_FAILURES)
+    return obs
+
+
+def _learn_passed(profile: Profile, obs: Observation, *, device_trust_s: float) -> None:
+    """Learn a passed step-up as trusted without counting the event twice in velocity."""
+    n_seen, last_seen, recent = profile.n_seen, profile.last_seen_ts, list(profile.recent)
+    count = profile.devices[obs.device_key].count if obs.device_key in profile.devices else None
+    learn(profile, obs, trusted=True, device_trust_s=device_trust_s)
+    profile.n_seen, profile.last_seen_ts, profile.recent = n_seen, last_seen, recent
+    if count is not None and obs.device_key in profile.devices:
+        profile.devices[obs.device_key].count = count

@@ -1,0 +1,119 @@
+"""In-memory profile store: for the backtest, tests and single-process trials."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from risk_engine.profiles.bursts import BurstTable
+from risk_engine.profiles.model import BurstCounts, Profile
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Challenge:
+    record: bytes
+    expires_at: float
+    used: bool = False
+
+
+class MemoryStore:
+    """Profiles kept as live objects (no serialisation), bounded by an LRU cap.
+
+    ``update`` mutates the stored object in place under a lock, so callers should
+    compute first and mutate last (the engine does: features, then learning). An
+    exception from ``fn`` therefore leaves whatever it had already changed, and
+    ``get`` returns the live object, not a copy. There is no retention: the LRU
+    cap and ``purge`` bound memory.
+    """
+
+    def __init__(self, max_profiles: int | None = None) -> None:
+        self._profiles: OrderedDict[str, Profile] = OrderedDict()
+        # Wall-clock time of each profile's last update, for ``purge``.
+        self._updated_at: dict[str, float] = {}
+        self._challenges: dict[str, _Challenge] = {}
+        self._max = max_profiles
+        self._lock = threading.Lock()
+        self._bursts = BurstTable()
+
+    def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
+        with self._lock:
+            profile = self._profiles.get(user_key)
+            if profile is None:
+                profile = Profile(user_key=user_key)
+                self._profiles[user_key] = profile
+                if self._max is not None and len(self._profiles) > self._max:
+                    evicted, _ = self._profiles.popitem(last=False)
+                    self._updated_at.pop(evicted, None)
+            elif self._max is not None:
+                self._profiles.move_to_end(user_key)
+            self._updated_at[user_key] = time.time()
+            return fn(profile)
+
+    def get(self, user_key: str) -> Profile | None:
+        with self._lock:
+            return self._profiles.get(user_key)
+
+    def delete(self, user_key: str) -> bool:
+        with self._lock:
+            self._updated_at.pop(user_key, None)
+            return self._profiles.pop(user_key, None) is not None
+
+    def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
+        with self._lock:
+            return self._bursts.counts(ip_key, network, now)
+
+    def record_burst(
+        self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
+    ) -> None:
+        with self._lock:
+            self._bursts.record(ip_key, network, user_key, ts, failed)
+
+    def save_challenge(self, challenge_id: str, record: bytes, ttl_s: float, now: float) -> None:
+        with self._lock:
+            self._challenges[challenge_id] = _Challenge(record, now + ttl_s)
+
+    def load_challenge(self, challenge_id: str, now: float) -> bytes | None:
+        with self._lock:
+            challenge = self._challenges.get(challenge_id)
+            if challenge is None or now >= challenge.expires_at:
+                return None
+            return challenge.record
+
+    def claim_challenge(self, challenge_id: str, now: float) -> bool:
+        with self._lock:
+            challenge = self._challenges.get(challenge_id)
+            if challenge is None or challenge.used or now >= challenge.expires_at:
+                return False
+            challenge.used = True
+            return True
+
+    def purge(self, older_than: float) -> int:
+        wall_now = time.time()
+        with self._lock:
+            stale = [key for key, ts in self._updated_at.items() if ts < older_than]
+            for key in stale:
+                del self._updated_at[key]
+                self._profiles.pop(key, None)
+            expired = [cid for cid, c in self._challenges.items() if wall_now >= c.expires_at]
+            for cid in expired:
+                del self._challenges[cid]
+            return len(stale)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._profiles)
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._profiles)

@@ -1,0 +1,205 @@
+"""The per-user behavioral profile: compact, bounded whatever the history length.
+
+Every collection has a cap and evicts its least recently seen entry, so a user
+with a million events costs the same few kilobytes as one with a hundred. The
+serialised form carries ``version`` so that stored profiles survive upgrades.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from risk_engine.errors import ProfileStoreError
+
+PROFILE_VERSION = 1
+HOURS_OF_WEEK = 168
+
+# Caps: generous for real users, small enough to keep a profile near 10 KB.
+MAX_PLACES = 8
+MAX_DEVICES = 12
+MAX_COUNTRIES = 24
+MAX_CITIES = 24
+MAX_NETWORKS = 48
+MAX_IPS = 48
+MAX_ACTIONS = 32
+MAX_AMOUNTS = 64
+MAX_FAILURES = 32
+MAX_RECENT = 32
+MAX_SESSIONS = 16
+MAX_PENDING = 16
+# The hour histogram is halved when its mass passes this, so old habits fade.
+HOUR_MASS_CAP = 400.0
+
+
+@dataclass(slots=True)
+class DeviceRecord:
+    """A device the user has been seen on."""
+
+    key: str
+    has_id: bool
+    ua_family: str = ""
+    ua_major: str = ""
+    os_family: str = ""
+    os_major: str = ""
+    device_class: str = ""
+    platform: str = ""
+    timezone: str = ""
+    language: str = ""
+    screen: str = ""
+    first_ts: float = 0.0
+    last_ts: float = 0.0
+    count: int = 0
+    trusted: bool = False
+    trusted_until: float | None = None
+
+    def is_trusted(self, now: float) -> bool:
+        """Trusted, and the trust (from a passed step-up) not yet expired."""
+        return self.trusted and (self.trusted_until is None or now <= self.trusted_until)
+
+
+@dataclass(slots=True)
+class Place:
+    """Where the user was at a trusted moment."""
+
+    ts: float
+    latitude: float
+    longitude: float
+    accuracy_km: float
+    country: str
+    city: str
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """The last event seen in one application session, and its step-up assurance."""
+
+    ts: float
+    ip_key: str
+    network: str
+    device_key: str
+    country: str
+    latitude: float | None = None
+    longitude: float | None = None
+    accuracy_km: float = 0.0
+    place: str = ""
+    acr: str | None = None
+    auth_time: float | None = None
+
+
+@dataclass(slots=True)
+class Profile:
+    """Everything the engine remembers of one user."""
+
+    user_key: str
+    version: int = PROFILE_VERSION
+    created_ts: float = 0.0
+    last_ts: float = 0.0
+    last_seen_ts: float = 0.0
+    n_events: int = 0
+    n_seen: int = 0
+    places: list[Place] = field(default_factory=list)
+    devices: dict[str, DeviceRecord] = field(default_factory=dict)
+    hours: list[float] = field(default_factory=lambda: [0.0] * HOURS_OF_WEEK)
+    # name -> [count, last_ts]
+    countries: dict[str, list[float]] = field(default_factory=dict)
+    cities: dict[str, list[float]] = field(default_factory=dict)
+    networks: dict[str, list[float]] = field(default_factory=dict)
+    ips: dict[str, list[float]] = field(default_factory=dict)
+    actions: dict[str, list[float]] = field(default_factory=dict)
+    amounts: list[float] = field(default_factory=list)
+    failures: list[float] = field(default_factory=list)
+    recent: list[float] = field(default_factory=list)
+    sessions: dict[str, SessionRecord] = field(default_factory=dict)
+    # event_id -> the observation to learn if its step-up passes (see engine)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def is_new(self) -> bool:
+        return self.n_seen == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def dumps(self) -> bytes:
+        """The versioned JSON form that every store keeps.
+
+        orjson serialises dataclasses natively, field by field: the same JSON as
+        ``to_dict`` gives, some twenty times faster than ``asdict``'s deep copy.
+        """
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        version = data.get("version")
+        if version != PROFILE_VERSION:
+            raise ProfileStoreError(
+                f"stored profile has version {version!r}; this engine reads {PROFILE_VERSION}"
+            )
+        try:
+            return cls(
+                user_key=data["user_key"],
+                version=PROFILE_VERSION,
+                created_ts=data["created_ts"],
+                last_ts=data["last_ts"],
+                last_seen_ts=data["last_seen_ts"],
+                n_events=data["n_events"],
+                n_seen=data["n_seen"],
+                places=[Place(**p) for p in data["places"]],
+                devices={k: DeviceRecord(**d) for k, d in data["devices"].items()},
+                hours=list(data["hours"]),
+                countries=data["countries"],
+                cities=data["cities"],
+                networks=data["networks"],
+                ips=data["ips"],
+                actions=data["actions"],
+                amounts=data["amounts"],
+                failures=data["failures"],
+                recent=data["recent"],
+                sessions={k: SessionRecord(**s) for k, s in data["sessions"].items()},
+                pending=data["pending"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ProfileStoreError(f"stored profile is malformed: {exc}") from exc
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> Profile:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProfileStoreError(f"stored profile is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ProfileStoreError("stored profile is not a JSON object")
+        return cls.from_dict(data)
+
+
+def bump(counter: dict[str, list[float]], key: str, ts: float, cap: int) -> None:
+    """Count ``key`` at ``ts`` in a [count, last_ts] map, evicting the stalest past ``cap``."""
+    entry = counter.get(key)
+    if entry is None:
+        if len(counter) >= cap:
+            stalest = min(counter, key=lambda k: counter[k][1])
+            del counter[stalest]
+        counter[key] = [1.0, ts]
+    else:
+        entry[0] += 1.0
+        entry[1] = max(entry[1], ts)
+
+
+def push_bounded(items: list[Any], item: Any, cap: int) -> None:
+    """Append and keep only the newest ``cap`` items."""
+    items.append(item)
+    if len(items) > cap:
+        del items[: len(items) - cap]
+
+
+@dataclass(frozen=True, slots=True)
+class BurstCounts:
+    """Cross-user activity seen recently from this address and its network."""
+
+    ip_users: int = 0
+    ip_failures: int = 0
+    network_users: int = 0
+    network_failures: int = 0

@@ -1,0 +1,302 @@
+"""Redis profile store: shared by every engine process, expiring data by key TTLs.
+
+Layout under ``prefix`` (so that several deployments can share one Redis):
+
+* ``{prefix}:profile:{user_key}``: the profile's versioned JSON, EXPIREd after the
+  retention on every write, so inactive users vanish without a purge job;
+* ``{prefix}:burst:ip:{ip_key}`` and ``{prefix}:burst:net:{network}``: sorted sets
+  scored by event time, trimmed to the window and to BURST_MAX_ENTRIES;
+* ``{prefix}:challenge:{id}``: a hash (record, expires_at, used) with a PX expiry.
+
+``update`` is optimistic (WATCH/MULTI/EXEC): a write by someone else between the
+read and the commit makes it run ``fn`` again on the fresh profile.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError, WatchError
+from redis.retry import Retry
+
+from risk_engine.errors import ConfigurationError, ProfileStoreError
+from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S
+
+T = TypeVar("T")
+
+# Optimistic retries of one update before giving up on a hopelessly hot key.
+_WATCH_TRIES = 100
+# Jittered back-off between retries: doubling from ~0.5 ms, at most 20 ms.
+_BACKOFF_BASE_S = 0.0005
+_BACKOFF_CAP_S = 0.02
+# Seconds between the pool's PINGs of an idle connection before reusing it.
+_HEALTH_CHECK_INTERVAL_S = 30
+_BURST_TTL_S = math.ceil(BURST_WINDOW_S)
+# Entries are trimmed only once two windows older than the newest insert, so that an
+# event recorded slightly out of order (a skewed clock) cannot trim entries that a
+# query at an earlier ``now`` still counts.
+_BURST_TRIM_AGE_S = 2 * BURST_WINDOW_S
+
+# Claim in one server-side step, so that of concurrent claims exactly one wins.
+# ARGV[1] is the caller's ``now``; live means now < expires_at, as in every store.
+_CLAIM_SCRIPT = """
+local fields = redis.call('HMGET', KEYS[1], 'expires_at', 'used')
+if not fields[1] or fields[2] ~= '0' or tonumber(ARGV[1]) >= tonumber(fields[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'used', '1')
+return 1
+"""
+
+
+class RedisStore:
+    """Profiles, burst windows and challenges in Redis, for multi-process deployments."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "risk-engine",
+        retention_days: float = 180.0,
+        socket_timeout: float = 0.5,
+    ) -> None:
+        self._safe_url = redact_url(url)
+        if retention_days <= 0:
+            raise ConfigurationError(
+                f"profile retention must be positive, got {retention_days!r} days",
+                field="retention_days",
+            )
+        self._prefix = prefix
+        self._retention_s = math.ceil(retention_days * 86400.0)
+        try:
+            # The pool connects lazily: constructing the store never touches the network.
+            self._pool = redis.ConnectionPool.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                health_check_interval=_HEALTH_CHECK_INTERVAL_S,
+                # One quick retry survives a connection that the server dropped while
+                # idle, without turning an outage into seconds of waiting per call.
+                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"unusable Redis URL {self._safe_url!r}: {exc}", field="url"
+            ) from exc
+        self._client = redis.Redis(connection_pool=self._pool)
+        self._claim = self._client.register_script(_CLAIM_SCRIPT)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
+        key = self._profile_key(user_key)
+        for attempt in range(_WATCH_TRIES):
+            pipe = self._client.pipeline(transaction=True)
+            # Set while ``fn`` runs, so that its own exceptions pass through untouched.
+            in_fn = False
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                raw = pipe.get(key)
+                profile = Profile(user_key=user_key) if raw is None else Profile.loads(raw)
+                in_fn = True
+                result = fn(profile)
+                in_fn = False
+                pipe.multi()
+                pipe.set(key, profile.dumps(), ex=self._retention_s)
+                pipe.execute()
+            except WatchError:
+                # Another writer committed between our read and EXEC (or the connection
+                # dropped while watching): run again on the fresh profile.
+                if in_fn:
+                    raise
+            except RedisError as exc:
+                if in_fn:
+                    raise
+                self._fail(exc, "update")
+            else:
+                return result
+            finally:
+                _reset_quietly(pipe)
+            delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempt, 16))
+            time.sleep(random.uniform(0.0, delay))
+        raise ProfileStoreError(
+            f"Redis profile store {self._safe_url}: update of one profile lost "
+            f"{_WATCH_TRIES} races in a row to concurrent writers",
+            url=self._safe_url,
+        )
+
+    def get(self, user_key: str) -> Profile | None:
+        try:
+            raw = self._client.get(self._profile_key(user_key))
+        except RedisError as exc:
+            self._fail(exc, "get")
+        return None if raw is None else Profile.loads(raw)
+
+    def delete(self, user_key: str) -> bool:
+        try:
+            return bool(self._client.delete(self._profile_key(user_key)))
+        except RedisError as exc:
+            self._fail(exc, "delete")
+
+    def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
+        # "(" makes the lower bound exclusive: an entry exactly one window old is out.
+        start = f"({now - BURST_WINDOW_S!r}"
+        pipe = self._client.pipeline(transaction=False)
+        try:
+            pipe.zrangebyscore(self._burst_key("ip", ip_key), start, now)
+            pipe.zrangebyscore(self._burst_key("net", network), start, now)
+            ip_members, net_members = pipe.execute()
+        except RedisError as exc:
+            self._fail(exc, "burst_counts")
+        finally:
+            _reset_quietly(pipe)
+        ip_users, ip_failures = _tally(ip_members)
+        net_users, net_failures = _tally(net_members)
+        return BurstCounts(ip_users, ip_failures, net_users, net_failures)
+
+    def record_burst(
+        self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
+    ) -> None:
+        # The nonce keeps two identical events distinct members of the set.
+        member = f"{ts!r}:{int(failed)}:{random.getrandbits(64):016x}:{user_key}"
+        pipe = self._client.pipeline(transaction=False)
+        try:
+            for key in (self._burst_key("ip", ip_key), self._burst_key("net", network)):
+                pipe.zadd(key, {member: ts})
+                pipe.zremrangebyscore(key, "-inf", ts - _BURST_TRIM_AGE_S)
+                # Keep the newest BURST_MAX_ENTRIES: bounded memory under a flood.
+                pipe.zremrangebyrank(key, 0, -(BURST_MAX_ENTRIES + 1))
+                pipe.expire(key, _BURST_TTL_S)
+            pipe.execute()
+        except RedisError as exc:
+            self._fail(exc, "record_burst")
+        finally:
+            _reset_quietly(pipe)
+
+    def save_challenge(self, challenge_id: str, record: bytes, ttl_s: float, now: float) -> None:
+        key = self._challenge_key(challenge_id)
+        pipe = self._client.pipeline(transaction=True)
+        try:
+            pipe.delete(key)
+            pipe.hset(key, mapping={"record": record, "expires_at": repr(now + ttl_s), "used": 0})
+            # Redis forgets it by its own clock; ``expires_at`` decides by the caller's.
+            pipe.pexpire(key, max(1, math.ceil(ttl_s * 1000.0)))
+            pipe.execute()
+        except RedisError as exc:
+            self._fail(exc, "save_challenge")
+        finally:
+            _reset_quietly(pipe)
+
+    def load_challenge(self, challenge_id: str, now: float) -> bytes | None:
+        try:
+            record, expires_at = self._client.hmget(
+                self._challenge_key(challenge_id), ["record", "expires_at"]
+            )
+        except RedisError as exc:
+            self._fail(exc, "load_challenge")
+        if record is None or expires_at is None or now >= float(expires_at):
+            return None
+        return record if isinstance(record, bytes) else record.encode()
+
+    def claim_challenge(self, challenge_id: str, now: float) -> bool:
+        try:
+            won = self._claim(keys=[self._challenge_key(challenge_id)], args=[repr(now)])
+        except RedisError as exc:
+            self._fail(exc, "claim_challenge")
+        return bool(won)
+
+    def purge(self, older_than: float) -> int:
+        """Nothing to do: profiles and challenges carry TTLs and Redis expires them."""
+        return 0
+
+    def count(self) -> int:
+        """Profiles under this prefix, by SCAN (linear in the keyspace; for operators)."""
+        pattern = f"{_glob_escape(self._prefix)}:profile:*"
+        try:
+            return sum(1 for _ in self._client.scan_iter(match=pattern, count=1000))
+        except RedisError as exc:
+            self._fail(exc, "count")
+
+    def ping(self) -> None:
+        try:
+            self._client.ping()
+        except RedisError as exc:
+            self._fail(exc, "ping")
+
+    def close(self) -> None:
+        self._client.close()
+        self._pool.disconnect()
+
+    def _profile_key(self, user_key: str) -> str:
+        return f"{self._prefix}:profile:{user_key}"
+
+    def _burst_key(self, kind: str, value: str) -> str:
+        return f"{self._prefix}:burst:{kind}:{value}"
+
+    def _challenge_key(self, challenge_id: str) -> str:
+        return f"{self._prefix}:challenge:{challenge_id}"
+
+    def _fail(self, exc: RedisError, action: str) -> NoReturn:
+        raise ProfileStoreError(
+            f"Redis profile store {self._safe_url}: {action} failed: {type(exc).__name__}: {exc}",
+            url=self._safe_url,
+        ) from exc
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (in the user info or a ``password=`` query) masked."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        # Unparseable (e.g. a bad port): better to show nothing than a secret.
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{hostport}"
+    query = parts.query
+    if "password=" in query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _tally(members: list[bytes]) -> tuple[int, int]:
+    """Distinct users and failures among burst members ``ts:failed:nonce:user``."""
+    users: set[bytes] = set()
+    failures = 0
+    for member in members:
+        _, failed, _, user = member.split(b":", 3)
+        users.add(user)
+        failures += failed == b"1"
+    return len(users), failures
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis MATCH pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def _reset_quietly(pipe: redis.client.Pipeline) -> None:
+    """Return the pipeline's connection; a failure here must not mask the real outcome."""
+    try:
+        pipe.reset()
+    except RedisError:
+        # reset() disconnects on ConnectionError itself; anything else leaves the
+        # connection in doubt, so drop it rather than hand it back watching.
+        if pipe.connection is not None:
+            pipe.connection.disconnect()  # type: ignore[no-untyped-call]
+            pipe.connection_pool.release(pipe.connection)
+            pipe.connection = None

@@ -1,0 +1,97 @@
+"""The one protocol that every profile store implements.
+
+A store keeps profiles (read-modify-write is atomic per user: ``update`` runs the
+caller's function on the freshest profile and saves the result, retrying on a
+concurrent write where the backend is optimistic), the cross-user burst windows
+(distinct users and failures per address and per network) and the step-up
+challenge bindings (an opaque record per challenge, claimable exactly once).
+
+Times that the caller passes in (``now``, ``ts``) are epoch seconds chosen by the
+caller, so that tests and the backtest control time; the only wall-clock time a
+store keeps on its own is when each profile was last written, for retention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from risk_engine.profiles.model import BurstCounts, Profile
+
+T = TypeVar("T")
+
+# How far back the burst windows look, in seconds.
+BURST_WINDOW_S = 3600.0
+# Entries kept per address or network key: bounds memory under a stuffing attack.
+BURST_MAX_ENTRIES = 512
+
+
+class ProfileStore(Protocol):
+    """Per-user profiles plus cross-user burst counters."""
+
+    def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
+        """Run ``fn`` on the user's profile (a fresh one if none) and save it atomically.
+
+        Returns what ``fn`` returns; an exception from ``fn`` propagates unchanged.
+        Where the backend is optimistic, ``fn`` may run more than once, each time on
+        a freshly read profile, and only the run that commits is kept.
+        """
+        ...
+
+    def get(self, user_key: str) -> Profile | None:
+        """The stored profile, or None."""
+        ...
+
+    def delete(self, user_key: str) -> bool:
+        """Erase a user's profile; True if there was one."""
+        ...
+
+    def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
+        """Distinct users and failures per address and network in the window before ``now``."""
+        ...
+
+    def record_burst(
+        self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
+    ) -> None:
+        """Note one event in the burst windows."""
+        ...
+
+    def save_challenge(self, challenge_id: str, record: bytes, ttl_s: float, now: float) -> None:
+        """Bind ``record`` to an unused challenge that expires at ``now + ttl_s``.
+
+        Saving an id again replaces the earlier binding; ids are meant to be fresh.
+        """
+        ...
+
+    def load_challenge(self, challenge_id: str, now: float) -> bytes | None:
+        """The challenge's record (used or not), or None when unknown or expired at ``now``."""
+        ...
+
+    def claim_challenge(self, challenge_id: str, now: float) -> bool:
+        """Atomically mark a live, unused challenge used; False if unknown, expired or used.
+
+        Of any number of concurrent claims of one challenge exactly one returns True:
+        this is what makes a step-up result single use.
+        """
+        ...
+
+    def purge(self, older_than: float) -> int:
+        """Delete profiles last written before ``older_than`` (epoch s) and expired challenges.
+
+        "Last written" and "expired" here are by the wall clock, since this is
+        housekeeping, not scoring. Returns how many profiles went; backends that
+        expire keys by themselves (Redis TTLs) may return 0.
+        """
+        ...
+
+    def count(self) -> int:
+        """How many profiles the store holds."""
+        ...
+
+    def ping(self) -> None:
+        """Raise ProfileStoreError when the backend is unreachable."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

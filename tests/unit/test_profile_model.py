@@ -1,0 +1,69 @@
+"""Profile invariants: bounded collections and a lossless serialised form."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from risk_engine.profiles.model import (
+    MAX_ACTIONS,
+    MAX_AMOUNTS,
+    MAX_CITIES,
+    MAX_COUNTRIES,
+    MAX_FAILURES,
+    MAX_IPS,
+    MAX_NETWORKS,
+    MAX_PLACES,
+    MAX_RECENT,
+    Place,
+    Profile,
+    bump,
+    push_bounded,
+)
+
+COUNTER_CAPS = {
+    "countries": MAX_COUNTRIES,
+    "cities": MAX_CITIES,
+    "networks": MAX_NETWORKS,
+    "ips": MAX_IPS,
+    "actions": MAX_ACTIONS,
+}
+LIST_CAPS = {"amounts": MAX_AMOUNTS, "failures": MAX_FAILURES, "recent": MAX_RECENT}
+
+# NaN and infinities are not JSON; every other float must survive the round trip.
+finite = st.floats(allow_nan=False, allow_infinity=False)
+# A small alphabet makes keys repeat (counting) as well as overflow the caps (eviction).
+keys = st.one_of(st.text(alphabet="abcdefghij", min_size=1, max_size=2), st.text(max_size=6))
+places = st.builds(
+    Place,
+    ts=finite,
+    latitude=finite,
+    longitude=finite,
+    accuracy_km=finite,
+    country=st.text(max_size=3),
+    city=st.text(max_size=8),
+)
+bump_ops = st.tuples(st.just("bump"), st.sampled_from(sorted(COUNTER_CAPS)), keys, finite)
+push_ops = st.tuples(st.just("push"), st.sampled_from(sorted(LIST_CAPS)), st.none(), finite)
+place_ops = st.tuples(st.just("push"), st.just("places"), st.none(), places)
+Op = tuple[str, str, str | None, float | Place]
+
+
+@settings(deadline=None)
+@given(st.lists(st.one_of(bump_ops, push_ops, place_ops), max_size=300))
+def test_bounded_collections_round_trip(ops: list[Op]) -> None:
+    caps = {**COUNTER_CAPS, **LIST_CAPS, "places": MAX_PLACES}
+    profile = Profile("user")
+    for op, name, key, value in ops:
+        if op == "bump":
+            assert key is not None and isinstance(value, float)
+            bump(getattr(profile, name), key, value, caps[name])
+        else:
+            push_bounded(getattr(profile, name), value, caps[name])
+        for field_name, cap in caps.items():
+            assert len(getattr(profile, field_name)) <= cap
+
+    assert Profile.loads(profile.dumps()) == profile
+    # The fast dataclass serialisation says exactly what to_dict() says.
+    assert orjson.loads(profile.dumps()) == profile.to_dict()

@@ -1,0 +1,1 @@
+"""Offline tooling: the synthetic event simulator and model training."""

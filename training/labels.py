@@ -1,0 +1,74 @@
+"""Labels for training and evaluation, from the simulator or from feedback.
+
+Accepted lines (JSON Lines): the simulator's ``{"event_id", "is_attack", "attack_type",
+"scenario"}``, the service's feedback ``{"event_id", "label": "confirmed_fraud" |
+"confirmed_legit"}``, and the backtest outcomes ``{"event_id", "step_up": "failed"}``
+(a failed step-up counts as an attack label, a passed one as legitimate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from risk_engine.errors import InvalidEventError
+
+
+@dataclass(frozen=True)
+class Label:
+    is_attack: bool
+    attack_type: str | None = None
+    scenario: str | None = None
+
+
+def _label_of(record: dict[str, object]) -> Label | None:
+    if isinstance(record.get("is_attack"), bool):
+        attack_type = record.get("attack_type")
+        scenario = record.get("scenario")
+        return Label(
+            bool(record["is_attack"]),
+            attack_type if isinstance(attack_type, str) else None,
+            scenario if isinstance(scenario, str) else None,
+        )
+    label = record.get("label")
+    if label in ("confirmed_fraud", "confirmed_legit"):
+        return Label(
+            label == "confirmed_fraud", "confirmed_fraud" if label == "confirmed_fraud" else None
+        )
+    if record.get("step_up") in ("passed", "failed"):
+        return Label(
+            record["step_up"] == "failed",
+            "failed_step_up" if record["step_up"] == "failed" else None,
+        )
+    return None
+
+
+def load_labels(paths: list[Path]) -> dict[str, Label]:
+    """event_id -> Label from every file; later files override earlier ones."""
+    labels: dict[str, Label] = {}
+    for path in paths:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidEventError(
+                        f"{path}:{number}: not valid JSON ({exc})", field="label", line=number
+                    ) from None
+                if not isinstance(record, dict) or not isinstance(record.get("event_id"), str):
+                    raise InvalidEventError(
+                        f"{path}:{number}: a label needs an event_id", field="event_id", line=number
+                    )
+                label = _label_of(record)
+                if label is None:
+                    raise InvalidEventError(
+                        f"{path}:{number}: no is_attack, label or step_up field",
+                        field="label",
+                        line=number,
+                    )
+                labels[record["event_id"]] = label
+    return labels

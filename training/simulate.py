@@ -1,0 +1,193 @@
+"""A seeded, realistic synthetic event stream with attack labels in a separate file.
+
+The stream trains and evaluates the anomaly model, so legitimate users have homes,
+devices and daily rhythms, benign noise (travel, new phones, VPNs, ...) looks benign
+to a careful behavioral model, and attacks look like real attacks. Geography is the
+real GeoLite2 City database: every emitted IP resolves to the intended city.
+
+Generation is streaming: users' days are generated one simulation day at a time,
+sorted and released, so a million events never sit in memory at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from training.sim_attacks import ATTACK_TYPES, AttackPlanner
+from training.sim_benign import BENIGN_SCENARIOS, DayGenerator
+from training.sim_benign import assign_scenarios as _assign_scenarios
+from training.sim_core import HOUR, Clock, Emitter, Pending
+from training.sim_geo import CityPool, build_city_pool
+from training.sim_profiles import COUNTRIES, User, make_user
+
+__all__ = [
+    "ATTACK_TYPES",
+    "BENIGN_SCENARIOS",
+    "SimulationConfig",
+    "SimulationSummary",
+    "simulate",
+    "write_simulation",
+]
+
+# Local days start at most 14 h before the UTC day (UTC+14), so after generating day d
+# nothing earlier than this margin before UTC midnight of day d+1 can still appear.
+_RELEASE_MARGIN = 15 * HOUR
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What to simulate: how many users over how many days, from which seed."""
+
+    users: int = 200
+    days: int = 30
+    seed: int = 7
+    start: datetime = datetime(2026, 1, 5, tzinfo=UTC)
+    attack_fraction: float = 0.01  # roughly the share of events that are attacks
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    """Counts of what a simulation produced."""
+
+    events: int
+    attacks: int
+    by_attack_type: dict[str, int]
+    by_scenario: dict[str, int]  # attack scenarios and benign ones
+
+
+def _validate(config: SimulationConfig) -> None:
+    if config.users < 1:
+        raise ValueError("users must be at least 1")
+    if config.days < 1:
+        raise ValueError("days must be at least 1")
+    if not 0.0 <= config.attack_fraction < 1.0:
+        raise ValueError("attack_fraction must be in [0, 1)")
+    if config.start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+
+
+def _home_countries(pool: CityPool) -> list[str]:
+    """Countries users can live in: present in the pool with several cities."""
+    usable = [c for c in COUNTRIES if len(pool.by_country.get(c, ())) >= 3]
+    if not usable:
+        raise RuntimeError("the GeoLite2 city pool has none of the home countries")
+    return usable
+
+
+def _make_users(config: SimulationConfig, pool: CityPool, clock: Clock) -> list[User]:
+    rng = random.Random(f"{config.seed}/users")
+    countries = _home_countries(pool)
+    users = [make_user(rng, pool, i, countries) for i in range(config.users)]
+    _assign_scenarios(random.Random(f"{config.seed}/scenarios"), pool, clock, users)
+    return users
+
+
+def _stamp(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _finish(
+    ready: list[Pending], counter: list[int]
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    n = counter[0]
+    for ts, _seq, event, attack, scenario in ready:
+        n += 1
+        event_id = f"e-{n:08d}"
+        event["event_id"] = event_id
+        event["timestamp"] = _stamp(ts)
+        label = {
+            "event_id": event_id,
+            "is_attack": attack is not None,
+            "attack_type": attack,
+            "scenario": scenario,
+        }
+        yield event, label
+    counter[0] = n
+
+
+def simulate(config: SimulationConfig) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Yield (event, label) pairs in timestamp order.
+
+    The same config always gives the same stream. Events follow section 1 of the
+    contract; labels are ``{"event_id", "is_attack", "attack_type", "scenario"}``.
+    """
+    _validate(config)
+    pool = build_city_pool(config.seed)
+    clock = Clock(config.start, config.days)
+    users = _make_users(config, pool, clock)
+    emitter = Emitter()
+    days = DayGenerator(random.Random(f"{config.seed}/days"), clock, emitter)
+    benign_per_day = sum(u.rate for u in users)
+    attacks = AttackPlanner(
+        random.Random(f"{config.seed}/attacks"),
+        pool,
+        clock,
+        emitter,
+        users,
+        fraction=config.attack_fraction,
+        benign_per_day=benign_per_day,
+    )
+    counter = [0]
+    for day in range(config.days):
+        days.start_day()
+        for user in users:
+            days.user_day(user, day)
+        attacks.run_day(day, days.sessions)
+        boundary = clock.utc_midnight(day + 1) - _RELEASE_MARGIN
+        yield from _finish(emitter.release(min(boundary, clock.end_ts)), counter)
+    yield from _finish(emitter.release(None), counter)
+
+
+def write_simulation(
+    config: SimulationConfig,
+    events_path: Path,
+    labels_path: Path,
+    outcomes_path: Path | None = None,
+) -> SimulationSummary:
+    """Write events, labels and (optionally) step-up outcomes as JSON Lines.
+
+    Outcomes follow section 3 of the contract: every legitimate event "passed",
+    every attack event "failed"; the engine only applies them where it stepped up.
+    """
+    newline = orjson.OPT_APPEND_NEWLINE
+    events = attacks = 0
+    by_attack: Counter[str] = Counter()
+    by_scenario: Counter[str] = Counter()
+    with ExitStack() as stack:
+        ev_out = stack.enter_context(Path(events_path).open("wb", buffering=1 << 20))
+        lab_out = stack.enter_context(Path(labels_path).open("wb", buffering=1 << 20))
+        out_file = None
+        if outcomes_path is not None:
+            out_file = stack.enter_context(Path(outcomes_path).open("wb", buffering=1 << 20))
+        for event, label in simulate(config):
+            ev_out.write(orjson.dumps(event, option=newline))
+            lab_out.write(orjson.dumps(label, option=newline))
+            events += 1
+            attack = label["attack_type"]
+            if attack is not None:
+                attacks += 1
+                by_attack[attack] += 1
+            if label["scenario"] is not None:
+                by_scenario[label["scenario"]] += 1
+            if out_file is not None:
+                outcome = {
+                    "event_id": label["event_id"],
+                    "step_up": "failed" if attack is not None else "passed",
+                }
+                out_file.write(orjson.dumps(outcome, option=newline))
+    return SimulationSummary(
+        events=events,
+        attacks=attacks,
+        by_attack_type=dict(sorted(by_attack.items())),
+        by_scenario=dict(sorted(by_scenario.items())),
+    )
