@@ -26,7 +26,7 @@ test: lint
 
 # Regenerate the committed sample data and the default model (see README).
 sample: $(STAMP)
-	$(BIN)/risk-engine simulate --users 60 --days 21 --seed 7 --out data/samples/events.jsonl --labels data/samples/labels.jsonl
+	$(BIN)/risk-engine simulate --users 80 --days 28 --seed 7 --out data/samples/events.jsonl --labels data/samples/labels.jsonl --outcomes data/samples/outcomes.jsonl
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
