@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint sample model bench clean
+.PHONY: serve test lint sample model clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ sample: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Rebuild the bundled default model exactly as shipped (about two minutes).
+model: $(STAMP)
+	mkdir -p var/train
+	$(BIN)/risk-engine simulate --users 3000 --days 30 --seed 1 --out var/train/events.jsonl --labels var/train/labels.jsonl
+	$(BIN)/risk-engine train var/train/events.jsonl --labels var/train/labels.jsonl --seed 0 --out models/default.joblib

@@ -32,6 +32,23 @@ def familiarity(counter: dict[str, list[float]], key: str) -> float:
     return entry[0] / (total + len(counter))
 
 
+def novelty(counter: dict[str, list[float]]) -> float:
+    """Witten-Bell mass left for unseen values: how often this user shows something new.
+
+    A commuter on a mobile carrier or a frequent traveller shows new networks all
+    the time; for them a new one is no surprise.
+
+    >>> novelty({"a": [3.0, 0.0], "b": [1.0, 0.0]})
+    0.3333333333333333
+    >>> novelty({})
+    1.0
+    """
+    if not counter:
+        return 1.0
+    total = sum(value[0] for value in counter.values())
+    return len(counter) / (total + len(counter))
+
+
 def is_new(profile: Profile, counter: dict[str, list[float]], key: str) -> float:
     """1.0 when the user has history and has never shown ``key``; 0.0 on cold start."""
     if profile.n_events < MIN_HISTORY or not key:

@@ -27,6 +27,7 @@ NAMES = (
     "device_untrusted",
     "device_drift",
     "tz_mismatch_h",
+    "device_novelty",
 )
 
 
@@ -81,6 +82,14 @@ def match(profile: Profile, obs: Observation) -> tuple[DeviceRecord | None, bool
     return best, False, best_drift
 
 
+def device_novelty(profile: Profile) -> float:
+    """Distinct trusted devices per trusted event (Witten-Bell): high for cookie clearers."""
+    trusted = sum(1 for d in profile.devices.values() if d.trusted)
+    if profile.n_events == 0:
+        return 1.0
+    return trusted / (profile.n_events + trusted)
+
+
 def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:
     missing = not obs.has_device or (not obs.ua.family and not obs.has_device_id)
     record, by_key, d = match(profile, obs)
@@ -96,4 +105,5 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         1.0 if untrusted else 0.0,
         d if profile.devices else 0.0,
         min(obs.tz_mismatch_h, 12.0),
+        device_novelty(profile),
     )

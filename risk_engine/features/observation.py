@@ -70,6 +70,11 @@ class Observation:
     payee: str | None = None
 
     @property
+    def city_key(self) -> str:
+        """The key of the city in the profile ("NO/Oslo"); empty when unknown."""
+        return f"{self.country}/{self.city}" if self.city else ""
+
+    @property
     def place(self) -> str:
         if self.city and self.country:
             return f"{self.city}, {self.country}"

@@ -67,8 +67,8 @@ def learn(
     _learn_hour(profile, obs.hour_of_week)
     if obs.country:
         bump(profile.countries, obs.country, ts, MAX_COUNTRIES)
-    if obs.city:
-        bump(profile.cities, f"{obs.country}/{obs.city}", ts, MAX_CITIES)
+    if obs.city_key:
+        bump(profile.cities, obs.city_key, ts, MAX_CITIES)
     bump(profile.networks, obs.network, ts, MAX_NETWORKS)
     bump(profile.ips, obs.ip_key, ts, MAX_IPS)
     bump(profile.actions, obs.action, ts, MAX_ACTIONS)
