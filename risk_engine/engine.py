@@ -183,7 +183,14 @@ class Engine:
             shadow=verdict.shadow,
         )
         if decision.decision is Outcome.STEP_UP and issue_challenge and not degraded:
-            decision.challenge = self._issue_challenge(event, obs, decision)
+            try:
+                decision.challenge = self._issue_challenge(event, obs, decision)
+            except ProfileStoreError as exc:
+                # The step-up stands; only its binding could not be kept (no 5xx for that).
+                decision.degraded = True
+                decision.reasons.insert(
+                    0, Reason(code="degraded", detail=f"challenge not saved: {exc.message}")
+                )
         return decision
 
     def _score(self, profile: Profile, bursts: BurstCounts, obs: Observation) -> Verdict:
@@ -220,6 +227,7 @@ class Engine:
             profile,
             obs,
             trusted=verdict.outcome is Outcome.ALLOW,
+            refused=verdict.outcome is Outcome.DENY,
             device_trust_s=self.device_trust_s,
         )
         if verdict.outcome is Outcome.STEP_UP:

@@ -3,7 +3,9 @@
 Run AFTER the features of an event were computed, so that no feature ever sees
 its own event. Only trusted events (allowed, or whose step-up passed) teach the
 profile where the user is and what the user uses; every event still counts
-towards velocity, failures and the session it belongs to.
+towards velocity and failures. A device is remembered
+as untrusted only when its event was refused (denied, or its step-up failed): an
+unanswered step-up leaves no mark, so "untrusted device" means "seen attacking".
 """
 
 from __future__ import annotations
@@ -42,18 +44,36 @@ def learn(
     obs: Observation,
     *,
     trusted: bool,
+    refused: bool = True,
     device_trust_s: float = DEFAULT_DEVICE_TRUST_S,
 ) -> None:
-    """Fold one observation into the profile; only a trusted one teaches places and devices."""
+    """Fold one observation into the profile; only a trusted one teaches places and devices.
+
+    ``refused`` (for untrusted events): the event was denied or failed its step-up,
+    so its device is kept as an untrusted one; False for a step-up still pending.
+    """
     ts = obs.ts
     profile.n_seen += 1
     profile.last_seen_ts = max(profile.last_seen_ts, ts)
     push_bounded(profile.recent, ts, MAX_RECENT)
     if obs.action == "login" and not obs.success:
         push_bounded(profile.failures, ts, MAX_FAILURES)
-    _remember_device(profile, obs, trusted=trusted, device_trust_s=device_trust_s)
-    if not trusted:
-        return
+    if trusted:
+        teach(profile, obs, device_trust_s=device_trust_s)
+    elif refused:
+        _remember_device(profile, obs, trusted=False, device_trust_s=device_trust_s)
+    elif obs.session_id:
+        # A pending step-up still continues its session: the next event of the same
+        # session from the same place and device is consistent, not a new session.
+        _remember_session(profile, obs)
+
+
+def teach(
+    profile: Profile, obs: Observation, *, device_trust_s: float = DEFAULT_DEVICE_TRUST_S
+) -> None:
+    """Learn a trusted observation: its device, place, hour, networks, action and amount."""
+    ts = obs.ts
+    _remember_device(profile, obs, trusted=True, device_trust_s=device_trust_s)
     if profile.n_events == 0:
         profile.created_ts = ts
     profile.n_events += 1
@@ -166,17 +186,9 @@ def resolve_pending(
         return None
     obs = Observation.from_dict(data)
     if passed:
-        _learn_passed(profile, obs, device_trust_s=device_trust_s)
+        # Activity was counted when the event was scored; only its lessons remain.
+        teach(profile, obs, device_trust_s=device_trust_s)
     else:
         push_bounded(profile.failures, now, MAX_FAILURES)
+        _remember_device(profile, obs, trusted=False, device_trust_s=device_trust_s)
     return obs
-
-
-def _learn_passed(profile: Profile, obs: Observation, *, device_trust_s: float) -> None:
-    """Learn a passed step-up as trusted without counting the event twice in velocity."""
-    n_seen, last_seen, recent = profile.n_seen, profile.last_seen_ts, list(profile.recent)
-    count = profile.devices[obs.device_key].count if obs.device_key in profile.devices else None
-    learn(profile, obs, trusted=True, device_trust_s=device_trust_s)
-    profile.n_seen, profile.last_seen_ts, profile.recent = n_seen, last_seen, recent
-    if count is not None and obs.device_key in profile.devices:
-        profile.devices[obs.device_key].count = count
