@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Local development: API keys off, bound to 127.0.0.1 (see README, Security).
 serve: $(STAMP)
-	$(BIN)/risk-engine serve
+	$(BIN)/risk-engine serve --no-auth
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
