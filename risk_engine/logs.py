@@ -9,6 +9,7 @@ index of (timestamp, position) and reads each line again by its offset.
 from __future__ import annotations
 
 import gzip
+import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ class BadLine:
     field: str | None
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.message}"
+        return f"{self.source}, line {self.line}: {self.message}"
 
 
 @dataclass
@@ -46,6 +47,8 @@ class LogReport:
     lines: int = 0
     events: int = 0
     bad: int = 0
+    # Audit records of other kinds than "decision" (results, feedback, erasures).
+    skipped: int = 0
     problems: list[BadLine] = field(default_factory=list)
 
     def add_bad(self, source: str, error: InvalidEventError, line: int) -> None:
@@ -82,18 +85,44 @@ def _open(path: Path) -> IO[bytes]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(path)
-    row = 0
-    for batch in table.iter_batches(batch_size=10_000):
-        for record in batch.to_pylist():
-            row += 1
-            yield row, {k: v for k, v in record.items() if v is not None}
+    try:
+        table = pq.ParquetFile(path)
+        row = 0
+        for batch in table.iter_batches(batch_size=10_000):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, {k: v for k, v in record.items() if v is not None}
+    except pa.ArrowException as exc:
+        raise ConfigurationError(f"event log {path} cannot be read: {exc}") from exc
+
+
+def _not_an_event(raw: bytes) -> bool:
+    """An audit log line of a kind other than ``decision``: no event, skipped (not bad)."""
+    if b'"record"' not in raw:
+        return False
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and data.get("record", "decision") != "decision"
 
 
 def read_events(path: Path, report: LogReport) -> Iterator[Event]:
-    """The valid events of one file in file order; bad lines go to the report."""
+    """The valid events of one file in file order; bad lines go to the report.
+
+    A file that cannot be read at all (not gzip, truncated, not Parquet) is a
+    ConfigurationError naming it, so the commands exit with a clear message.
+    """
+    try:
+        yield from _read_events(path, report)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConfigurationError(f"event log {path} cannot be read: {exc}") from exc
+
+
+def _read_events(path: Path, report: LogReport) -> Iterator[Event]:
     source = str(path)
     if path.name.endswith(".parquet"):
         for row, record in _parquet_rows(path):
@@ -103,25 +132,35 @@ def read_events(path: Path, report: LogReport) -> Iterator[Event]:
                 # Parquet keeps real timestamps; the contract's form is RFC 3339 text.
                 record["timestamp"] = stamp.isoformat()
             try:
-                event = parse_event(record, line=row)
+                parsed = parse_event(record, line=row)
             except InvalidEventError as exc:
                 report.add_bad(source, exc, row)
                 continue
             report.events += 1
-            yield event
+            yield parsed
         return
     with _open(path) as handle:
         for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            report.lines += 1
-            try:
-                event = parse_event_line(raw, line=number)
-            except InvalidEventError as exc:
-                report.add_bad(source, exc, number)
-                continue
-            report.events += 1
-            yield event
+            event = _line_event(raw, number, source, report)
+            if event is not None:
+                yield event
+
+
+def _line_event(raw: bytes, number: int, source: str, report: LogReport) -> Event | None:
+    """One JSON Lines record as an Event; None (counted in the report) when it is not one."""
+    if not raw.strip():
+        return None
+    report.lines += 1
+    if _not_an_event(raw):
+        report.skipped += 1
+        return None
+    try:
+        event = parse_event_line(raw, line=number)
+    except InvalidEventError as exc:
+        report.add_bad(source, exc, number)
+        return None
+    report.events += 1
+    return event
 
 
 def read_many(paths: list[Path], report: LogReport) -> Iterator[Event]:
@@ -170,14 +209,6 @@ def events_in_time_order(path: Path, report: LogReport) -> Iterator[Event]:
         for index in order:
             number = int(index) + 1
             handle.seek(offsets[index])
-            raw = handle.readline()
-            if not raw.strip():
-                continue
-            report.lines += 1
-            try:
-                event = parse_event_line(raw, line=number)
-            except InvalidEventError as exc:
-                report.add_bad(source, exc, number)
-                continue
-            report.events += 1
-            yield event
+            event = _line_event(handle.readline(), number, source, report)
+            if event is not None:
+                yield event
