@@ -175,8 +175,7 @@ class VerifyResult:
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            yield number, raw
+        yield from enumerate(handle, start=1)
 
 
 def verify_chain(path: Path) -> VerifyResult:

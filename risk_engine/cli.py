@@ -144,6 +144,182 @@ def model_info(
     typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind (default: loopback only)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
+    store: Annotated[
+        str | None, typer.Option(help="profile store URL (default: RISK_ENGINE_STORE or SQLite)")
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="serve without API keys (local development only)")
+    ] = False,
+) -> None:
+    """Run the decision service (uvicorn) with settings from RISK_ENGINE_* variables."""
+    import os
+
+    import uvicorn
+
+    from risk_engine.config import Settings
+
+    # Workers are separate processes that build their settings from the environment.
+    os.environ["RISK_ENGINE_HOST"] = host
+    os.environ["RISK_ENGINE_PORT"] = str(port)
+    if store is not None:
+        os.environ["RISK_ENGINE_STORE"] = store
+    if no_auth:
+        os.environ["RISK_ENGINE_AUTH_DISABLED"] = "true"
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError: name the bad variable
+        fail(f"invalid settings: {exc}")
+    if settings.store.startswith("sqlite:///"):
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(
+        "risk_engine.api.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+@app.command()
+def apikey() -> None:
+    """Generate an API key; print it and its sha256 for RISK_ENGINE_API_KEYS_SHA256."""
+    import hashlib
+    import secrets
+
+    key = "rek_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    typer.echo(f"key:    {key}")
+    typer.echo(f"sha256: {digest}")
+    typer.echo(f"RISK_ENGINE_API_KEYS_SHA256='[\"{digest}\"]'")
+
+
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    path: Annotated[Path, typer.Argument(help="audit log (JSON Lines)")],
+) -> None:
+    """Check the hash chain: 'ok: N records', or the first broken line (exit 1)."""
+    from risk_engine.audit import verify_chain
+
+    if not path.is_file():
+        fail(f"audit log not found: {path}")
+    result = verify_chain(path)
+    if not result.ok:
+        typer.echo(f"broken at line {result.broken_line}: {result.problem}")
+        raise typer.Exit(1)
+    typer.echo(f"ok: {result.records} records")
+
+
+@app.command()
+def evaluate(
+    events: Annotated[Path, typer.Argument(help="labelled evaluation log (a later/other log)")],
+    labels: Annotated[Path, typer.Option("--labels", help="labels of EVENTS")],
+    decisions: Annotated[
+        Path | None, typer.Option(help="decisions of a backtest of EVENTS (default: run one)")
+    ] = None,
+    outcomes: Annotated[
+        Path | None, typer.Option(help="step-up outcomes (default: from the labels)")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="model artifact (default: bundled)")] = None,
+    policy: Annotated[Path | None, typer.Option(help="policy TOML (default: bundled)")] = None,
+    baseline_train: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--baseline-train", help="training log(s) of the Freeman baseline (repeatable)"
+        ),
+    ] = None,
+    rate: Annotated[
+        float, typer.Option("--rate", min=0.0, max=1.0, help="the fixed challenge rate")
+    ] = 0.02,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write all figures")] = None,
+) -> None:
+    """Engine against the Freeman et al. baseline: AUC, AP, friction and catch per type."""
+    from rich.console import Console
+
+    from training.evaluate import evaluate as run_evaluation
+    from training.evaluate import render, write_json
+
+    try:
+        report, _ = run_evaluation(
+            events,
+            labels,
+            decisions_path=decisions,
+            outcomes_path=outcomes,
+            model_path=model,
+            policy_path=policy,
+            baseline_train=baseline_train,
+            fixed_rate=rate,
+        )
+    except RiskEngineError as exc:
+        fail(exc.message)
+    # Off a terminal (a log, a report), do not squeeze the table into 80 columns.
+    render(report, Console(width=None if sys.stdout.isatty() else 110))
+    if json_out is not None:
+        write_json(report, json_out)
+        typer.echo(f"figures -> {json_out}", err=True)
+
+
+@app.command()
+def calibrate(
+    events: Annotated[Path, typer.Argument(help="labelled log to calibrate on")],
+    labels: Annotated[Path, typer.Option("--labels", help="labels of EVENTS")],
+    out: Annotated[Path, typer.Option("--out", help="policy TOML to write")],
+    decisions: Annotated[
+        Path | None, typer.Option(help="decisions of a backtest of EVENTS (default: run one)")
+    ] = None,
+    outcomes: Annotated[
+        Path | None, typer.Option(help="step-up outcomes (default: from the labels)")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="model artifact (default: bundled)")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="policy to start from (default: bundled)")
+    ] = None,
+    target_challenge: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="legitimate challenge rate per class")
+    ] = 0.02,
+    target_deny: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="legitimate deny rate per class")
+    ] = 0.001,
+    min_legit: Annotated[
+        int, typer.Option(min=1, help="fewer legitimate events: the class keeps its thresholds")
+    ] = 200,
+) -> None:
+    """Per action class, thresholds that meet the targets; writes a new policy version."""
+    from rich.console import Console
+
+    from training.calibrate import calibrate_log, render_calibration
+
+    try:
+        written, rows = calibrate_log(
+            events,
+            labels,
+            out,
+            decisions_path=decisions,
+            outcomes_path=outcomes,
+            model_path=model,
+            policy_path=policy,
+            target_challenge=target_challenge,
+            target_deny=target_deny,
+            min_legit=min_legit,
+        )
+    except RiskEngineError as exc:
+        fail(exc.message)
+    render_calibration(rows, written.version, Console(width=None if sys.stdout.isatty() else 160))
+    typer.echo(f"policy {written.version} -> {out} (validated)", err=True)
+
+
 def main() -> None:
     """Entry point of the console script."""
     try:

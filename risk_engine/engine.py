@@ -44,6 +44,8 @@ from risk_engine.profiles.store import ProfileStore
 from risk_engine.reasons import explain
 
 DAY_S = 86400.0
+# Tolerated difference between the application's event clock and ours, in seconds.
+CLOCK_SKEW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -151,14 +153,21 @@ class Engine:
             degraded.append(f"GeoIP unavailable: {geo_problem}")
         try:
             bursts = self.store.burst_counts(obs.ip_key, obs.network, obs.ts)
-            verdict = self.store.update(user_key, lambda p: self._score_and_learn(p, bursts, obs))
-            self._note_burst(obs)
+            verdict = self.store.update(
+                user_key, lambda p: self._score_and_learn(scorer, p, bursts, obs)
+            )
         except ProfileStoreError as exc:
             degraded.append(f"profile store unavailable: {exc.message}")
             # Score against an empty profile: no history, so the class's fail mode decides.
-            verdict = self._score(Profile(user_key=user_key), BurstCounts(), obs)
+            verdict = self._score(scorer, Profile(user_key=user_key), BurstCounts(), obs)
             if verdict.outcome is not Outcome.DENY:
                 verdict.outcome = scorer.policy.class_of(obs.action)[1].fail_mode
+        else:
+            try:
+                self._note_burst(obs)
+            except ProfileStoreError as exc:
+                # The decision stands (the profile already learned it); only the count is lost.
+                degraded.append(f"burst counters unavailable: {exc.message}")
         if degraded:
             verdict.reasons.insert(0, Reason(code="degraded", detail="; ".join(degraded)))
             fail_mode = scorer.policy.class_of(obs.action)[1].fail_mode
@@ -193,10 +202,12 @@ class Engine:
                 )
         return decision
 
-    def _score(self, profile: Profile, bursts: BurstCounts, obs: Observation) -> Verdict:
+    def _score(
+        self, scorer: Scorer, profile: Profile, bursts: BurstCounts, obs: Observation
+    ) -> Verdict:
+        """Features, score, reasons and the policy's outcome; the profile is not changed."""
         values = compute_features(profile, bursts, obs)
         row = np.asarray(values, dtype=np.float64)
-        scorer = self._live()
         score = scorer.artifact.model.score_one(row)
         reasons = explain(profile, bursts, obs, values)
         codes = [r.code for r in reasons]
@@ -213,10 +224,13 @@ class Engine:
             }
         return Verdict(score, outcome, action_class, reasons, values, None, None, shadow)
 
-    def _score_and_learn(self, profile: Profile, bursts: BurstCounts, obs: Observation) -> Verdict:
-        verdict = self._score(profile, bursts, obs)
+    def _score_and_learn(
+        self, scorer: Scorer, profile: Profile, bursts: BurstCounts, obs: Observation
+    ) -> Verdict:
+        # One scorer for the whole decision: a reload mid-request must not mix models.
+        verdict = self._score(scorer, profile, bursts, obs)
         if verdict.outcome is Outcome.STEP_UP:
-            _, cls = self._live().policy.class_of(obs.action)
+            _, cls = scorer.policy.class_of(obs.action)
             assurance = self._session_assurance(
                 profile, obs, verdict, cls.required_acr, cls.max_age
             )
@@ -250,9 +264,12 @@ class Engine:
             return None
         if codes & {"session_hijack", "impossible_travel", "session_device_changed"}:
             return None
-        if Acr(record.acr).rank < required.rank or obs.ts - record.auth_time > max_age:
-            return None
         age = obs.ts - record.auth_time
+        # The step-up is stamped by the server clock, the event by the application's:
+        # allow a little skew, but an action from before the step-up is not covered.
+        if Acr(record.acr).rank < required.rank or not -CLOCK_SKEW_S <= age <= max_age:
+            return None
+        age = max(age, 0.0)
         return Reason(
             code="session_assurance",
             detail=f"{record.acr} step-up passed in this session {age / 60:.0f} min ago",

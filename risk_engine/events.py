@@ -12,7 +12,15 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from risk_engine.errors import InvalidEventError
 
@@ -75,7 +83,11 @@ class Event(BaseModel):
     timestamp: datetime
     user_id: Annotated[str, Field(min_length=1, max_length=256, strict=True)]
     action: Annotated[str, Field(min_length=1, max_length=128, strict=True)]
-    ip: IPvAnyAddress
+    ip: Annotated[
+        IPvAnyAddress,
+        # pydantic names this format "ipvanyaddress", which no OpenAPI tool knows.
+        WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
+    ]
     session_id: Annotated[str, Field(min_length=1, max_length=256, strict=True)] | None = None
     device: Device | None = None
     amount: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | None = None
@@ -101,7 +113,11 @@ class Event(BaseModel):
     @field_validator("timestamp", mode="after")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            # 0001-01-01T00:00:00+01:00 is a valid string whose UTC time is not representable.
+            raise ValueError("timestamp is out of the representable range in UTC") from None
 
     @field_validator("ip", mode="before")
     @classmethod

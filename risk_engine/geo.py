@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ import maxminddb
 from risk_engine.errors import GeoIPError
 
 EARTH_RADIUS_KM = 6371.0088
+# Locations kept per locator (about 700 bytes each): addresses recur, a user's home,
+# office and phone network, so most events skip the database and geoip2's records.
+LOOKUP_CACHE_SIZE = 32768
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -103,6 +107,36 @@ def _open(path: Path, what: str) -> geoip2.database.Reader:
         raise GeoIPError(f"{what} database {path} is unreadable or corrupt: {exc}") from exc
 
 
+def _open_kind(path: Path, what: str, kind: str) -> geoip2.database.Reader:
+    """Open an extra database and check its type now, not on every lookup."""
+    reader = _open(path, what)
+    database_type = reader.metadata().database_type
+    if kind not in database_type:
+        reader.close()
+        raise GeoIPError(f"{path} is a {database_type} database, not a {what} database")
+    return reader
+
+
+# What a corrupt database or record raises inside maxminddb and geoip2.
+_CORRUPT = (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def _coordinate(value: Any, bound: float) -> float | None:
+    """A latitude or longitude from a record: None, or a finite number within +-bound."""
+    if value is None:
+        return None
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > bound:
+        raise ValueError(f"coordinate {value!r} is out of range")
+    return number
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
 def _unusable(ip: IPAddress) -> bool:
     return (
         ip.is_private
@@ -128,16 +162,24 @@ class GeoLocator:
         *,
         asn_db: Path | None = None,
         anonymous_db: Path | None = None,
+        cache_size: int = LOOKUP_CACHE_SIZE,
     ) -> None:
         self.city_path = city_db or default_city_database()
+        # Kept so that another process (the parallel backtest) can open the same set.
+        self.asn_path, self.anonymous_path = asn_db, anonymous_db
         self._city = _open(self.city_path, "GeoIP City")
         kind = self._city.metadata().database_type
         if "City" not in kind:
             self._city.close()
             raise GeoIPError(f"{self.city_path} is a {kind} database, not a City database")
-        self._asn = _open(asn_db, "GeoIP ASN") if asn_db else None
-        self._anon = _open(anonymous_db, "GeoIP Anonymous-IP") if anonymous_db else None
+        self._asn = _open_kind(asn_db, "GeoIP ASN", "ASN") if asn_db else None
+        self._anon = (
+            _open_kind(anonymous_db, "GeoIP Anonymous-IP", "Anonymous-IP") if anonymous_db else None
+        )
         self._probe()
+        # The databases never change under a locator, so a location is a pure function
+        # of the address; failures (GeoIPError) are not cached and are raised again.
+        self._cached_lookup = lru_cache(maxsize=cache_size)(self._lookup)
 
     def _probe(self) -> None:
         """Read a few records now so that a broken search tree fails at start-up."""
@@ -146,7 +188,7 @@ class GeoLocator:
                 self._city.city(sample)
             except geoip2.errors.AddressNotFoundError:
                 continue
-            except (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError) as exc:
+            except _CORRUPT as exc:
                 raise GeoIPError(f"GeoIP City database {self.city_path} is corrupt: {exc}") from exc
 
     @property
@@ -160,6 +202,9 @@ class GeoLocator:
 
     def lookup(self, ip: IPAddress) -> Location:
         """Locate one address; unknown, private and reserved ones give ``known=False``."""
+        return self._cached_lookup(ip)
+
+    def _lookup(self, ip: IPAddress) -> Location:
         if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         prefix = network_prefix(ip)
@@ -167,21 +212,31 @@ class GeoLocator:
             return Location(known=False, network=prefix, is_private=True)
         try:
             record: Any = self._city.city(ip)
+            # Read every field now: a malformed record must fail here, as a GeoIPError.
+            loc = record.location
+            latitude = _coordinate(loc.latitude, 90.0)
+            longitude = _coordinate(loc.longitude, 180.0)
+            accuracy_km = float(loc.accuracy_radius or 0.0)
+            if not math.isfinite(accuracy_km) or accuracy_km < 0.0:
+                raise ValueError(f"accuracy radius {loc.accuracy_radius!r} is out of range")
+            country = _text(record.country.iso_code)
+            subdivision = _text(record.subdivisions.most_specific.iso_code)
+            city = _text(record.city.name)
+            time_zone = _text(loc.time_zone)
         except geoip2.errors.AddressNotFoundError:
             return Location(known=False, network=prefix)
-        except (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError) as exc:
+        except _CORRUPT as exc:
             raise GeoIPError(f"GeoIP lookup of {ip} failed: corrupt record ({exc})") from exc
         asn, org, network = self._asn_of(ip, prefix)
-        loc = record.location
         return Location(
-            known=loc.latitude is not None and loc.longitude is not None,
-            country=record.country.iso_code,
-            subdivision=record.subdivisions.most_specific.iso_code,
-            city=record.city.name,
-            latitude=loc.latitude,
-            longitude=loc.longitude,
-            accuracy_km=float(loc.accuracy_radius or 0.0),
-            time_zone=loc.time_zone,
+            known=latitude is not None and longitude is not None,
+            country=country,
+            subdivision=subdivision,
+            city=city,
+            latitude=latitude,
+            longitude=longitude,
+            accuracy_km=accuracy_km,
+            time_zone=time_zone,
             network=network,
             asn=asn,
             as_org=org,
@@ -193,14 +248,15 @@ class GeoLocator:
             return None, None, prefix
         try:
             rec: Any = self._asn.asn(ip)
+            number = rec.autonomous_system_number
+            if number is None:
+                return None, None, prefix
+            asn, org = int(number), _text(rec.autonomous_system_organization)
         except geoip2.errors.AddressNotFoundError:
             return None, None, prefix
-        except (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError) as exc:
+        except _CORRUPT as exc:
             raise GeoIPError(f"GeoIP ASN lookup of {ip} failed: {exc}") from exc
-        number = rec.autonomous_system_number
-        if number is None:
-            return None, None, prefix
-        return int(number), rec.autonomous_system_organization, f"AS{number}"
+        return asn, org, f"AS{asn}"
 
     def _anonymous(self, ip: IPAddress) -> bool:
         if self._anon is None:
@@ -209,13 +265,14 @@ class GeoLocator:
             rec: Any = self._anon.anonymous_ip(ip)
         except geoip2.errors.AddressNotFoundError:
             return False
-        except (maxminddb.InvalidDatabaseError, ValueError, KeyError, TypeError) as exc:
+        except _CORRUPT as exc:
             raise GeoIPError(f"GeoIP Anonymous-IP lookup of {ip} failed: {exc}") from exc
         return bool(
             rec.is_anonymous or rec.is_anonymous_vpn or rec.is_public_proxy or rec.is_tor_exit_node
         )
 
     def close(self) -> None:
+        self._cached_lookup.cache_clear()
         for reader in (self._city, self._asn, self._anon):
             if reader is not None:
                 reader.close()

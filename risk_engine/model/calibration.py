@@ -37,8 +37,9 @@ class Calibration:
         # Keep knots strictly increasing; ties collapse to their highest quantile.
         xs, last = np.unique(xs[::-1], return_index=True)
         ps = qs[::-1][last]
-        # Map the largest legitimate score to n/(n+1), leaving room above it.
-        ps = ps * (n / (n + 1.0))
+        # Map the quantile levels onto [1/(n+1), n/(n+1)]: room above the largest legitimate
+        # score, and the smallest stays above 0 so the lower tail below it keeps the order.
+        ps = (ps * (n - 1.0) + 1.0) / (n + 1.0)
         spread = float(values[-1] - np.quantile(values, 0.99))
         scale = spread if spread > 1e-9 else max(abs(float(values[-1])) * 0.01, 1e-3)
         return cls(knots_x=xs, knots_p=ps, tail_scale=scale)

@@ -14,6 +14,7 @@ keeps its meaning: "riskier than this share of normal activity".
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 
 from risk_engine.features.registry import FEATURE_INDEX
 from risk_engine.model.calibration import Calibration
-from risk_engine.model.fastpath import FlatGradientBoosting, FlatIsolationForest
+from risk_engine.model.fastpath import FlatEnsemble, FlatGradientBoosting, FlatIsolationForest
 
 FloatArray = NDArray[np.float64]
 
@@ -63,6 +64,7 @@ class RiskModel:
     final_calibration_: Calibration | None = None
     _fast_forest: FlatIsolationForest | None = field(default=None, repr=False)
     _fast_boosting: FlatGradientBoosting | None = field(default=None, repr=False)
+    _fast_ensemble: FlatEnsemble | None = field(default=None, repr=False)
 
     def fit(self, X: FloatArray, attack: NDArray[np.bool_] | None = None) -> RiskModel:
         """Fit on a feature matrix; ``attack`` marks rows known to be attacks (may be None)."""
@@ -99,6 +101,7 @@ class RiskModel:
             self._fast_boosting = FlatGradientBoosting(self.supervised_)
             self.supervised_calibration_ = Calibration.fit(self._raw_supervised(legit))
         self.final_calibration_ = Calibration.fit(self._combined(legit))
+        self._join_fast_paths()
         return self
 
     @property
@@ -112,6 +115,13 @@ class RiskModel:
         self._fast_forest = FlatIsolationForest(self.detector_)
         if self.supervised_ is not None:
             self._fast_boosting = FlatGradientBoosting(self.supervised_)
+        self._join_fast_paths()
+
+    def _join_fast_paths(self) -> None:
+        """Both detectors' trees in one single-row walk: half the numpy calls per event."""
+        assert self._fast_forest is not None
+        boosting = self._fast_boosting if self.supervised_ is not None else None
+        self._fast_ensemble = FlatEnsemble(self._fast_forest, boosting)
 
     def _raw_unsupervised(self, X: FloatArray) -> FloatArray:
         assert self._fast_forest is not None
@@ -156,22 +166,24 @@ class RiskModel:
 
     def score_one(self, row: FloatArray) -> float:
         """Calibrated risk of one event: the per-request fast path."""
-        forest, final, unsup = (
-            self._fast_forest,
+        ensemble, final, unsup = (
+            self._fast_ensemble,
             self.final_calibration_,
             self.unsupervised_calibration_,
         )
-        if forest is None or final is None or unsup is None:
+        if ensemble is None or final is None or unsup is None:
             raise ValueError("the model is not fitted or not prepared")
-        stratum = int(np.searchsorted(STRATA_EDGES, row[_HISTORY], side="right"))
-        u = self.strata_calibration_.get(stratum, unsup).one(-forest.score_one(row))
-        if self._fast_boosting is not None and self.supervised_calibration_ is not None:
-            s = self.supervised_calibration_.one(self._fast_boosting.decision_one(row))
-            u = max(u, s)
+        # searchsorted(side="right") without turning the edges into an array per call.
+        stratum = bisect.bisect_right(STRATA_EDGES, row[_HISTORY])
+        forest_score, boosting_raw = ensemble.raw_one(row)
+        u = self.strata_calibration_.get(stratum, unsup).one(-forest_score)
+        if boosting_raw is not None and self.supervised_calibration_ is not None:
+            u = max(u, self.supervised_calibration_.one(boosting_raw))
         return final.one(u)
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
         state["_fast_forest"] = None
         state["_fast_boosting"] = None
+        state["_fast_ensemble"] = None
         return state

@@ -1,0 +1,371 @@
+"""In-process decision cost (``Engine.decide``), median and p99, per phase and per store.
+
+A seeded simulation is replayed through one engine per store (memory, SQLite, Redis):
+the first events warm the profiles up, the rest are timed. One run times
+``decide`` bare, for the headline figures; a second run wraps the functions the
+engine calls (GeoIP lookup, store read and write, features, model, policy, ...)
+in timers, for the breakdown, so the engine's own code path is never changed.
+A last run on the SQLite store shows what ``gc.freeze()`` after start-up does to
+the tail: the collector then no longer walks the objects loaded at start-up.
+
+    .venv/bin/python benchmarks/bench_engine.py [--users 1000] [--days 14]
+        [--stores memory,sqlite,redis] [--model PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+import risk_engine.engine as engine_module
+from risk_engine.engine import Engine, load_scorer
+from risk_engine.errors import ProfileStoreError
+from risk_engine.events import Event
+from risk_engine.geo import GeoLocator
+from risk_engine.logs import LogReport, events_in_time_order
+from risk_engine.policy import Policy
+from risk_engine.privacy import Hasher
+from risk_engine.profiles import MemoryStore, Profile, ProfileStore, RedisStore, SQLiteStore
+from training.simulate import SimulationConfig, write_simulation
+
+T = TypeVar("T")
+CLOCK = time.perf_counter
+PHASES = (
+    "geoip",
+    "observe",
+    "bursts",
+    "profile_load",
+    "features",
+    "model",
+    "reasons",
+    "policy",
+    "learn",
+    "profile_save",
+    "challenge",
+    "other",
+)
+
+
+class Phases:
+    """Seconds spent per phase during the current event, then per event over the run."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+        self.samples: dict[str, list[float]] = defaultdict(list)
+
+    def timed(self, phase: str, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` with its time added to ``phase``."""
+
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            start = CLOCK()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.current[phase] += CLOCK() - start
+
+        return wrapper
+
+    def close_event(self, total: float) -> None:
+        accounted = 0.0
+        for phase in PHASES[:-1]:
+            value = self.current.get(phase, 0.0)
+            self.samples[phase].append(value)
+            accounted += value
+        self.samples["other"].append(max(0.0, total - accounted))
+        self.samples["total"].append(total)
+        self.current.clear()
+
+
+@contextmanager
+def instrumented(engine: Engine, phases: Phases) -> Iterator[None]:
+    """Wrap what ``decide`` calls in timers; everything is put back on exit."""
+    store: Any = engine.store
+    real_update = store.update
+
+    def update(user_key: str, fn: Callable[[Profile], T]) -> T:
+        marks: list[float] = []
+
+        def inner(profile: Profile) -> T:
+            marks.append(CLOCK())
+            try:
+                return fn(profile)
+            finally:
+                marks.append(CLOCK())
+
+        start = CLOCK()
+        result: T = real_update(user_key, inner)
+        end = CLOCK()
+        # The read (and deserialisation) happens before ``fn``, the write after it.
+        phases.current["profile_load"] += marks[0] - start
+        phases.current["profile_save"] += end - marks[-1]
+        return result
+
+    module_patches = {
+        "observe": "observe",
+        "compute_features": "features",
+        "explain": "reasons",
+        "learn": "learn",
+        "hold_pending": "learn",
+    }
+    saved_module = {name: getattr(engine_module, name) for name in module_patches}
+    model: Any = engine._live().artifact.model
+    real_decide = Policy.decide
+    real_geo = engine.geo.lookup
+    try:
+        for name, phase in module_patches.items():
+            setattr(engine_module, name, phases.timed(phase, saved_module[name]))
+        model.score_one = phases.timed("model", model.score_one)
+        Policy.decide = phases.timed("policy", real_decide)  # type: ignore[method-assign]
+        engine.geo.lookup = phases.timed("geoip", real_geo)  # type: ignore[method-assign]
+        store.update = update
+        store.burst_counts = phases.timed("bursts", store.burst_counts)
+        store.record_burst = phases.timed("bursts", store.record_burst)
+        store.save_challenge = phases.timed("challenge", store.save_challenge)
+        yield
+    finally:
+        for name, fn in saved_module.items():
+            setattr(engine_module, name, fn)
+        Policy.decide = real_decide  # type: ignore[method-assign]
+        # The wrappers were set on the instances: deleting them uncovers the methods.
+        del model.score_one, engine.geo.lookup
+        del store.update, store.burst_counts, store.record_burst, store.save_challenge
+
+
+def simulated_events(workdir: Path, users: int, days: int, seed: int) -> Path:
+    """A seeded simulation written under ``workdir`` (JSON Lines)."""
+    events = workdir / "events.jsonl"
+    config = SimulationConfig(
+        users=users, days=days, seed=seed, start=datetime(2026, 1, 5, tzinfo=UTC)
+    )
+    write_simulation(config, events, workdir / "labels.jsonl", None)
+    return events
+
+
+def load_events(path: Path, limit: int) -> list[Event]:
+    report = LogReport()
+    out: list[Event] = []
+    for event in events_in_time_order(path, report):
+        out.append(event)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def build(store: ProfileStore, geo: GeoLocator, model: Path | None) -> Engine:
+    return Engine(
+        store=store, geo=geo, scorer=load_scorer(model, None), hasher=Hasher("bench-secret")
+    )
+
+
+def replay(engine: Engine, events: list[Event], phases: Phases | None) -> list[float]:
+    """Decide every event, as the HTTP service does; seconds per timed decision."""
+    totals: list[float] = []
+    for event in events:
+        start = CLOCK()
+        engine.decide(event)
+        elapsed = CLOCK() - start
+        totals.append(elapsed)
+        if phases is not None:
+            phases.close_event(elapsed)
+    return totals
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:9.1f}"
+
+
+def report_run(name: str, totals: list[float], phases: Phases) -> None:
+    print(
+        f"\n{name}: decide median {us(statistics.median(totals))} µs   "
+        f"p99 {us(percentile(totals, 0.99))} µs   max {us(max(totals))} µs   "
+        f"({len(totals)} events, bare run)"
+    )
+    print(f"  {'phase':<13} {'median µs':>10} {'p99 µs':>10} {'mean µs':>10}  (instrumented run)")
+    for phase in (*PHASES, "total"):
+        values = phases.samples[phase]
+        print(
+            f"  {phase:<13} {us(statistics.median(values)):>10} "
+            f"{us(percentile(values, 0.99)):>10} {us(statistics.fmean(values)):>10}"
+        )
+
+
+class FullCollections:
+    """Counts and times the collector's generation-2 passes (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._start = CLOCK()
+        else:
+            self.pauses.append(CLOCK() - self._start)
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
+def gc_comparison(
+    make_store: Callable[[], ProfileStore], geo: GeoLocator, model: Path | None, events: list[Event]
+) -> None:
+    """Tail latency with the default collector, then with gc.freeze() after start-up."""
+    split = len(events) // 2
+    for frozen in (False, True):
+        store = make_store()
+        try:
+            engine = build(store, geo, model)
+            replay(engine, events[:split], None)
+            gc.collect()
+            if frozen:
+                gc.freeze()
+            tracked = len(gc.get_objects())
+            # What one full collection costs now, as the collector would run it.
+            start = CLOCK()
+            gc.collect()
+            full_ms = (CLOCK() - start) * 1e3
+            with FullCollections() as full:
+                totals = replay(engine, events[split:], None)
+            state = "on " if frozen else "off"
+            print(
+                f"  gc.freeze() {state}: {tracked:,} objects for the collector to walk"
+                f" ({gc.get_freeze_count():,} frozen); one full collection {full_ms:.1f} ms"
+            )
+            print(
+                f"      decide median {us(statistics.median(totals))} µs"
+                f"  p99 {us(percentile(totals, 0.99))} µs"
+                f"  p99.9 {us(percentile(totals, 0.999))} µs  max {us(max(totals))} µs;"
+                f" {len(full.pauses)} full collections during the run"
+                + (f", {max(full.pauses) * 1e3:.1f} ms the longest" if full.pauses else "")
+            )
+        finally:
+            gc.unfreeze()
+            store.close()
+
+
+def redis_server_version(url: str) -> str:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        return str(client.info("server").get("redis_version", "?"))
+    except redis.RedisError as exc:
+        return f"unreachable ({exc})"
+    finally:
+        client.close()
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=5.0)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}-*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
+def print_versions(redis_url: str) -> None:
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    names = ("numpy", "scikit-learn", "pydantic", "orjson", "geoip2", "maxminddb", "redis")
+    print(", ".join(f"{name} {version(name)}" for name in names))
+    print(f"sqlite {sqlite3.sqlite_version}, redis server {redis_server_version(redis_url)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=Path, help="events to replay (default: simulate)")
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--limit", type=int, default=24000, help="events read at most")
+    parser.add_argument("--warmup", type=float, default=0.5, help="share of events not timed")
+    parser.add_argument("--stores", default="memory,sqlite,redis")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
+    parser.add_argument("--no-gc", action="store_true", help="skip the gc.freeze() comparison")
+    args = parser.parse_args()
+
+    print_versions(args.redis_url)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        started = CLOCK()
+        path = args.events or simulated_events(workdir, args.users, args.days, args.seed)
+        events = load_events(path, args.limit)
+        split = int(len(events) * args.warmup)
+        warm, timed = events[:split], events[split:]
+        print(
+            f"{len(events)} events from {path.name} ({CLOCK() - started:.1f} s to prepare):"
+            f" {len(warm)} warm the profiles up, {len(timed)} are timed"
+        )
+        geo = GeoLocator()
+        # One prefix per store object, so that no run sees the profiles of another.
+        redis_prefix = f"risk-engine-bench-{uuid.uuid4().hex}"
+        makers: dict[str, Callable[[], ProfileStore]] = {
+            "memory": MemoryStore,
+            "sqlite": lambda: SQLiteStore(workdir / f"bench-{uuid.uuid4().hex}.db"),
+            "redis": lambda: RedisStore(
+                args.redis_url, prefix=f"{redis_prefix}-{uuid.uuid4().hex}"
+            ),
+        }
+        try:
+            for name in args.stores.split(","):
+                store = makers[name]()
+                try:
+                    store.ping()
+                except ProfileStoreError as exc:
+                    print(f"\n{name}: skipped ({exc})")
+                    continue
+                try:
+                    engine = build(store, geo, args.model)
+                    replay(engine, warm, None)
+                    totals = replay(engine, timed, None)
+                finally:
+                    store.close()
+                # The breakdown replays the same events into a fresh store of the kind.
+                store = makers[name]()
+                try:
+                    engine = build(store, geo, args.model)
+                    replay(engine, warm, None)
+                    phases = Phases()
+                    with instrumented(engine, phases):
+                        replay(engine, timed, phases)
+                finally:
+                    store.close()
+                report_run(name, totals, phases)
+            if not args.no_gc and "sqlite" in args.stores:
+                print("\nsqlite, the serving default, tail latency and the collector:")
+                gc_comparison(makers["sqlite"], geo, args.model, events)
+        finally:
+            if "redis" in args.stores:
+                delete_prefix(args.redis_url, redis_prefix)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

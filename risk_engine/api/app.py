@@ -1,0 +1,106 @@
+"""The app factory: routes, handlers and middleware now; the engine once, in the lifespan.
+
+Nothing happens at import time. ``create_app`` wires the app; its lifespan
+builds the Engine (unless one is injected, as tests do), the audit and feedback
+logs, installs the SIGHUP reload and freezes the start-up heap out of the GC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from risk_engine import __version__
+from risk_engine.api.errors import install_error_handlers
+from risk_engine.api.metrics import Metrics
+from risk_engine.api.middleware import BodyLimitMiddleware
+from risk_engine.api.routes import ops, v1
+from risk_engine.api.service import Service
+from risk_engine.config import Settings
+from risk_engine.engine import Engine, build_engine
+
+log = logging.getLogger("risk_engine.api")
+
+DESCRIPTION = (
+    "Behavioral risk scoring for step-up authentication. POST an event to "
+    "/v1/decisions; a step_up decision carries a challenge whose result the "
+    "application reports to /v1/challenges/{id}/result."
+)
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """The decision service; ``engine`` injects a ready Engine instead of building one."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="risk-engine", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.injected_engine = engine
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(v1)
+    app.include_router(ops)
+    if not settings.auth_disabled and not settings.api_keys_sha256:
+        log.warning("no API keys configured: every /v1 request will be refused (401)")
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The factory uvicorn imports in each worker (``--factory``): settings from RISK_ENGINE_*."""
+    return create_app(Settings())
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Build the engine once per process, serve, then release what was built."""
+    settings: Settings = app.state.settings
+    injected: Engine | None = app.state.injected_engine
+    engine = injected if injected is not None else await run_in_threadpool(build_engine, settings)
+    service = Service(settings, engine, metrics=app.state.metrics, owns_engine=injected is None)
+    app.state.service = service
+    # Model arrays and GeoIP live as long as the process: keep the GC from rescanning them.
+    gc.collect()
+    gc.freeze()
+    remove_handler = _install_sighup(service)
+    log.info("serving model %s", engine.scorer.model_version if engine.scorer else "(none)")
+    try:
+        yield
+    finally:
+        remove_handler()
+        app.state.service = None
+        service.close()
+        gc.unfreeze()
+
+
+def _install_sighup(service: Service) -> Callable[[], None]:
+    """SIGHUP reloads model and policy; only the main thread may own signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return _nothing
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        log.info("SIGHUP: reloading model and policy")
+        loop.run_in_executor(None, service.reload_quietly)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return _nothing
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,144 @@
+"""Prometheus metrics of one app (its own registry), and a store wrapper that counts failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from risk_engine.decision import Decision
+from risk_engine.engine import Scorer
+from risk_engine.errors import ProfileStoreError
+from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.store import ProfileStore
+
+T = TypeVar("T")
+
+# Decisions take a few ms; the tail up to seconds is a store timing out.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The service's metrics, in a registry per app so that apps (and tests) never share."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter(
+            "risk_engine_decisions",
+            "Decisions by action class and outcome",
+            ["action_class", "decision"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "risk_engine_decision_seconds",
+            "Time to decide one event (engine and audit)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.degraded = Counter(
+            "risk_engine_degraded_decisions",
+            "Decisions made in degraded mode (store or GeoIP unavailable)",
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "risk_engine_store_errors",
+            "Profile store operations that failed",
+            ["operation"],
+            registry=r,
+        )
+        self.challenge_results = Counter(
+            "risk_engine_challenge_results",
+            "Step-up results reported, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.audit_errors = Counter(
+            "risk_engine_audit_errors", "Audit records that could not be written", registry=r
+        )
+        self.reloads = Counter(
+            "risk_engine_reloads", "Model and policy reloads, by result", ["result"], registry=r
+        )
+        self.model_info = Gauge(
+            "risk_engine_model_info",
+            "The loaded model and policy (value 1)",
+            ["role", "model_version", "policy_version", "schema_hash"],
+            registry=r,
+        )
+
+    def observe_decision(self, decision: Decision, seconds: float) -> None:
+        self.decisions.labels(decision.action_class, decision.decision.value).inc()
+        self.latency.observe(seconds)
+        if decision.degraded:
+            self.degraded.inc()
+
+    def set_models(self, live: Scorer | None, shadow: Scorer | None) -> None:
+        """Replace the model info series (after start-up or a reload)."""
+        self.model_info.clear()
+        for role, scorer in (("live", live), ("shadow", shadow)):
+            if scorer is not None:
+                self.model_info.labels(
+                    role, scorer.model_version, scorer.policy.version, scorer.artifact.schema_hash
+                ).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class CountingStore:
+    """A ProfileStore that counts each failed operation, then lets the error through."""
+
+    def __init__(self, inner: ProfileStore, counter: Counter) -> None:
+        self.inner = inner
+        self._counter = counter
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except ProfileStoreError:
+            self._counter.labels(operation).inc()
+            raise
+
+    def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
+        return self._call("update", lambda: self.inner.update(user_key, fn))
+
+    def get(self, user_key: str) -> Profile | None:
+        return self._call("get", lambda: self.inner.get(user_key))
+
+    def delete(self, user_key: str) -> bool:
+        return self._call("delete", lambda: self.inner.delete(user_key))
+
+    def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
+        return self._call("burst_counts", lambda: self.inner.burst_counts(ip_key, network, now))
+
+    def record_burst(
+        self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
+    ) -> None:
+        self._call(
+            "record_burst",
+            lambda: self.inner.record_burst(ip_key, network, user_key, ts, failed),
+        )
+
+    def save_challenge(self, challenge_id: str, record: bytes, ttl_s: float, now: float) -> None:
+        self._call(
+            "save_challenge", lambda: self.inner.save_challenge(challenge_id, record, ttl_s, now)
+        )
+
+    def load_challenge(self, challenge_id: str, now: float) -> bytes | None:
+        return self._call("load_challenge", lambda: self.inner.load_challenge(challenge_id, now))
+
+    def claim_challenge(self, challenge_id: str, now: float) -> bool:
+        return self._call("claim_challenge", lambda: self.inner.claim_challenge(challenge_id, now))
+
+    def purge(self, older_than: float) -> int:
+        return self._call("purge", lambda: self.inner.purge(older_than))
+
+    def count(self) -> int:
+        return self._call("count", self.inner.count)
+
+    def ping(self) -> None:
+        self._call("ping", self.inner.ping)
+
+    def close(self) -> None:
+        self.inner.close()

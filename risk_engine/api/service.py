@@ -1,0 +1,295 @@
+"""What the endpoints do, kept out of the routes: decide, report, label, erase, reload.
+
+One ``Service`` per app, built in the lifespan around the one Engine. Each
+method does the engine call, the metrics and the audit record, so the routes
+stay a line or two of HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from risk_engine.api.metrics import CountingStore, Metrics
+from risk_engine.api.schemas import (
+    ChallengeResultIn,
+    ChallengeResultOut,
+    FeedbackIn,
+    FeedbackOut,
+    ModelInfo,
+    Readiness,
+    ScorerInfo,
+)
+from risk_engine.audit import AuditLog, RecordKind, decision_record
+from risk_engine.config import Settings
+from risk_engine.decision import Decision
+from risk_engine.engine import Engine, Scorer, load_scorer
+from risk_engine.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    RiskEngineError,
+)
+from risk_engine.events import Event
+
+log = logging.getLogger("risk_engine.api")
+
+# A public address every City database places: the GeoIP part of readiness.
+READINESS_PROBE_IP = ip_address("8.8.8.8")
+
+
+class JsonLinesFile:
+    """Appends JSON Lines: one O_APPEND write per record, so processes interleave whole lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._lock = threading.Lock()
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record) + b"\n"
+        with self._lock:
+            os.write(self._fd, line)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def scorer_info(scorer: Scorer) -> ScorerInfo:
+    """A model and policy as /v1/model shows them."""
+    summary = scorer.artifact.summary()
+    policy = scorer.policy
+    thresholds = {
+        name: {
+            "actions": cls.actions,
+            "step_up": cls.step_up,
+            "deny": cls.deny,
+            "required_acr": cls.required_acr.value,
+            "max_age": cls.max_age,
+            "fail_mode": cls.fail_mode.value,
+        }
+        for name, cls in policy.classes.items()
+    }
+    return ScorerInfo(
+        model_version=summary["model_version"],
+        kind=summary["kind"],
+        schema_hash=summary["schema_hash"],
+        feature_version=summary["feature_version"],
+        created_at=summary["created_at"],
+        policy_version=policy.version,
+        thresholds=thresholds,
+        floors={code: outcome.value for code, outcome in policy.floors.items()},
+        training=summary["training"],
+        metrics=summary["metrics"],
+    )
+
+
+class Service:
+    """The engine, its audit and feedback logs and its metrics, behind the endpoints."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, *, metrics: Metrics, owns_engine: bool
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.owns_engine = owns_engine
+        inner = engine.store.inner if isinstance(engine.store, CountingStore) else engine.store
+        engine.store = CountingStore(inner, metrics.store_errors)
+        # The audit record always carries the features; responses only when configured.
+        engine.include_features = True
+        self.audit_log = AuditLog(settings.audit_path)
+        self.feedback_log = JsonLinesFile(settings.feedback_path)
+        self._reload_lock = threading.Lock()
+        metrics.set_models(engine.scorer, engine.shadow)
+
+    def close(self) -> None:
+        self.audit_log.close()
+        self.feedback_log.close()
+        if self.owns_engine:
+            self.engine.store.close()
+
+    def audit(self, kind: RecordKind, fields: dict[str, Any]) -> None:
+        """Append an audit record; a failing disk is logged and counted, never a failed request."""
+        try:
+            self.audit_log.append(kind, fields)
+        except OSError as exc:
+            self.metrics.audit_errors.inc()
+            log.error("audit record %s not written to %s: %s", kind, self.audit_log.path, exc)
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def decide(self, event: Event) -> Decision:
+        """Decide one event, count it and audit it; the shadow verdict is logged, not enforced."""
+        started = time.perf_counter()
+        decision = self.engine.decide(event)
+        features = decision.features
+        self.audit(
+            RecordKind.DECISION, decision_record(event, decision, features, self.engine.hasher)
+        )
+        self.metrics.observe_decision(decision, time.perf_counter() - started)
+        return decision.model_copy(
+            update={
+                "features": features if self.settings.include_features else None,
+                "shadow": None,
+            }
+        )
+
+    # -- step-up results ------------------------------------------------------------------
+
+    def complete_challenge(self, challenge_id: str, body: ChallengeResultIn) -> ChallengeResultOut:
+        """Apply a reported step-up result; every one, refused or not, is audited."""
+        acr = body.acr or body.method.acr
+        record: dict[str, Any] = {
+            "challenge_id": challenge_id,
+            "method": body.method.value,
+            "passed": body.passed,
+            "acr": acr.value,
+            "session_id": body.session_id,
+        }
+        try:
+            result = self.engine.complete_challenge(
+                challenge_id, passed=body.passed, session_id=body.session_id, acr=acr
+            )
+        except RiskEngineError as exc:
+            refused = {NotFoundError: "not_found", ConflictError: "conflict"}.get(
+                type(exc), "error"
+            )
+            self.metrics.challenge_results.labels(refused).inc()
+            self.audit(
+                RecordKind.CHALLENGE_RESULT,
+                {**record, "outcome": refused, "error": exc.code, "message": exc.message},
+            )
+            raise
+        if result.satisfied:
+            outcome = "passed"
+        else:
+            outcome = "insufficient_acr" if result.passed else "failed"
+        self.metrics.challenge_results.labels(outcome).inc()
+        self.audit(
+            RecordKind.CHALLENGE_RESULT,
+            {
+                **record,
+                "outcome": outcome,
+                "event_id": result.event_id,
+                "user_key": result.user_key,
+                "satisfied": result.satisfied,
+            },
+        )
+        return ChallengeResultOut(
+            challenge_id=result.challenge_id,
+            event_id=result.event_id,
+            passed=result.passed,
+            satisfied=result.satisfied,
+            acr=result.acr,
+        )
+
+    # -- feedback and erasure -------------------------------------------------------------
+
+    def feedback(self, event_id: str, body: FeedbackIn) -> FeedbackOut:
+        """Append a label to the feedback file (read by training/labels.py) and audit it."""
+        record: dict[str, Any] = {"event_id": event_id, "label": body.label.value}
+        if body.user_id is not None:
+            record["user_id"] = body.user_id
+        if body.note is not None:
+            record["note"] = body.note
+        record["ts"] = round(time.time(), 6)
+        try:
+            self.feedback_log.append(record)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"feedback file {self.feedback_log.path} cannot be written: {exc}"
+            ) from exc
+        self.audit(RecordKind.FEEDBACK, {k: v for k, v in record.items() if k != "ts"})
+        return FeedbackOut(event_id=event_id, label=body.label)
+
+    def erase(self, user_id: str) -> None:
+        """Erase a user's profile; NotFoundError when there was none. Audited by keyed id."""
+        user_key = self.engine.user_key(user_id)
+        try:
+            erased = self.engine.store.delete(user_key)
+        except RiskEngineError:
+            self.audit(RecordKind.ERASURE, {"user_key": user_key, "outcome": "error"})
+            raise
+        self.audit(
+            RecordKind.ERASURE, {"user_key": user_key, "outcome": "erased" if erased else "absent"}
+        )
+        if not erased:
+            raise NotFoundError("no profile is kept for this user", field="user_id")
+
+    # -- operations -----------------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """Store reachable, GeoIP answering, model loaded: each reported by name."""
+        checks: dict[str, str] = {}
+        try:
+            self.engine.store.ping()
+            checks["store"] = "ok"
+        except RiskEngineError as exc:
+            checks["store"] = exc.message
+        try:
+            self.engine.geo.lookup(READINESS_PROBE_IP)
+            checks["geoip"] = "ok"
+        except RiskEngineError as exc:
+            checks["geoip"] = exc.message
+        checks["model"] = "ok" if self.engine.scorer is not None else "no model is loaded"
+        ready = all(v == "ok" for v in checks.values())
+        return Readiness(status="ready" if ready else "not_ready", checks=checks)
+
+    def model_info(self) -> ModelInfo:
+        """The live model and policy, and the shadow pair if any."""
+        scorer = self.engine.scorer
+        if scorer is None:
+            raise ConfigurationError("no model is loaded: train one with `risk-engine train`")
+        shadow = self.engine.shadow
+        return ModelInfo(
+            **scorer_info(scorer).model_dump(),
+            shadow=scorer_info(shadow) if shadow is not None else None,
+        )
+
+    def reload(self) -> ModelInfo:
+        """Load model, policy and shadow from their paths, then swap; a bad file changes nothing.
+
+        Requests in flight keep the Scorer they started with; the swap is one
+        attribute store, so none is dropped or sees half a model.
+        """
+        s = self.settings
+        with self._reload_lock:
+            try:
+                live = load_scorer(s.model_path, s.policy_path)
+                shadow = None
+                if s.shadow_model_path or s.shadow_policy_path:
+                    shadow = load_scorer(
+                        s.shadow_model_path or s.model_path, s.shadow_policy_path or s.policy_path
+                    )
+            except RiskEngineError as exc:
+                self.metrics.reloads.labels("failed").inc()
+                raise ConfigurationError(
+                    f"reload refused, the running model is kept: {exc.message}"
+                ) from exc
+            except OSError as exc:
+                self.metrics.reloads.labels("failed").inc()
+                raise ConfigurationError(
+                    f"reload refused, the running model is kept: {exc}"
+                ) from exc
+            self.engine.scorer = live
+            self.engine.shadow = shadow
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.set_models(live, shadow)
+        log.info("reloaded model %s, policy %s", live.model_version, live.policy.version)
+        return self.model_info()
+
+    def reload_quietly(self) -> None:
+        """Reload on SIGHUP: errors are logged, the running model stays."""
+        try:
+            self.reload()
+        except RiskEngineError as exc:
+            log.error("%s", exc.message)

@@ -1,0 +1,160 @@
+"""Decisions through Engine.decide with the default GeoIP database, model and policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from risk_engine.decision import Decision, Outcome
+from risk_engine.engine import Engine, load_scorer
+from risk_engine.events import parse_event
+from risk_engine.geo import GeoLocator
+from risk_engine.privacy import Hasher
+from risk_engine.profiles.memory import MemoryStore
+
+OSLO = ZoneInfo("Europe/Oslo")
+HOME_IP = "84.208.20.110"  # Oslo in the bundled GeoLite2
+SYDNEY_IP = "61.68.0.1"  # Balmain, Sydney
+LAPTOP = {
+    "id": "d-laptop",
+    "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "platform": "Win32",
+    "timezone": "Europe/Oslo",
+    "language": "nb-NO",
+    "screen": "1920x1080",
+}
+STRANGER = {
+    "id": "d-stranger",
+    "user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "platform": "Linux x86_64",
+    "timezone": "Australia/Sydney",
+    "language": "en-AU",
+    "screen": "1366x768",
+}
+START = datetime(2026, 2, 1, 8, 15, tzinfo=OSLO)
+
+
+class Harness:
+    """An engine with an in-memory store and a clock that follows the events."""
+
+    def __init__(self, geo: GeoLocator) -> None:
+        self.now = 0.0
+        self.engine = Engine(
+            store=MemoryStore(),
+            geo=geo,
+            scorer=load_scorer(None, None),
+            hasher=Hasher("behavior-tests"),
+            clock=lambda: self.now,
+        )
+        self._ids = count(1)
+
+    def decide(
+        self, when: datetime, *, user: str = "alice", pass_step_up: bool = True, **fields: Any
+    ) -> Decision:
+        n = next(self._ids)
+        data = {
+            "event_id": f"e-{n}",
+            "timestamp": when.astimezone(UTC).isoformat(),
+            "user_id": user,
+            "action": "login",
+            "ip": HOME_IP,
+            "session_id": f"s-{n}",
+            "device": LAPTOP,
+            **fields,
+        }
+        event = parse_event(data)
+        self.now = event.epoch
+        decision = self.engine.decide(event)
+        if decision.decision is Outcome.STEP_UP and pass_step_up:
+            # The real user completes the challenge, as a real user would.
+            self.engine.apply_outcome(
+                user,
+                event.event_id,
+                passed=True,
+                now=event.epoch + 30.0,
+                session_id=event.session_id,
+                acr=decision.required_acr,
+            )
+        return decision
+
+    def usual_month(self, user: str = "alice") -> list[Decision]:
+        """30 days of logins from the same laptop, at home, around 08:15 Oslo time."""
+        return [
+            self.decide(START + timedelta(days=day, minutes=day % 20), user=user)
+            for day in range(30)
+        ]
+
+
+@pytest.fixture(scope="module")
+def geo() -> Iterator[GeoLocator]:
+    locator = GeoLocator()
+    yield locator
+    locator.close()
+
+
+@pytest.fixture
+def harness(geo: GeoLocator) -> Harness:
+    return Harness(geo)
+
+
+def test_usual_device_place_and_hour_is_allowed(harness: Harness) -> None:
+    history = harness.usual_month()
+    assert all(0.0 <= d.score <= 1.0 for d in history)
+    decision = harness.decide(START + timedelta(days=30, minutes=5))
+    assert decision.decision is Outcome.ALLOW
+    assert decision.required_acr is None
+    assert decision.action_class == "login"
+    assert "impossible_travel" not in [r.code for r in decision.reasons]
+
+
+def test_another_continent_minutes_later_on_a_new_device_is_stopped(harness: Harness) -> None:
+    harness.usual_month()
+    usual = harness.decide(START + timedelta(days=30, minutes=5))
+    assert usual.decision is Outcome.ALLOW
+    far = harness.decide(
+        START + timedelta(days=30, minutes=25),
+        ip=SYDNEY_IP,
+        device=STRANGER,
+        pass_step_up=False,
+    )
+    assert far.decision in (Outcome.STEP_UP, Outcome.DENY)
+    codes = [r.code for r in far.reasons]
+    assert "impossible_travel" in codes[:2], codes
+    assert far.score > usual.score
+    if far.decision is Outcome.STEP_UP:
+        assert far.required_acr is not None and far.max_age is not None
+        assert far.challenge is not None
+
+
+def test_the_stopped_event_teaches_nothing(harness: Harness) -> None:
+    harness.usual_month()
+    harness.decide(
+        START + timedelta(days=30, minutes=25), ip=SYDNEY_IP, device=STRANGER, pass_step_up=False
+    )
+    # Back home an hour later: the stranger's place did not become the last trusted place.
+    back = harness.decide(START + timedelta(days=30, minutes=85))
+    assert back.decision is Outcome.ALLOW
+    assert "impossible_travel" not in [r.code for r in back.reasons]
+
+
+def test_unknown_action_gets_the_default_policy_class(harness: Harness) -> None:
+    harness.usual_month()
+    decision = harness.decide(START + timedelta(days=30, minutes=5), action="approve_invoice")
+    assert decision.action_class == "default"
+    assert decision.decision in (Outcome.ALLOW, Outcome.STEP_UP, Outcome.DENY)
+
+
+def test_decision_has_the_contract_fields(harness: Harness) -> None:
+    decision = harness.decide(START)
+    body = decision.contract_dict()
+    assert body["event_id"] == "e-1"
+    assert 0.0 <= body["score"] <= 1.0
+    assert body["decision"] in {"allow", "step_up", "deny"}
+    assert isinstance(body["reasons"], list)
+    assert body["model_version"]

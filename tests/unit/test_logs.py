@@ -1,0 +1,257 @@
+"""Reading event logs: bad lines reported and counted, gzip, Parquet, directories, time order."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from risk_engine.errors import ConfigurationError
+from risk_engine.logs import (
+    LogReport,
+    events_in_time_order,
+    expand_paths,
+    read_events,
+    read_many,
+)
+
+SAMPLE = Path(__file__).parents[2] / "data" / "samples" / "events.jsonl"
+
+
+@pytest.fixture(scope="module")
+def sample_records() -> list[dict[str, Any]]:
+    with SAMPLE.open("rb") as handle:
+        return [orjson.loads(line) for _, line in zip(range(50), handle, strict=False)]
+
+
+def event(i: int, ts: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"e-{i}",
+        "timestamp": ts,
+        "user_id": "u-1",
+        "action": "login",
+        "ip": "81.2.69.160",
+        **extra,
+    }
+
+
+def write_lines(path: Path, lines: list[bytes | str | dict[str, Any]]) -> Path:
+    out = []
+    for line in lines:
+        if isinstance(line, dict):
+            out.append(orjson.dumps(line))
+        elif isinstance(line, str):
+            out.append(line.encode())
+        else:
+            out.append(line)
+    path.write_bytes(b"\n".join(out) + b"\n")
+    return path
+
+
+# -- bad lines --------------------------------------------------------------------------
+
+
+def test_bad_lines_are_reported_with_file_and_line_and_counted(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "events.jsonl",
+        [
+            event(1, "2026-03-01T08:00:00Z"),
+            '{"event_id": "e-2", "timestamp": ',  # truncated JSON
+            event(3, "2026-03-01T08:01:00Z"),
+            event(4, "2026-03-01T08:02:00", ip="81.2.69.160"),  # naive timestamp
+            "",  # blank lines are no lines
+            event(6, "2026-03-01T08:03:00Z", ip="not-an-ip"),
+            b"\xff\xfe not utf-8",
+            "[1, 2, 3]",
+            event(9, "2026-03-01T08:04:00Z"),
+        ],
+    )
+    report = LogReport()
+    events = list(read_events(path, report))
+    assert [e.event_id for e in events] == ["e-1", "e-3", "e-9"]
+    assert report.events == 3
+    assert report.bad == 5
+    assert report.lines == 8
+    assert [(p.line, p.field) for p in report.problems] == [
+        (2, "event"),
+        (4, "timestamp"),
+        (6, "ip"),
+        (7, "event"),
+        (8, "event"),
+    ]
+    for problem in report.problems:
+        assert problem.source == str(path)
+        assert str(problem).startswith(f"{path}, line {problem.line}: ")
+        assert not problem.message.startswith("line ")
+
+
+def test_file_of_only_bad_lines_yields_nothing_but_counts_them(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "bad.jsonl", ["nope", "{}", "null"])
+    report = LogReport()
+    assert list(read_events(path, report)) == []
+    assert report.bad == 3 and report.events == 0
+
+
+# -- formats ----------------------------------------------------------------------------
+
+
+def test_gzip_log(tmp_path: Path, sample_records: list[dict[str, Any]]) -> None:
+    path = tmp_path / "events.jsonl.gz"
+    lines = [orjson.dumps(r) for r in sample_records[:20]] + [b"{broken"]
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    report = LogReport()
+    events = list(read_events(path, report))
+    assert [e.event_id for e in events] == [r["event_id"] for r in sample_records[:20]]
+    assert report.bad == 1 and report.problems[0].line == 21
+
+
+def _sample_table(records: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(records)
+
+
+def test_parquet_log(tmp_path: Path, sample_records: list[dict[str, Any]]) -> None:
+    path = tmp_path / "events.parquet"
+    pq.write_table(_sample_table(sample_records), path)
+    report = LogReport()
+    events = list(read_events(path, report))
+    assert report.bad == 0
+    assert [e.event_id for e in events] == [r["event_id"] for r in sample_records]
+    first, record = events[0], sample_records[0]
+    assert first.device is not None and first.device.id == record["device"]["id"]
+    assert first.timestamp == datetime.fromisoformat(record["timestamp"])
+    assert str(first.ip) == record["ip"]
+
+
+def test_parquet_with_native_timestamps_and_a_bad_row(
+    tmp_path: Path, sample_records: list[dict[str, Any]]
+) -> None:
+    records = [dict(r) for r in sample_records]
+    records[7]["ip"] = "not-an-ip"
+    table = _sample_table(records)
+    stamps = pa.array(
+        [datetime.fromisoformat(r["timestamp"]) for r in records], type=pa.timestamp("us", "UTC")
+    )
+    table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", stamps)
+    path = tmp_path / "native.parquet"
+    pq.write_table(table, path)
+    report = LogReport()
+    events = list(read_events(path, report))
+    assert len(events) == len(records) - 1
+    assert report.bad == 1
+    assert (report.problems[0].line, report.problems[0].field) == (8, "ip")
+    assert events[0].timestamp == datetime.fromisoformat(records[0]["timestamp"])
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("broken.jsonl.gz", b"this is not gzip at all"),
+        ("truncated.jsonl.gz", gzip.compress(b'{"a": 1}\n' * 1000)[:60]),
+        ("broken.parquet", b"PAR1 but nothing after it"),
+    ],
+)
+def test_unreadable_file_is_a_clear_configuration_error(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigurationError) as caught:
+        list(read_events(path, LogReport()))
+    assert str(path) in caught.value.message
+
+
+# -- directories ------------------------------------------------------------------------
+
+
+def test_directory_input_reads_every_log_in_name_order(
+    tmp_path: Path, sample_records: list[dict[str, Any]]
+) -> None:
+    root = tmp_path / "logs"
+    (root / "nested").mkdir(parents=True)
+    write_lines(root / "a.jsonl", sample_records[:10])
+    (root / "b.jsonl.gz").write_bytes(
+        gzip.compress(b"\n".join(orjson.dumps(r) for r in sample_records[10:20]))
+    )
+    pq.write_table(_sample_table(sample_records[20:30]), root / "nested" / "c.parquet")
+    (root / "README.txt").write_text("not a log")
+    assert [p.name for p in expand_paths([root])] == ["a.jsonl", "b.jsonl.gz", "c.parquet"]
+    report = LogReport()
+    events = list(read_many([root], report))
+    assert [e.event_id for e in events] == [r["event_id"] for r in sample_records[:30]]
+    assert report.events == 30 and report.bad == 0
+
+
+def test_directory_without_logs_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ConfigurationError, match="holds no event logs"):
+        expand_paths([tmp_path])
+
+
+def test_missing_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="not found"):
+        expand_paths([tmp_path / "absent.jsonl"])
+
+
+# -- time order -------------------------------------------------------------------------
+
+
+def test_out_of_order_file_is_sorted_with_ties_in_file_order(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "shuffled.jsonl",
+        [
+            event(1, "2026-03-01T09:00:00Z"),
+            event(2, "2026-03-01T08:00:00Z"),
+            "garbage",
+            event(4, "2026-03-01T08:30:00Z"),
+            event(5, "2026-03-01T09:00:00+00:00"),  # tie with e-1, later in the file
+            event(6, "2026-03-01T10:00:00+02:00"),  # 08:00Z: tie with e-2
+            "",
+            event(8, "2026-03-01T07:59:59.999Z"),
+        ],
+    )
+    report = LogReport()
+    events = list(events_in_time_order(path, report))
+    assert [e.event_id for e in events] == ["e-8", "e-2", "e-6", "e-4", "e-1", "e-5"]
+    assert report.events == 6 and report.bad == 1
+    assert report.problems[0].line == 3
+    assert report.lines == 7
+
+
+def test_sorted_file_streams_in_file_order(tmp_path: Path) -> None:
+    lines: list[bytes | str | dict[str, Any]] = [
+        event(i, datetime.fromtimestamp(1_772_352_000 + 60 * (i // 2), UTC).isoformat())
+        for i in range(40)
+    ]
+    lines.insert(5, "not json")
+    path = write_lines(tmp_path / "sorted.jsonl", lines)
+    ordered, plain = LogReport(), LogReport()
+    in_order = list(events_in_time_order(path, ordered))
+    assert [e.event_id for e in in_order] == [e.event_id for e in read_events(path, plain)]
+    assert [e.event_id for e in in_order] == [f"e-{i}" for i in range(40)]
+    assert (ordered.events, ordered.bad, ordered.lines) == (plain.events, plain.bad, plain.lines)
+    assert ordered.problems[0].line == 6
+
+
+def test_sample_log_comes_out_in_time_order(tmp_path: Path) -> None:
+    report = LogReport()
+    stamps = [e.epoch for e in events_in_time_order(SAMPLE, report)]
+    assert stamps == sorted(stamps)
+    assert report.bad == 0 and report.events == len(stamps) > 4000
+
+
+def test_gzip_out_of_order_is_sorted_too(tmp_path: Path) -> None:
+    path = tmp_path / "shuffled.jsonl.gz"
+    lines = [
+        event(1, "2026-03-01T09:00:00Z"),
+        event(2, "2026-03-01T08:00:00Z"),
+        event(3, "2026-03-01T09:00:00Z"),
+    ]
+    path.write_bytes(gzip.compress(b"\n".join(orjson.dumps(x) for x in lines)))
+    ids = [e.event_id for e in events_in_time_order(path, LogReport())]
+    assert ids == ["e-2", "e-1", "e-3"]

@@ -1,0 +1,415 @@
+"""Evaluate the engine against the Freeman et al. baseline on a labelled log.
+
+Both replay the same evaluation log in time order, score-then-learn. The engine's
+model and the baseline's population counts come from other, earlier logs: the
+split is by log (time), never random, which would let a user's later events train
+the model that judges their earlier ones. Figures are given for all events and for
+established users (at least ``ESTABLISHED_MIN_PRIOR`` earlier events in the log).
+
+The baseline has no policy, so it is compared at the engine's own legitimate
+challenge rate (its threshold is the smallest one that challenges no more
+legitimate events than the engine did), and both are also shown at a fixed rate.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from risk_engine.backtest import BacktestSummary, run_backtest
+from risk_engine.errors import ConfigurationError, RiskEngineError
+from risk_engine.events import utc_from_epoch
+from risk_engine.geo import GeoLocator
+from risk_engine.logs import LogReport, events_in_time_order
+from training.freeman import freeman_backtest
+from training.labels import Label, load_labels
+
+ESTABLISHED_MIN_PRIOR = 10
+FIXED_RATE = 0.02
+OUTCOME_RANK = {"allow": 0, "step_up": 1, "deny": 2}
+
+Figures = dict[str, Any]
+
+
+@dataclass
+class LabelledRun:
+    """Per event in time order: truth, the engine's decision, and the baseline's score."""
+
+    event_ids: list[str]
+    actions: list[str]
+    attack: NDArray[np.bool_]
+    attack_types: NDArray[np.str_]  # "" for legitimate events
+    prior_events: NDArray[np.int64]  # events of the same user earlier in the log
+    score: NDArray[np.float64]
+    outcome: NDArray[np.int8]  # OUTCOME_RANK of the decision
+    reason_codes: list[tuple[str, ...]]
+    baseline: NDArray[np.float64] | None = None
+    window: tuple[float, float] = (math.nan, math.nan)
+    unlabelled: int = 0
+    undecided: int = 0
+
+    @property
+    def established(self) -> NDArray[np.bool_]:
+        return self.prior_events >= ESTABLISHED_MIN_PRIOR
+
+
+def load_decisions(path: Path) -> dict[str, tuple[float, int, tuple[str, ...]]]:
+    """event_id -> (score, outcome rank, reason codes) from a decisions file."""
+    out: dict[str, tuple[float, int, tuple[str, ...]]] = {}
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = orjson.loads(raw)
+                codes = tuple(str(r["code"]) for r in record.get("reasons", []))
+                out[str(record["event_id"])] = (
+                    float(record["score"]),
+                    OUTCOME_RANK[record["decision"]],
+                    codes,
+                )
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ConfigurationError(f"{path}:{number}: not a decision ({exc})") from None
+    return out
+
+
+def build_run(
+    events_path: Path,
+    labels: dict[str, Label],
+    decisions_path: Path,
+    baseline: Iterable[tuple[str, float]] | None = None,
+) -> LabelledRun:
+    """Join events (time order), labels, decisions and baseline scores by event id."""
+    decisions = load_decisions(decisions_path)
+    base = dict(baseline) if baseline is not None else None
+    seen: Counter[str] = Counter()
+    ids: list[str] = []
+    actions: list[str] = []
+    attack: list[bool] = []
+    kinds: list[str] = []
+    prior: list[int] = []
+    scores: list[float] = []
+    outcomes: list[int] = []
+    codes: list[tuple[str, ...]] = []
+    base_scores: list[float] = []
+    unlabelled = undecided = 0
+    first, last = math.inf, -math.inf
+    for event in events_in_time_order(events_path, LogReport()):
+        count = seen[event.user_id]
+        seen[event.user_id] = count + 1
+        decided = decisions.get(event.event_id)
+        if decided is None:
+            undecided += 1
+            continue
+        label = labels.get(event.event_id)
+        unlabelled += label is None
+        is_attack = label is not None and label.is_attack
+        ids.append(event.event_id)
+        actions.append(event.action)
+        attack.append(is_attack)
+        kinds.append((label.attack_type or "attack") if label is not None and is_attack else "")
+        prior.append(count)
+        scores.append(decided[0])
+        outcomes.append(decided[1])
+        codes.append(decided[2])
+        if base is not None:
+            base_scores.append(base.get(event.event_id, math.nan))
+        first, last = min(first, event.epoch), max(last, event.epoch)
+    return LabelledRun(
+        event_ids=ids,
+        actions=actions,
+        attack=np.asarray(attack, dtype=bool),
+        attack_types=np.asarray(kinds, dtype=str),
+        prior_events=np.asarray(prior, dtype=np.int64),
+        score=np.asarray(scores, dtype=np.float64),
+        outcome=np.asarray(outcomes, dtype=np.int8),
+        reason_codes=codes,
+        baseline=np.asarray(base_scores, dtype=np.float64) if base is not None else None,
+        window=(first, last),
+        unlabelled=unlabelled,
+        undecided=undecided,
+    )
+
+
+def write_label_outcomes(labels: dict[str, Label], path: Path) -> Path:
+    """Step-up outcomes as the simulator writes them: legitimate passed, attacks failed."""
+    with path.open("wb") as out:
+        for event_id, label in labels.items():
+            result = "failed" if label.is_attack else "passed"
+            out.write(orjson.dumps({"event_id": event_id, "step_up": result}) + b"\n")
+    return path
+
+
+def labelled_backtest(
+    events_path: Path,
+    labels: dict[str, Label],
+    workdir: Path,
+    *,
+    outcomes_path: Path | None = None,
+    model_path: Path | None = None,
+    policy_path: Path | None = None,
+    geo: GeoLocator | None = None,
+) -> tuple[Path, Path, BacktestSummary]:
+    """Run the contract backtest with outcomes from the labels: (decisions, outcomes, summary)."""
+    outcomes = outcomes_path or write_label_outcomes(labels, workdir / "outcomes.jsonl")
+    decisions = workdir / "decisions.jsonl"
+    summary = run_backtest(
+        events_path,
+        decisions,
+        outcomes_path=outcomes,
+        model_path=model_path,
+        policy_path=policy_path,
+        geo=geo,
+        progress=False,
+    )
+    return decisions, outcomes, summary
+
+
+# -- figures --------------------------------------------------------------------------
+
+
+def threshold_for_count(
+    scores: NDArray[np.float64], count: int, *, decimals: int | None = None
+) -> float:
+    """The smallest threshold t with at most ``count`` of ``scores`` >= t.
+
+    Ties are never split: when the boundary score is shared, all of them stay below
+    t, so the rate is met (and may fall short of it). With ``decimals``, t is the
+    next value on that grid, for scores that are rounded to it.
+    """
+    if count >= scores.size:
+        return -math.inf
+    boundary = float(np.sort(scores)[::-1][max(count, 0)])
+    if decimals is None:
+        return math.nextafter(boundary, math.inf)
+    # round() moves a value by at most half a step, so this lands strictly above it.
+    return round(round(boundary, decimals) + 10.0**-decimals, decimals)
+
+
+def threshold_at_rate(
+    scores: NDArray[np.float64], rate: float, *, decimals: int | None = None
+) -> float:
+    """The smallest threshold that flags at most ``rate`` of ``scores`` (score >= t)."""
+    return threshold_for_count(scores, math.floor(rate * scores.size + 1e-9), decimals=decimals)
+
+
+def ranking(scores: NDArray[np.float64], attack: NDArray[np.bool_]) -> Figures:
+    """ROC AUC and average precision; None when only one class is present."""
+    if attack.all() or not attack.any():
+        return {"roc_auc": None, "average_precision": None}
+    return {
+        "roc_auc": float(roc_auc_score(attack, scores)),
+        "average_precision": float(average_precision_score(attack, scores)),
+    }
+
+
+def _mean(values: NDArray[np.bool_]) -> float | None:
+    return float(values.mean()) if values.size else None
+
+
+def rates(flag: NDArray[np.bool_], attack: NDArray[np.bool_], types: NDArray[np.str_]) -> Figures:
+    """Legitimate challenge rate, overall catch rate and catch rate per attack type."""
+    return {
+        "legit_challenge_rate": _mean(flag[~attack]),
+        "catch_rate": _mean(flag[attack]),
+        "catch_by_type": {
+            kind: float(flag[types == kind].mean()) for kind in sorted(set(types[attack].tolist()))
+        },
+    }
+
+
+def scope_figures(
+    run: LabelledRun, mask: NDArray[np.bool_], fixed_rate: float = FIXED_RATE
+) -> Figures:
+    """Every figure for the events selected by ``mask``."""
+    attack, types = run.attack[mask], run.attack_types[mask]
+    legit = ~attack
+    score, outcome = run.score[mask], run.outcome[mask]
+    engine = {
+        **ranking(score, attack),
+        **rates(outcome >= 1, attack, types),
+        "legit_deny_rate": _mean(outcome[legit] >= 2),
+    }
+    at_fixed = threshold_at_rate(score[legit], fixed_rate)
+    out: Figures = {
+        "events": int(mask.sum()),
+        "legit": int(legit.sum()),
+        "attacks": int(attack.sum()),
+        "attacks_by_type": dict(sorted(Counter(types[attack].tolist()).items())),
+        "engine": engine,
+        "engine_at_fixed": {"threshold": at_fixed, **rates(score >= at_fixed, attack, types)},
+    }
+    if run.baseline is not None:
+        base = run.baseline[mask]
+        matched = threshold_at_rate(base[legit], engine["legit_challenge_rate"] or 0.0)
+        fixed = threshold_at_rate(base[legit], fixed_rate)
+        out["baseline"] = {
+            **ranking(base, attack),
+            "threshold": matched,
+            **rates(base >= matched, attack, types),
+        }
+        out["baseline_at_fixed"] = {"threshold": fixed, **rates(base >= fixed, attack, types)}
+    return out
+
+
+def figures(run: LabelledRun, fixed_rate: float = FIXED_RATE) -> Figures:
+    """Figures for all events and for established users."""
+    return {
+        "fixed_rate": fixed_rate,
+        "established_min_prior": ESTABLISHED_MIN_PRIOR,
+        "scopes": {
+            "all": scope_figures(run, np.ones(run.attack.size, dtype=bool), fixed_rate),
+            "established": scope_figures(run, run.established, fixed_rate),
+        },
+    }
+
+
+# -- the whole evaluation -------------------------------------------------------------
+
+
+def _split_warnings(
+    events_path: Path, train: list[Path], model_path: Path | None, *, check_model: bool
+) -> list[str]:
+    """Refuse a baseline trained on the evaluation log; warn of an in-sample model."""
+    target = events_path.resolve()
+    if any(p.resolve() == target for p in train):
+        raise ConfigurationError(
+            f"{events_path} is also a baseline training log: evaluate on a later or other log"
+        )
+    if not check_model:
+        return []
+    from risk_engine.model.artifact import default_model_path, load_artifact
+
+    try:
+        artifact = load_artifact(model_path or default_model_path())
+    except RiskEngineError:
+        return []  # the backtest reports an unusable model itself
+    files = [Path(str(f)).resolve() for f in artifact.training.get("files", [])]
+    if target in files:
+        return [f"the model {artifact.model_version} was trained on {events_path}: in-sample"]
+    return []
+
+
+def evaluate(
+    events_path: Path,
+    labels_path: Path,
+    *,
+    decisions_path: Path | None = None,
+    outcomes_path: Path | None = None,
+    model_path: Path | None = None,
+    policy_path: Path | None = None,
+    baseline_train: list[Path] | None = None,
+    fixed_rate: float = FIXED_RATE,
+    geo: GeoLocator | None = None,
+) -> tuple[Figures, LabelledRun]:
+    """Backtest (unless decisions are given), replay the baseline, and compute the figures."""
+    train = baseline_train or []
+    warnings = _split_warnings(
+        events_path, train, model_path, check_model=decisions_path is None or model_path is not None
+    )
+    labels = load_labels([labels_path])
+    geo = geo or GeoLocator()
+    with tempfile.TemporaryDirectory(prefix="risk-engine-evaluate-") as tmp:
+        if decisions_path is None:
+            decisions_path, outcomes_path, _ = labelled_backtest(
+                events_path,
+                labels,
+                Path(tmp),
+                outcomes_path=outcomes_path,
+                model_path=model_path,
+                policy_path=policy_path,
+                geo=geo,
+            )
+        elif outcomes_path is None:
+            outcomes_path = write_label_outcomes(labels, Path(tmp) / "outcomes.jsonl")
+        baseline = freeman_backtest(events_path, train, outcomes_path=outcomes_path, geo=geo)
+        run = build_run(events_path, labels, decisions_path, baseline)
+    if run.unlabelled:
+        warnings.append(f"{run.unlabelled} events have no label and count as legitimate")
+    if run.undecided:
+        warnings.append(f"{run.undecided} events have no decision and are left out")
+    report = figures(run, fixed_rate)
+    report["inputs"] = {
+        "events": str(events_path),
+        "labels": str(labels_path),
+        "model": str(model_path) if model_path else "(bundled default)",
+        "policy": str(policy_path) if policy_path else "(bundled default)",
+        "baseline_train": [str(p) for p in train],
+        "window": [utc_from_epoch(t).isoformat() for t in run.window if math.isfinite(t)],
+        "warnings": warnings,
+    }
+    return report, run
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.2f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def render(report: Figures, console: Console) -> None:
+    """One table per scope: engine and baseline side by side, matched and at the fixed rate."""
+    fixed = f"{100.0 * report['fixed_rate']:g}%"
+    heads = {
+        "engine": "engine, policy",
+        "baseline": "Freeman, matched",
+        "engine_at_fixed": f"engine @{fixed}",
+        "baseline_at_fixed": f"Freeman @{fixed}",
+    }
+    for name, scope in report["scopes"].items():
+        title = "all events" if name == "all" else "established users"
+        if name != "all":
+            title += f" (>= {report['established_min_prior']} prior events)"
+        table = Table(
+            title=f"{title}: {scope['events']:,} events, {scope['legit']:,} legitimate, "
+            f"{scope['attacks']:,} attacks"
+        )
+        keys = [key for key in heads if key in scope]
+        table.add_column("metric")
+        for key in keys:
+            table.add_column(heads[key], justify="right")
+        cells = [scope[key] for key in keys]
+        table.add_row("ROC AUC", *(_num(c.get("roc_auc")) for c in cells))
+        table.add_row("average precision", *(_num(c.get("average_precision")) for c in cells))
+        table.add_row("legit challenged", *(_pct(c["legit_challenge_rate"]) for c in cells))
+        table.add_row("legit denied", *(_pct(c.get("legit_deny_rate")) for c in cells))
+        table.add_row(
+            f"caught: all attacks ({scope['attacks']})", *(_pct(c["catch_rate"]) for c in cells)
+        )
+        for kind, count in scope["attacks_by_type"].items():
+            table.add_row(
+                f"  {kind} ({count})", *(_pct(c["catch_by_type"].get(kind)) for c in cells)
+            )
+        console.print(table)
+    for warning in report.get("inputs", {}).get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def write_json(report: Figures, path: Path) -> None:
+    """All figures as JSON (infinite thresholds become null)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(clean(report), option=orjson.OPT_INDENT_2))
