@@ -281,11 +281,14 @@ class Engine:
 
     # -- training replay ----------------------------------------------------------------
 
-    def replay(self, event: Event, *, trusted: bool) -> tuple[list[float], Observation]:
+    def replay(
+        self, event: Event, *, trusted: bool, refused: bool = True
+    ) -> tuple[list[float], Observation]:
         """Features of one event from the profile as it was, then learn it (no model needed).
 
         Training replays logs through this: the same observation, features and
-        profile update as ``decide``, with trust taken from labels instead of a policy.
+        profile update as ``decide``, with trust taken from labels instead of a policy
+        (an untrusted event counts as refused unless ``refused`` says it is pending).
         """
         location, _ = self.locate(event)
         user_key = self.user_key(event.user_id)
@@ -294,7 +297,13 @@ class Engine:
 
         def step(profile: Profile) -> list[float]:
             values = compute_features(profile, bursts, obs)
-            learn(profile, obs, trusted=trusted, device_trust_s=self.device_trust_s)
+            learn(
+                profile,
+                obs,
+                trusted=trusted,
+                refused=refused,
+                device_trust_s=self.device_trust_s,
+            )
             return values
 
         values = self.store.update(user_key, step)
