@@ -100,14 +100,22 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _not_an_event(raw: bytes) -> bool:
-    """An audit log line of a kind other than ``decision``: no event, skipped (not bad)."""
-    if b'"record"' not in raw:
+    """An audit log line of a kind other than ``decision``: no event, skipped (not bad).
+
+    Only a line of the audit chain (it carries ``prev_hash``) counts: in a plain
+    event, an unknown ``record`` field is ignored like any other (contract section 1).
+    """
+    if b'"record"' not in raw or b'"prev_hash"' not in raw:
         return False
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(data, dict) and data.get("record", "decision") != "decision"
+    return (
+        isinstance(data, dict)
+        and "prev_hash" in data
+        and data.get("record", "decision") != "decision"
+    )
 
 
 def read_events(path: Path, report: LogReport) -> Iterator[Event]:

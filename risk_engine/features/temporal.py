@@ -20,9 +20,8 @@ NAMES = (
 
 def hour_of_day_probability(hours: list[float], hour: int) -> float:
     """P(hour of day) from the week histogram, kernel-smoothed over neighbouring hours."""
-    daily = [0.0] * 24
-    for index, count in enumerate(hours):
-        daily[index % 24] += count
+    # Each hour's column of the week, added in index order as a loop over it would.
+    daily = [sum(hours[hour_of_day::24], 0.0) for hour_of_day in range(24)]
     total = sum(daily)
     smoothed = daily[hour] + 0.5 * (daily[(hour - 1) % 24] + daily[(hour + 1) % 24])
     return (smoothed + DAY_PRIOR / 24.0 * 2.0) / (2.0 * total + DAY_PRIOR * 2.0)

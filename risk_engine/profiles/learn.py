@@ -114,8 +114,11 @@ def _remember_device(
     record = profile.devices.get(obs.device_key)
     if record is None:
         if len(profile.devices) >= MAX_DEVICES:
-            # Evict untrusted devices first, then the least recently used.
+            # Evict untrusted devices first, then the least recently used trusted one;
+            # but an attacker's device never pushes out a device the user trusts.
             victim = min(profile.devices.values(), key=lambda d: (d.trusted, d.last_ts))
+            if victim.trusted and not trusted:
+                return
             del profile.devices[victim.key]
         record = DeviceRecord(key=obs.device_key, has_id=obs.has_device_id, first_ts=obs.ts)
         profile.devices[obs.device_key] = record

@@ -481,8 +481,9 @@ def test_haversine_symmetric_non_negative_and_bounded(
     a1: float, o1: float, a2: float, o2: float
 ) -> None:
     d = haversine_km(a1, o1, a2, o2)
-    assert d == pytest.approx(haversine_km(a2, o2, a1, o1), abs=1e-6)
-    assert 0.0 <= d <= HALF_CIRCUMFERENCE + 1e-6
+    # Near antipodes asin amplifies rounding to some 1e-4 km: compare to the metre.
+    assert d == pytest.approx(haversine_km(a2, o2, a1, o1), abs=1e-3)
+    assert 0.0 <= d <= HALF_CIRCUMFERENCE + 1e-9
 
 
 @settings(max_examples=200, deadline=None)
@@ -498,4 +499,4 @@ def test_haversine_triangle_inequality(
 ) -> None:
     direct = haversine_km(a1, o1, a3, o3)
     via = haversine_km(a1, o1, a2, o2) + haversine_km(a2, o2, a3, o3)
-    assert direct <= via + 1e-6
+    assert direct <= via + 1e-3

@@ -316,3 +316,16 @@ def test_profile_stays_bounded_with_the_largest_contract_attributes(attribute_le
     sizes = churn(1500, attribute_len=attribute_len)
     assert max(sizes[1:]) <= 1.05 * sizes[1]
     assert sizes[-1] < 128_000
+
+
+def test_an_attackers_device_never_pushes_out_a_trusted_one() -> None:
+    profile = Profile(user_key="user")
+    for i in range(MAX_DEVICES):
+        learn(profile, obs_at(T0 + i * HOUR, device_id=f"d-{i}"), trusted=True)
+    trusted = set(profile.devices)
+    learn(profile, obs_at(T0 + DAY, LAGOS, device_id="d-attacker"), trusted=False)
+    assert set(profile.devices) == trusted
+    # A trusted newcomer still takes the slot of the least recently used device.
+    learn(profile, obs_at(T0 + 2 * DAY, device_id="d-new-phone"), trusted=True)
+    assert len(profile.devices) == MAX_DEVICES
+    assert len(set(profile.devices) - trusted) == 1

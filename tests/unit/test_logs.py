@@ -255,3 +255,18 @@ def test_gzip_out_of_order_is_sorted_too(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(b"\n".join(orjson.dumps(x) for x in lines)))
     ids = [e.event_id for e in events_in_time_order(path, LogReport())]
     assert ids == ["e-2", "e-1", "e-3"]
+
+
+def test_an_unknown_record_field_in_a_plain_event_is_ignored(tmp_path: Path) -> None:
+    # Only audit-chain lines (with prev_hash) of another kind are skipped.
+    path = write_lines(
+        tmp_path / "events.jsonl",
+        [
+            event(1, "2026-03-01T08:00:00Z", record="whatever"),
+            event(2, "2026-03-01T08:01:00Z", record="feedback", prev_hash="0" * 64),
+        ],
+    )
+    report = LogReport()
+    events = list(read_events(path, report))
+    assert [e.event_id for e in events] == ["e-1"]
+    assert report.skipped == 1 and report.bad == 0

@@ -9,11 +9,13 @@ import textwrap
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 import risk_engine
 
 
 def test_all_lists_exactly_the_public_names() -> None:
-    # dir(), not vars(): the heavy names load lazily, on first access.
+    # dir() also names what loads lazily on first use; submodules are no public names.
     public = {
         name
         for name in dir(risk_engine)
@@ -31,6 +33,12 @@ def test_every_public_name_resolves_to_the_package() -> None:
             assert isinstance(value, str) and value
         else:
             assert value.__module__.startswith("risk_engine."), name
+    assert "Engine" in {n for n in dir(risk_engine) if not n.startswith("_")}
+
+
+def test_unknown_names_are_attribute_errors() -> None:
+    with pytest.raises(AttributeError, match="no_such_name"):
+        risk_engine.no_such_name  # noqa: B018
 
 
 def test_errors_share_one_root() -> None:
