@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -26,8 +27,12 @@ from risk_engine.api.routes import ops, v1
 from risk_engine.api.service import Service
 from risk_engine.config import Settings
 from risk_engine.engine import Engine, build_engine
+from risk_engine.errors import RiskEngineError
 
 log = logging.getLogger("risk_engine.api")
+
+DAY_S = 86400.0
+PURGE_EVERY_S = 3600.0
 
 DESCRIPTION = (
     "Behavioral risk scoring for step-up authentication. POST an event to "
@@ -71,14 +76,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     remove_handler = _install_sighup(service)
+    purging = asyncio.create_task(_purge_expired(engine, settings.retention_days * DAY_S))
     log.info("serving model %s", engine.scorer.model_version if engine.scorer else "(none)")
     try:
         yield
     finally:
+        purging.cancel()
         remove_handler()
         app.state.service = None
         service.close()
         gc.unfreeze()
+
+
+async def _purge_expired(engine: Engine, retention_s: float) -> None:
+    """Erase profiles past retention at start-up, then hourly (Redis expires keys itself)."""
+    while True:
+        try:
+            removed = await run_in_threadpool(engine.store.purge, time.time() - retention_s)
+            if removed:
+                log.info("retention: erased %d profiles", removed)
+        except RiskEngineError as exc:
+            log.warning("retention purge failed: %s", exc.message)
+        await asyncio.sleep(PURGE_EVERY_S)
 
 
 def _install_sighup(service: Service) -> Callable[[], None]:

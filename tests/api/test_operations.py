@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
+import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +166,32 @@ def test_openapi_declares_the_errors(client: TestClient) -> None:
     )
     result = spec["paths"]["/v1/challenges/{challenge_id}/result"]["post"]
     assert {"404", "409"} <= result["responses"].keys()
+
+
+def test_profiles_past_retention_are_erased_at_start_up(
+    make_settings: Callable[..., Settings], make_event: EventFactory
+) -> None:
+    # A retention of about a second: the profile written by the first process is
+    # past it when the second starts, and the start-up purge erases it.
+    settings = make_settings(retention_days=1.5 / 86400, auth_disabled=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/decisions", json=make_event(user_id="u-old")).status_code == 200
+        service = client.app.state.service  # type: ignore[attr-defined]
+        user_key = service.engine.user_key("u-old")
+        assert service.engine.store.count() == 1
+    time.sleep(2.0)
+    database = settings.store.removeprefix("sqlite:///")
+
+    def rows() -> int:
+        # Counted in the file itself: the store already hides expired profiles.
+        with closing(sqlite3.connect(database)) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0])
+
+    assert rows() == 1
+    with TestClient(create_app(settings)) as client:
+        store = client.app.state.service.engine.store  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while rows() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rows() == 0
+        assert store.get(user_key) is None
