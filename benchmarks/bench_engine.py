@@ -7,6 +7,9 @@ engine calls (GeoIP lookup, store read and write, features, model, policy, ...)
 in timers, for the breakdown, so the engine's own code path is never changed.
 A last run on the SQLite store shows what ``gc.freeze()`` after start-up does to
 the tail: the collector then no longer walks the objects loaded at start-up.
+The model alone is timed too, on the feature rows of the replay: the fast path
+(``RiskModel.score_one``) against scikit-learn's own single-row calls, with the
+largest difference between their raw scores.
 
     .venv/bin/python benchmarks/bench_engine.py [--users 1000] [--days 14]
         [--stores memory,sqlite,redis] [--model PATH]
@@ -31,6 +34,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import redis
 
 import risk_engine.engine as engine_module
@@ -193,6 +197,70 @@ def percentile(values: list[float], q: float) -> float:
 
 def us(seconds: float) -> str:
     return f"{seconds * 1e6:9.1f}"
+
+
+def collect_rows(engine: Engine, events: list[Event]) -> list[list[float]]:
+    """The feature rows ``decide`` computes for ``events`` (the engine's own features)."""
+    rows: list[list[float]] = []
+    real = engine_module.compute_features
+
+    def keep(*args: Any) -> list[float]:
+        values = real(*args)
+        rows.append(values)
+        return values
+
+    engine_module.compute_features = keep  # type: ignore[assignment]
+    try:
+        replay(engine, events, None)
+    finally:
+        engine_module.compute_features = real  # type: ignore[assignment]
+    return rows
+
+
+def model_alone(engine: Engine, rows: list[list[float]]) -> None:
+    """One row at a time: the fast path, then scikit-learn, on the same feature rows."""
+    model: Any = engine._live().artifact.model
+    X = np.asarray(rows, dtype=np.float64)
+    for row in X[:200]:
+        model.score_one(row)  # warm
+    fast = []
+    for row in X:
+        start = CLOCK()
+        model.score_one(row)
+        fast.append(CLOCK() - start)
+    print(
+        f"\nmodel alone ({model.kind}, {X.shape[0]} rows of the replay):"
+        f" RiskModel.score_one median {us(statistics.median(fast))} µs"
+        f"  p99 {us(percentile(fast, 0.99))} µs"
+    )
+    reference = X[:300]
+    parts: list[tuple[str, Callable[[Any], Any], Callable[[Any], float]]] = [
+        (
+            "IsolationForest.score_samples",
+            model.detector_.score_samples,
+            model._fast_forest.score_one,
+        )
+    ]
+    if model.supervised_ is not None:
+        parts.append(
+            (
+                "HistGradientBoosting.decision_function",
+                model.supervised_.decision_function,
+                model._fast_boosting.decision_one,
+            )
+        )
+    for name, sklearn_one, fast_one in parts:
+        times = []
+        gap = 0.0
+        for row in reference:
+            start = CLOCK()
+            expected = float(sklearn_one(row[None, :])[0])
+            times.append(CLOCK() - start)
+            gap = max(gap, abs(fast_one(row) - expected))
+        print(
+            f"  scikit-learn {name} on one row: median {us(statistics.median(times))} µs;"
+            f" largest |fast path - scikit-learn| {gap:.1e}"
+        )
 
 
 def report_run(name: str, totals: list[float], phases: Phases) -> None:
@@ -358,6 +426,10 @@ def main() -> int:
                 finally:
                     store.close()
                 report_run(name, totals, phases)
+                if name == "memory":
+                    store = MemoryStore()
+                    engine = build(store, geo, args.model)
+                    model_alone(engine, collect_rows(engine, events))
             if not args.no_gc and "sqlite" in args.stores:
                 print("\nsqlite, the serving default, tail latency and the collector:")
                 gc_comparison(makers["sqlite"], geo, args.model, events)

@@ -193,6 +193,7 @@ def _work(
     scanned: Synchronized[int],
     decided: Synchronized[int],
 ) -> None:
+    """Build the engine of the one-process backtest, scan, then decide what is dealt."""
     from risk_engine.backtest import BacktestSummary, Replayer, backtest_engine, load_outcomes
     from risk_engine.engine import load_scorer
 
@@ -499,6 +500,7 @@ def _order_and_deal(
     ip_keys = np.concatenate([p.ip_keys for p in parts])
     network = np.concatenate(networks)
     failed = np.concatenate([p.failed for p in parts])
+    # Only the joined arrays from here on: let the per-worker copies go.
     del parts, scans[:]
     names = list(vocabulary)
     for k in range(workers):

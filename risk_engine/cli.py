@@ -36,13 +36,24 @@ def backtest(
     ] = None,
     model: Annotated[Path | None, typer.Option(help="model artifact (default: bundled)")] = None,
     policy: Annotated[Path | None, typer.Option(help="policy TOML (default: bundled)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64, help="processes (default: one per core, up to 4, for a large file)"
+        ),
+    ] = None,
 ) -> None:
     """Replay EVENTS in time order through the engine and write the decisions."""
     from risk_engine.backtest import run_backtest
 
     try:
         summary = run_backtest(
-            events, out, outcomes_path=outcomes, model_path=model, policy_path=policy
+            events,
+            out,
+            outcomes_path=outcomes,
+            model_path=model,
+            policy_path=policy,
+            workers=workers,
         )
     except RiskEngineError as exc:
         fail(exc.message)

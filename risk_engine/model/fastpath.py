@@ -251,7 +251,10 @@ class FlatEnsemble:
         self._value2 = np.concatenate((np.zeros(offset), boosting._value2))
         self._roots2 = np.concatenate((forest._roots2, boosting._roots2 + offset))
         self._n_forest = forest._roots2.size
-        self._steps = max(forest._steps, boosting._steps)
+        # Levels both walk together; past them only the deeper part's lanes go on.
+        self._common = min(forest._steps, boosting._steps)
+        self._forest_tail = forest._steps - self._common
+        self._boosting_tail = boosting._steps - self._common
 
     def raw_one(self, row: FloatArray) -> tuple[float, float | None]:
         """(forest ``score_samples``, boosting log-odds or None) of one row."""
@@ -264,9 +267,13 @@ class FlatEnsemble:
         x = np.concatenate((row.astype(np.float32).astype(np.float64), row))
         d = self._roots2
         child, feature, threshold = self._child2, self._feature2, self._threshold2
-        for _ in range(self._steps):
+        for _ in range(self._common):
             d = child[d + (x[feature[d]] <= threshold[d])]
-        split = self._n_forest
-        depth = float(self._leaf_depth2[d[:split]].sum())
-        total = float(self._value2[d[split:]].sum())
+        forest_d, boosting_d = d[: self._n_forest], d[self._n_forest :]
+        for _ in range(self._forest_tail):
+            forest_d = child[forest_d + (x[feature[forest_d]] <= threshold[forest_d])]
+        for _ in range(self._boosting_tail):
+            boosting_d = child[boosting_d + (x[feature[boosting_d]] <= threshold[boosting_d])]
+        depth = float(self._leaf_depth2[forest_d].sum())
+        total = float(self._value2[boosting_d].sum())
         return forest.score_from_depth(depth), boosting.raw_from_leaves(total)

@@ -18,7 +18,7 @@ import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -129,6 +129,10 @@ class SQLiteStore:
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._lock = threading.Lock()
+        # One writer at a time in this process: threads queue on a lock that hands over
+        # at once, where SQLite's busy handler would have them sleep in growing steps
+        # (p99 of 1 s at 16 concurrent requests). Reentrant: ``fn`` may write too.
+        self._write_lock = threading.RLock()
         # Every connection opened, with its thread, so that ``close`` reaches them all.
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
@@ -158,6 +162,10 @@ class SQLiteStore:
         return self._path
 
     def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
+        with self._writing("update"):
+            return self._update(user_key, fn)
+
+    def _update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -221,12 +229,13 @@ class SQLiteStore:
         # A benign race: two threads may both raise the mark; either value prunes safely.
         self._newest_burst_ts = max(self._newest_burst_ts, ts)
         try:
-            conn.execute(
-                _INSERT_BURSTS,
-                (f"ip:{ip_key}", ts, user_key, flag, f"net:{network}", ts, user_key, flag),
-            )
-            if next(self._burst_inserts) % _PRUNE_EVERY == _PRUNE_EVERY - 1:
-                conn.execute(_PRUNE_BURSTS, (self._newest_burst_ts - _PRUNE_AGE_S,))
+            with self._writing("record_burst"):
+                conn.execute(
+                    _INSERT_BURSTS,
+                    (f"ip:{ip_key}", ts, user_key, flag, f"net:{network}", ts, user_key, flag),
+                )
+                if next(self._burst_inserts) % _PRUNE_EVERY == _PRUNE_EVERY - 1:
+                    conn.execute(_PRUNE_BURSTS, (self._newest_burst_ts - _PRUNE_AGE_S,))
         except sqlite3.Error as exc:
             self._fail(exc, "record_burst")
 
@@ -287,6 +296,20 @@ class SQLiteStore:
             conns, self._conns = self._conns, []
         for _, conn in conns:
             conn.close()
+
+    @contextlib.contextmanager
+    def _writing(self, action: str) -> Iterator[None]:
+        """Hold this process's write lock, waiting no longer than the busy timeout."""
+        if not self._write_lock.acquire(timeout=self._busy_timeout_s):
+            raise ProfileStoreError(
+                f"SQLite profile store {self._path}: {action} failed: the database stayed"
+                f" locked by another writer beyond the busy timeout ({self._busy_timeout_s:g} s)",
+                path=str(self._path),
+            )
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""

@@ -1,0 +1,173 @@
+"""Backtest throughput (events/s) and peak memory, at 100,000 and at 1,000,000 events.
+
+The contract asks for a million events on two cores without running out of
+memory. The events are a seeded simulation (20,000 users, 30 days, about 1.07
+million events, generated into a temporary directory unless ``--events`` names a
+file); the first 100,000 and 1,000,000 lines are replayed, each run in a child
+process so that its memory is its own. Peak memory is sampled every 100 ms over
+the whole process tree (the parent and its workers), summed, and also reported
+for the largest single process.
+
+    .venv/bin/python benchmarks/bench_backtest.py [--sizes 100000,1000000] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import psutil
+
+SAMPLE_S = 0.1
+# A run that takes longer than this is stopped (a bound, not an expectation).
+RUN_TIMEOUT_S = 3600.0
+
+
+def simulate(workdir: Path, users: int, days: int, seed: int) -> Path:
+    """The seeded simulation, written with the package's own simulator."""
+    from training.simulate import SimulationConfig, write_simulation
+
+    events = workdir / "simulated.jsonl"
+    config = SimulationConfig(
+        users=users, days=days, seed=seed, start=datetime(2026, 1, 5, tzinfo=UTC)
+    )
+    started = time.perf_counter()
+    summary = write_simulation(config, events, workdir / "labels.jsonl", None)
+    print(f"simulated {summary.events:,} events in {time.perf_counter() - started:.0f} s")
+    return events
+
+
+def first_lines(source: Path, count: int, target: Path) -> int:
+    """Copy the first ``count`` lines of ``source``; how many there were."""
+    written = 0
+    with source.open("rb") as src, target.open("wb") as dst:
+        for line in src:
+            if written >= count:
+                break
+            dst.write(line)
+            written += 1
+    return written
+
+
+def child_run(events: Path, out: Path, workers: int | None, model: Path | None) -> None:
+    """In the child: one backtest, its summary as JSON on stdout."""
+    from risk_engine.backtest import run_backtest
+
+    # ``workers`` only when asked: the option is newer than the one-process backtest.
+    options = {"workers": workers} if workers is not None else {}
+    summary = run_backtest(events, out, model_path=model, progress=False, **options)
+    print(
+        json.dumps(
+            {
+                "events": summary.events,
+                "seconds": summary.seconds,
+                "decisions": dict(summary.decisions),
+                "model_version": summary.model_version,
+            }
+        )
+    )
+
+
+def measure(events: Path, out: Path, workers: int | None, model: Path | None) -> dict[str, float]:
+    """Run one backtest in a child process; its summary plus the tree's peak memory."""
+    command = [sys.executable, __file__, "--child", str(events), str(out)]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    if model is not None:
+        command += ["--model", str(model)]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    root = psutil.Process(child.pid)
+    peak_total = 0
+    peak_single: dict[int, int] = {}
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while child.poll() is None:
+        if time.monotonic() > deadline:
+            child.kill()
+            raise RuntimeError(f"backtest of {events} exceeded {RUN_TIMEOUT_S:.0f} s")
+        total = 0
+        try:
+            for process in (root, *root.children(recursive=True)):
+                rss = process.memory_info().rss
+                total += rss
+                peak_single[process.pid] = max(peak_single.get(process.pid, 0), rss)
+        except psutil.Error:
+            pass  # a process ended between listing and reading: the next sample has it
+        peak_total = max(peak_total, total)
+        time.sleep(SAMPLE_S)
+    stdout, _ = child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"backtest of {events} failed with exit status {child.returncode}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["wall"] = time.perf_counter() - started
+    result["peak_total_mb"] = peak_total / 2**20
+    result["peak_single_mb"] = max(peak_single.values(), default=0) / 2**20
+    result["processes"] = len(peak_single)
+    return result
+
+
+def print_versions() -> None:
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    names = ("numpy", "scikit-learn", "pydantic", "orjson", "geoip2", "maxminddb", "psutil")
+    print(", ".join(f"{name} {version(name)}" for name in names))
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"{os.cpu_count()} CPUs; load average {load}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=Path, help="a JSON Lines log (default: simulate one)")
+    parser.add_argument("--sizes", default="100000,1000000", help="events per run")
+    parser.add_argument("--workers", type=int, help="backtest processes (default: automatic)")
+    parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
+    parser.add_argument("--users", type=int, default=20000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_run(args.child[0], args.child[1], args.workers, args.model)
+        return 0
+
+    print_versions()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp:
+        workdir = Path(tmp)
+        source = args.events or simulate(workdir, args.users, args.days, args.seed)
+        results = []
+        for size in sizes:
+            events = workdir / f"events-{size}.jsonl"
+            lines = first_lines(source, size, events)
+            result = measure(events, workdir / f"decisions-{size}.jsonl", args.workers, args.model)
+            events.unlink()
+            results.append(result)
+            print(
+                f"{lines:>9,} lines: {result['events']:>9,} events in {result['seconds']:7.1f} s"
+                f" = {result['events'] / result['seconds']:8,.0f} events/s"
+                f" (wall {result['wall']:.1f} s with start-up);"
+                f" peak RSS {result['peak_total_mb']:7.0f} MB over {result['processes']}"
+                f" processes, largest process {result['peak_single_mb']:.0f} MB"
+            )
+        if len(results) > 1:
+            first, last = results[0], results[-1]
+            print(
+                f"events x{last['events'] / first['events']:.1f} ->"
+                f" peak RSS x{last['peak_total_mb'] / first['peak_total_mb']:.2f}"
+                f" (largest process x{last['peak_single_mb'] / first['peak_single_mb']:.2f})"
+            )
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"load average at the end {load}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""HTTP throughput and latency of ``POST /v1/decisions``, next to a no-op FastAPI app.
+
+Starts the real server (``risk-engine serve``: SQLite store, one worker, auth
+disabled) on 127.0.0.1 and a free port and, in the same run, a no-op FastAPI app
+under the same uvicorn settings; drives each with the same bounded load from
+127.0.0.1 and prints requests/s, p50 and p99 for each and their ratio. Then the
+real server again with the Redis store and two workers. The load comes from wrk
+when it is installed (a Lua script varies user_id and event_id per request), else
+from an asyncio/httpx client. Only loopback addresses are ever contacted; every
+run is bounded in time, every wait in time and count.
+
+    .venv/bin/python benchmarks/bench_http.py [--duration 15] [--connections 16]
+        [--client auto|wrk|httpx] [--redis-url redis://127.0.0.1:6379/13] [--gc-compare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+import redis
+from fastapi import FastAPI, Request, Response
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+WARMUP_S = 3.0
+# Per-client cap on requests, whatever the duration: every loop is bounded twice.
+MAX_REQUESTS = 2_000_000
+# Each user keeps one address of its own (81.x.y.10: European space that GeoLite2
+# places), as real users do; a handful shared by all would look like a botnet.
+ADDRESS = "81.{}.{}.10"
+USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/131.0.0.0 Safari/537.36"
+)
+NOOP_DECISION = (
+    b'{"event_id":"e","score":0.1,"decision":"allow","reasons":[],"model_version":"noop"}'
+)
+
+WRK_SCRIPT = """
+-- One event per request; user_id and event_id vary, each user keeps its address.
+local counter = 0
+local headers = {["Content-Type"] = "application/json"}
+local template = '{"event_id":"w%%d-%%d","timestamp":"%%s","user_id":"u-%%d",'
+  .. '"action":"%%s","ip":"%%s","session_id":"s-%%d",'
+  .. '"device":{"id":"d-%%d","user_agent":"%(ua)s","platform":"Win32",'
+  .. '"timezone":"Europe/London","language":"en-GB","screen":"1920x1080"},"success":true}'
+local next_id = 0
+
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+
+function request()
+  counter = counter + 1
+  local user = (counter * 7919 + tid * 104729) %% %(users)d
+  local action = (counter %% 5 == 0) and "transfer" or "login"
+  local ip = string.format("81.%%d.%%d.10", math.floor(user / 256) %% 256, user %% 256)
+  local body = string.format(template, tid, counter, os.date("!%%Y-%%m-%%dT%%H:%%M:%%SZ"),
+    user, action, ip, user, user)
+  return wrk.format("POST", "/v1/decisions", headers, body)
+end
+"""
+
+
+@dataclass
+class Result:
+    """One load run against one server."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- the no-op app ------------------------------------------------------------------------
+
+
+def noop_app() -> FastAPI:
+    """A FastAPI app whose decision endpoint reads the body and answers a constant."""
+    app = FastAPI()
+
+    @app.post("/v1/decisions")
+    async def decide(request: Request) -> Response:
+        await request.body()
+        return Response(NOOP_DECISION, media_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def serve_noop(port: int) -> None:
+    """In a child process: the no-op app under the settings ``risk-engine serve`` uses."""
+    import uvicorn
+
+    uvicorn.run(
+        "bench_http:noop_app",
+        factory=True,
+        host=LOOPBACK,
+        port=port,
+        workers=1,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+def serve_real_unfrozen(arguments: list[str]) -> None:
+    """In a child process: ``risk-engine serve`` with gc.freeze() made a no-op."""
+    gc.freeze = lambda: None
+    from risk_engine.cli import main
+
+    sys.argv = ["risk-engine", *arguments]
+    main()
+
+
+# -- servers ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def risk_engine_command() -> list[str]:
+    script = Path(sys.executable).with_name("risk-engine")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from risk_engine.cli import main; main()"]
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[str]:
+    """Start a server in its own process group; yield its base URL once it answers."""
+    # The access log goes to a file: an undrained pipe would fill and stall the server.
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://{LOOPBACK}:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"server exited ({process.returncode}): {tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not answer within {START_TIMEOUT_S:.0f} s")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield base
+    finally:
+        # The group holds the server and, with several workers, its worker processes.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
+# -- load ---------------------------------------------------------------------------------
+
+
+def wrk_run(base: str, duration: float, connections: int, threads: int, script: Path) -> Result:
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        f"{base}/v1/decisions",
+    ]
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration + 60, check=True
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    seconds = _duration_s(re.search(r"requests in ([\d.]+\w+),", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(match.group(1))
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(g) for g in match.groups())
+    return Result(requests, seconds, _latency_ms(out, "50%"), _latency_ms(out, "99%"), errors)
+
+
+def _duration_s(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+def _latency_ms(out: str, label: str) -> float:
+    match = re.search(rf"^\s*{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    if match is None:
+        return float("nan")
+    return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+
+
+def event_body(worker: int, counter: int, users: int) -> bytes:
+    user = (counter * 7919 + worker * 104729) % users
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    action = "transfer" if counter % 5 == 0 else "login"
+    return (
+        f'{{"event_id":"h{worker}-{counter}","timestamp":"{stamp}","user_id":"u-{user}",'
+        f'"action":"{action}","ip":"{ADDRESS.format(user // 256 % 256, user % 256)}",'
+        f'"session_id":"s-{user}",'
+        f'"device":{{"id":"d-{user}","user_agent":"{USER_AGENT}","platform":"Win32",'
+        f'"timezone":"Europe/London","language":"en-GB","screen":"1920x1080"}},"success":true}}'
+    ).encode()
+
+
+def httpx_run(base: str, duration: float, connections: int, users: int) -> Result:
+    """The fallback load: ``connections`` asyncio clients, each one request at a time."""
+
+    async def client(
+        worker: int, http: httpx.AsyncClient, deadline: float
+    ) -> tuple[list[float], int]:
+        latencies: list[float] = []
+        errors = 0
+        for counter in range(MAX_REQUESTS):
+            if time.monotonic() >= deadline:
+                break
+            body = event_body(worker, counter, users)
+            start = time.perf_counter()
+            try:
+                response = await http.post(
+                    "/v1/decisions", content=body, headers={"Content-Type": "application/json"}
+                )
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - start)
+            errors += not ok
+        return latencies, errors
+
+    async def drive() -> Result:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as http:
+            started = time.monotonic()
+            deadline = started + duration
+            runs = await asyncio.gather(*(client(k, http, deadline) for k in range(connections)))
+            seconds = time.monotonic() - started
+        latencies = sorted(x for run, _ in runs for x in run)
+        errors = sum(e for _, e in runs)
+        p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+        return Result(
+            len(latencies), seconds, statistics.median(latencies) * 1e3, p99 * 1e3, errors
+        )
+
+    return asyncio.run(drive())
+
+
+def drive(base: str, args: argparse.Namespace, script: Path | None) -> Result:
+    """A short warm-up, then the measured run."""
+    if script is not None:
+        wrk_run(base, WARMUP_S, args.connections, args.threads, script)
+        return wrk_run(base, args.duration, args.connections, args.threads, script)
+    httpx_run(base, WARMUP_S, args.connections, args.users)
+    return httpx_run(base, args.duration, args.connections, args.users)
+
+
+def show(name: str, result: Result) -> None:
+    errors = f"; {result.errors} errors" if result.errors else ""
+    print(
+        f"{name:<34} {result.rps:9,.0f} req/s   p50 {result.p50_ms:7.2f} ms"
+        f"   p99 {result.p99_ms:7.2f} ms   ({result.requests:,} requests{errors})"
+    )
+
+
+# -- Redis --------------------------------------------------------------------------------
+
+
+def empty_redis_db(url: str) -> bool:
+    """Whether the database answers and holds nothing (so the run may clean it after)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        return int(client.dbsize()) == 0
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def clear_redis_db(url: str) -> None:
+    """Delete what the run wrote (the database was empty before it)."""
+    client = redis.Redis.from_url(url, socket_timeout=10.0)
+    try:
+        keys = list(client.scan_iter(match="risk-engine:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def print_versions(client: str) -> None:
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    names = ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "httpx")
+    print(", ".join(f"{name} {version(name)}" for name in names))
+    if client == "wrk":
+        banner = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+        print((banner.stdout or banner.stderr).splitlines()[0])
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"{os.cpu_count()} CPUs; load average {load}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per measured run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--users", type=int, default=2000, help="distinct users in the load")
+    parser.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--redis-workers", default="2", help="worker counts, e.g. 1,2")
+    parser.add_argument("--gc-compare", action="store_true", help="also without gc.freeze()")
+    parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
+    parser.add_argument("--serve-noop", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-unfrozen", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_noop is not None:
+        serve_noop(args.serve_noop)
+        return 0
+    if args.serve_unfrozen is not None:
+        serve_real_unfrozen(args.serve_unfrozen)
+        return 0
+    if not 0 < args.duration <= 600 or not 0 < args.connections <= 1024:
+        parser.error("--duration must be in (0, 600] s and --connections in (0, 1024]")
+
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "httpx"
+    print_versions(client)
+    print(
+        f"load: {client}, {args.connections} connections, {args.duration:.0f} s after a"
+        f" {WARMUP_S:.0f} s warm-up, {args.users} users, from {LOOPBACK}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
+        workdir = Path(tmp)
+        script = None
+        if client == "wrk":
+            script = workdir / "decisions.lua"
+            script.write_text(WRK_SCRIPT % {"ua": USER_AGENT, "users": args.users})
+        env = {"RISK_ENGINE_VAR_DIR": str(workdir / "var")}
+        if args.model is not None:
+            env["RISK_ENGINE_MODEL_PATH"] = str(args.model)
+
+        port = free_port()
+        command = [sys.executable, __file__, "--serve-noop", str(port)]
+        with server(command, port, {}, workdir / "noop.log") as base:
+            noop = drive(base, args, script)
+        show("no-op FastAPI app, 1 worker", noop)
+
+        def serve_args(port: int, workers: int, store: str) -> list[str]:
+            return [
+                "serve",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--store",
+                store,
+                "--no-auth",
+            ]
+
+        port = free_port()
+        sqlite = f"sqlite:///{workdir / 'profiles.db'}"
+        command = [*risk_engine_command(), *serve_args(port, 1, sqlite)]
+        with server(command, port, env, workdir / "sqlite.log") as base:
+            real = drive(base, args, script)
+        show("risk-engine, SQLite, 1 worker", real)
+        print(
+            f"{'ratio risk-engine / no-op':<34} {real.rps / noop.rps:9.2f} x throughput,"
+            f" p50 x{real.p50_ms / noop.p50_ms:.1f}, p99 x{real.p99_ms / noop.p99_ms:.1f}"
+        )
+
+        if args.gc_compare:
+            port = free_port()
+            sqlite = f"sqlite:///{workdir / 'profiles-unfrozen.db'}"
+            command = [sys.executable, __file__, "--serve-unfrozen", *serve_args(port, 1, sqlite)]
+            with server(command, port, env, workdir / "unfrozen.log") as base:
+                unfrozen = drive(base, args, script)
+            show("risk-engine, SQLite, no gc.freeze()", unfrozen)
+
+        if not args.no_redis:
+            redis_workers = [int(n) for n in args.redis_workers.split(",")]
+            if not empty_redis_db(args.redis_url):
+                print(f"redis runs skipped: {args.redis_url} is unreachable or not empty")
+                redis_workers = []
+            for workers in redis_workers:
+                port = free_port()
+                command = [*risk_engine_command(), *serve_args(port, workers, args.redis_url)]
+                try:
+                    with server(command, port, env, workdir / "redis.log") as base:
+                        redis_result = drive(base, args, script)
+                finally:
+                    # The database was empty before: everything in it is this run's.
+                    clear_redis_db(args.redis_url)
+                show(f"risk-engine, Redis, {workers} worker{'s' * (workers > 1)}", redis_result)
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"load average at the end {load}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
