@@ -89,6 +89,7 @@ def measure(events: Path, out: Path, workers: int | None, model: Path | None) ->
     root = psutil.Process(child.pid)
     peak_total = 0
     peak_single: dict[int, int] = {}
+    roles: dict[int, str] = {child.pid: "parent"}
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while child.poll() is None:
         if time.monotonic() > deadline:
@@ -100,6 +101,11 @@ def measure(events: Path, out: Path, workers: int | None, model: Path | None) ->
                 rss = process.memory_info().rss
                 total += rss
                 peak_single[process.pid] = max(peak_single.get(process.pid, 0), rss)
+                if process.pid not in roles:
+                    command_line = " ".join(process.cmdline())
+                    roles[process.pid] = (
+                        "helper" if "resource_tracker" in command_line else "worker"
+                    )
         except psutil.Error:
             pass  # a process ended between listing and reading: the next sample has it
         peak_total = max(peak_total, total)
@@ -112,6 +118,9 @@ def measure(events: Path, out: Path, workers: int | None, model: Path | None) ->
     result["peak_total_mb"] = peak_total / 2**20
     result["peak_single_mb"] = max(peak_single.values(), default=0) / 2**20
     result["processes"] = len(peak_single)
+    for role in ("parent", "worker", "helper"):
+        peaks = [rss for pid, rss in peak_single.items() if roles.get(pid) == role]
+        result[f"peak_{role}_mb"] = max(peaks, default=0) / 2**20
     return result
 
 
@@ -156,6 +165,8 @@ def main() -> int:
                 f" (wall {result['wall']:.1f} s with start-up);"
                 f" peak RSS {result['peak_total_mb']:7.0f} MB over {result['processes']}"
                 f" processes, largest process {result['peak_single_mb']:.0f} MB"
+                f" (parent {result['peak_parent_mb']:.0f} MB, largest worker"
+                f" {result['peak_worker_mb']:.0f} MB)"
             )
         if len(results) > 1:
             first, last = results[0], results[-1]

@@ -54,6 +54,7 @@ from risk_engine.logs import _line_event as line_event
 from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import BurstCounts
+from risk_engine.profiles.store import BURST_WINDOW_S
 
 if TYPE_CHECKING:
     from risk_engine.backtest import Replayer
@@ -67,6 +68,8 @@ PROGRESS_EVERY = 256
 POLL_S = 0.2
 # A live worker whose progress stands still this long is taken to be stuck.
 STALL_S = 600.0
+# Events between two trims of the parent's burst windows.
+TRIM_EVERY = 65536
 
 GeoPaths = tuple[Path, Path | None, Path | None]
 Message = tuple[Any, ...]
@@ -166,6 +169,25 @@ class DealtBurstStore(MemoryStore):
                 f" {(ip_key, network, user_key, ts, failed)} where the scan derived {self._note}"
             )
         self._note = None
+
+
+class TrimmedBurstTable(BurstTable):
+    """The memory store's burst table, fed in time order and trimmed as time passes.
+
+    Time only moves forward here, so an entry older than the window before the
+    current event can never be counted again. ``trim`` drops such entries but
+    keeps each window's newest one, which is all that pruning looks at, so no
+    count changes. Memory stays flat in the number of events, where the table
+    alone would keep up to ``BURST_MAX_ENTRIES`` entries for every key ever seen.
+    """
+
+    def trim(self, now: float) -> None:
+        """Forget entries at or before ``now`` minus the window, except each newest."""
+        start = now - BURST_WINDOW_S
+        for window in self._windows.values():
+            entries = window.entries
+            while len(entries) > 1 and entries[0][0] <= start:
+                entries.popleft()
 
 
 # -- the worker ---------------------------------------------------------------------------
@@ -509,7 +531,9 @@ def _order_and_deal(
     order = np.argsort(stamps, kind="stable")
     owner = (user_keys % np.uint64(workers)).astype(np.intp)
     dealt = [0] * workers
-    table = BurstTable()
+    table = TrimmedBurstTable()
+    # One string per user, shared by all of its entries in the windows.
+    user_text: dict[int, str] = {}
     for first in range(0, order.size, CHUNK_EVENTS):
         index = order[first : first + CHUNK_EVENTS]
         chunk_stamps = stamps[index]
@@ -527,8 +551,13 @@ def _order_and_deal(
             ip_key, name = key_text(ip), names[net]
             c = table.counts(ip_key, name, now)
             values.append((c.ip_users, c.ip_failures, c.network_users, c.network_failures))
-            table.record(ip_key, name, key_text(user), now, fail)
+            text = user_text.get(user)
+            if text is None:
+                text = user_text[user] = key_text(user)
+            table.record(ip_key, name, text, now, fail)
         counts[:] = values
+        if (first + CHUNK_EVENTS) % TRIM_EVERY == 0:
+            table.trim(float(chunk_stamps[-1]))
         chunk_owner = owner[index]
         for k in range(workers):
             mine = chunk_owner == k

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from risk_engine.backtest import BacktestSummary, run_backtest
-from risk_engine.backtest_parallel import DealtBurstStore, byte_ranges
+from risk_engine.backtest_parallel import DealtBurstStore, TrimmedBurstTable, byte_ranges
+from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.model import BurstCounts
 
 ROOT = Path(__file__).parents[2]
@@ -111,3 +112,20 @@ def test_dealt_bursts_refuse_keys_the_scan_did_not_derive() -> None:
         store.burst_counts("ip2", "net1", 11.0)
     with pytest.raises(RuntimeError, match="noted the burst"):
         store.record_burst("ip1", "net1", "user1", 11.0, False)
+
+
+@pytest.mark.parametrize("max_keys", [8, 200_000])
+def test_trimmed_burst_windows_count_as_the_untrimmed_ones(max_keys: int) -> None:
+    """In time order, trimming (at any moment) changes no count, even when pruning kicks in."""
+    rng = random.Random(max_keys)
+    plain, trimmed = BurstTable(max_keys=max_keys), TrimmedBurstTable(max_keys=max_keys)
+    now = 0.0
+    for step in range(20_000):
+        now += rng.choice([0.0, 1.0, 30.0, 600.0, 3600.0])
+        ip, net = f"ip{rng.randrange(12)}", f"net{rng.randrange(5)}"
+        user, failed = f"u{rng.randrange(40)}", rng.random() < 0.2
+        assert trimmed.counts(ip, net, now) == plain.counts(ip, net, now), step
+        plain.record(ip, net, user, now, failed)
+        trimmed.record(ip, net, user, now, failed)
+        if rng.random() < 0.05:
+            trimmed.trim(now)
