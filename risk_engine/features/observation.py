@@ -7,7 +7,7 @@ and it round-trips through a dict so a pending step-up can be learned later.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -81,13 +81,24 @@ class Observation:
         return self.country or "an unknown place"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a JSON-able dict (held in the profile while a step-up is pending).
+
+        A shallow copy: ``asdict``'s recursive deep copy took 28 us here against 2 us,
+        and every value but ``ua`` is immutable already.
+        """
+        data = {name: getattr(self, name) for name in _FIELDS}
+        data["ua"] = {name: getattr(self.ua, name) for name in _UA_FIELDS}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Observation:
-        fields = dict(data)
-        fields["ua"] = UAInfo(**fields["ua"])
-        return cls(**fields)
+        values = dict(data)
+        values["ua"] = UAInfo(**values["ua"])
+        return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in fields(Observation))
+_UA_FIELDS = tuple(f.name for f in fields(UAInfo))
 
 
 def _fingerprint(ua: UAInfo, platform: str, timezone: str, language: str, screen: str) -> str:

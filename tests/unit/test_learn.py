@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from risk_engine.events import parse_event
@@ -329,3 +330,9 @@ def test_an_attackers_device_never_pushes_out_a_trusted_one() -> None:
     learn(profile, obs_at(T0 + 2 * DAY, device_id="d-new-phone"), trusted=True)
     assert len(profile.devices) == MAX_DEVICES
     assert len(set(profile.devices) - trusted) == 1
+
+
+def test_a_held_observation_round_trips_exactly() -> None:
+    obs = obs_at(T0, LAGOS, device_id="d-held", action="transfer")
+    assert obs.to_dict() == asdict(obs)
+    assert Observation.from_dict(orjson.loads(orjson.dumps(obs.to_dict()))) == obs
