@@ -1,7 +1,8 @@
 """In-process decision cost (``Engine.decide``), median and p99, per phase and per store.
 
-A seeded simulation is replayed through one engine per store (memory, SQLite, Redis):
-the first events warm the profiles up, the rest are timed. One run times
+A seeded simulation is replayed through one engine per store (memory, SQLite with
+its profile cache and without it, Redis): the first events warm the profiles up,
+the rest are timed. One run times
 ``decide`` bare, for the headline figures; a second run wraps the functions the
 engine calls (GeoIP lookup, store read and write, features, model, policy, ...)
 in timers, for the breakdown, so the engine's own code path is never changed.
@@ -12,7 +13,7 @@ The model alone is timed too, on the feature rows of the replay: the fast path
 largest difference between their raw scores.
 
     .venv/bin/python benchmarks/bench_engine.py [--users 1000] [--days 14]
-        [--stores memory,sqlite,redis] [--model PATH]
+        [--stores memory,sqlite,sqlite-uncached,redis] [--model PATH]
 """
 
 from __future__ import annotations
@@ -43,9 +44,17 @@ from risk_engine.errors import ProfileStoreError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator
 from risk_engine.logs import LogReport, events_in_time_order
-from risk_engine.policy import Policy
+from risk_engine.policy import PolicyTable
 from risk_engine.privacy import Hasher
-from risk_engine.profiles import MemoryStore, Profile, ProfileStore, RedisStore, SQLiteStore
+from risk_engine.profiles import (
+    BurstCounts,
+    BurstNote,
+    MemoryStore,
+    Profile,
+    ProfileStore,
+    RedisStore,
+    SQLiteStore,
+)
 from training.simulate import SimulationConfig, write_simulation
 
 T = TypeVar("T")
@@ -53,14 +62,13 @@ CLOCK = time.perf_counter
 PHASES = (
     "geoip",
     "observe",
-    "bursts",
-    "profile_load",
+    "store_read",
     "features",
     "model",
     "reasons",
     "policy",
     "learn",
-    "profile_save",
+    "store_write",
     "challenge",
     "other",
 )
@@ -100,24 +108,24 @@ class Phases:
 def instrumented(engine: Engine, phases: Phases) -> Iterator[None]:
     """Wrap what ``decide`` calls in timers; everything is put back on exit."""
     store: Any = engine.store
-    real_update = store.update
+    real_update_event = store.update_event
 
-    def update(user_key: str, fn: Callable[[Profile], T]) -> T:
+    def update_event(note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
         marks: list[float] = []
 
-        def inner(profile: Profile) -> T:
+        def inner(profile: Profile, bursts: BurstCounts) -> T:
             marks.append(CLOCK())
             try:
-                return fn(profile)
+                return fn(profile, bursts)
             finally:
                 marks.append(CLOCK())
 
         start = CLOCK()
-        result: T = real_update(user_key, inner)
+        result: T = real_update_event(note, inner)
         end = CLOCK()
-        # The read (and deserialisation) happens before ``fn``, the write after it.
-        phases.current["profile_load"] += marks[0] - start
-        phases.current["profile_save"] += end - marks[-1]
+        # Burst counts and the profile are read before ``fn``; both are written after it.
+        phases.current["store_read"] += marks[0] - start
+        phases.current["store_write"] += end - marks[-1]
         return result
 
     module_patches = {
@@ -129,26 +137,24 @@ def instrumented(engine: Engine, phases: Phases) -> Iterator[None]:
     }
     saved_module = {name: getattr(engine_module, name) for name in module_patches}
     model: Any = engine._live().artifact.model
-    real_decide = Policy.decide
+    real_decide = PolicyTable.decide
     real_geo = engine.geo.lookup
     try:
         for name, phase in module_patches.items():
             setattr(engine_module, name, phases.timed(phase, saved_module[name]))
         model.score_one = phases.timed("model", model.score_one)
-        Policy.decide = phases.timed("policy", real_decide)  # type: ignore[method-assign]
+        PolicyTable.decide = phases.timed("policy", real_decide)  # type: ignore[method-assign]
         engine.geo.lookup = phases.timed("geoip", real_geo)  # type: ignore[method-assign]
-        store.update = update
-        store.burst_counts = phases.timed("bursts", store.burst_counts)
-        store.record_burst = phases.timed("bursts", store.record_burst)
+        store.update_event = update_event
         store.save_challenge = phases.timed("challenge", store.save_challenge)
         yield
     finally:
         for name, fn in saved_module.items():
             setattr(engine_module, name, fn)
-        Policy.decide = real_decide  # type: ignore[method-assign]
+        PolicyTable.decide = real_decide  # type: ignore[method-assign]
         # The wrappers were set on the instances: deleting them uncovers the methods.
         del model.score_one, engine.geo.lookup
-        del store.update, store.burst_counts, store.record_burst, store.save_challenge
+        del store.update_event, store.save_challenge
 
 
 def simulated_events(workdir: Path, users: int, days: int, seed: int) -> Path:
@@ -373,7 +379,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--limit", type=int, default=24000, help="events read at most")
     parser.add_argument("--warmup", type=float, default=0.5, help="share of events not timed")
-    parser.add_argument("--stores", default="memory,sqlite,redis")
+    parser.add_argument("--stores", default="memory,sqlite,sqlite-uncached,redis")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
     parser.add_argument("--no-gc", action="store_true", help="skip the gc.freeze() comparison")
@@ -397,6 +403,10 @@ def main() -> int:
         makers: dict[str, Callable[[], ProfileStore]] = {
             "memory": MemoryStore,
             "sqlite": lambda: SQLiteStore(workdir / f"bench-{uuid.uuid4().hex}.db"),
+            # Every update reads and decodes its row: a user the cache does not hold.
+            "sqlite-uncached": lambda: SQLiteStore(
+                workdir / f"bench-{uuid.uuid4().hex}.db", cache_profiles=0
+            ),
             "redis": lambda: RedisStore(
                 args.redis_url, prefix=f"{redis_prefix}-{uuid.uuid4().hex}"
             ),

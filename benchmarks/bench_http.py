@@ -2,15 +2,18 @@
 
 Starts the real server (``risk-engine serve``: SQLite store, one worker, auth
 disabled) on 127.0.0.1 and a free port and, in the same run, a no-op FastAPI app
-under the same uvicorn settings; drives each with the same bounded load from
-127.0.0.1 and prints requests/s, p50 and p99 for each and their ratio. Then the
-real server again with the Redis store and two workers. The load comes from wrk
-when it is installed (a Lua script varies user_id and event_id per request), else
-from an asyncio/httpx client. Only loopback addresses are ever contacted; every
-run is bounded in time, every wait in time and count.
+under the same uvicorn settings (``risk_engine.api.app.server_options``, so they
+cannot drift apart); drives each with the same bounded load from 127.0.0.1 and
+prints requests/s, p50 and p99 for each and their ratio. For reference it also
+drives a bare ASGI no-op (no framework at all: the server's own floor). Then the
+real server again with the Redis store and one and two workers. The load comes
+from wrk when it is installed (a Lua script varies user_id and event_id per
+request), else from an asyncio/httpx client. Only loopback addresses are ever
+contacted; every run is bounded in time, every wait in time and count.
 
     .venv/bin/python benchmarks/bench_http.py [--duration 15] [--connections 16]
         [--client auto|wrk|httpx] [--redis-url redis://127.0.0.1:6379/13] [--gc-compare]
+        [--access-log]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 import httpx
 import redis
 from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 90.0
@@ -118,18 +122,44 @@ def noop_app() -> FastAPI:
     return app
 
 
-def serve_noop(port: int) -> None:
-    """In a child process: the no-op app under the settings ``risk-engine serve`` uses."""
+def bare_app() -> ASGIApp:
+    """The same constant answer from a bare ASGI callable: what uvicorn alone costs."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(NOOP_DECISION)),
+    ]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/healthz":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        while (await receive()).get("more_body", False):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": NOOP_DECISION})
+
+    return app
+
+
+def serve_noop(port: int, factory: str, access_log: bool) -> None:
+    """In a child process: a no-op app under the settings ``risk-engine serve`` uses."""
     import uvicorn
 
+    from risk_engine.api.app import server_options
+
     uvicorn.run(
-        "bench_http:noop_app",
+        f"bench_http:{factory}",
         factory=True,
         host=LOOPBACK,
         port=port,
         workers=1,
-        proxy_headers=False,
-        server_header=False,
+        **server_options(access_log=access_log),
     )
 
 
@@ -363,11 +393,13 @@ def main() -> int:
     parser.add_argument("--redis-workers", default="2", help="worker counts, e.g. 1,2")
     parser.add_argument("--gc-compare", action="store_true", help="also without gc.freeze()")
     parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
+    parser.add_argument("--access-log", action="store_true", help="uvicorn access log on")
     parser.add_argument("--serve-noop", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--noop-factory", default="noop_app", help=argparse.SUPPRESS)
     parser.add_argument("--serve-unfrozen", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_noop is not None:
-        serve_noop(args.serve_noop)
+        serve_noop(args.serve_noop, args.noop_factory, args.access_log)
         return 0
     if args.serve_unfrozen is not None:
         serve_real_unfrozen(args.serve_unfrozen)
@@ -393,11 +425,23 @@ def main() -> int:
         if args.model is not None:
             env["RISK_ENGINE_MODEL_PATH"] = str(args.model)
 
-        port = free_port()
-        command = [sys.executable, __file__, "--serve-noop", str(port)]
-        with server(command, port, {}, workdir / "noop.log") as base:
-            noop = drive(base, args, script)
-        show("no-op FastAPI app, 1 worker", noop)
+        log_flag = ["--access-log"] if args.access_log else []
+        noops = {}
+        for factory, name in (("noop_app", "no-op FastAPI app"), ("bare_app", "no-op bare ASGI")):
+            port = free_port()
+            command = [
+                sys.executable,
+                __file__,
+                "--serve-noop",
+                str(port),
+                "--noop-factory",
+                factory,
+                *log_flag,
+            ]
+            with server(command, port, {}, workdir / f"{factory}.log") as base:
+                noops[factory] = drive(base, args, script)
+            show(f"{name}, 1 worker", noops[factory])
+        noop = noops["noop_app"]
 
         def serve_args(port: int, workers: int, store: str) -> list[str]:
             return [
@@ -411,6 +455,7 @@ def main() -> int:
                 "--store",
                 store,
                 "--no-auth",
+                *("--access-log" if args.access_log else "--no-access-log",),
             ]
 
         port = free_port()
@@ -420,8 +465,14 @@ def main() -> int:
             real = drive(base, args, script)
         show("risk-engine, SQLite, 1 worker", real)
         print(
-            f"{'ratio risk-engine / no-op':<34} {real.rps / noop.rps:9.2f} x throughput,"
+            f"{'ratio risk-engine / no-op FastAPI':<34} {real.rps / noop.rps:9.2f} x throughput,"
             f" p50 x{real.p50_ms / noop.p50_ms:.1f}, p99 x{real.p99_ms / noop.p99_ms:.1f}"
+            "   (targets: >= 0.60 x, p99 <= x3)"
+        )
+        bare = noops["bare_app"]
+        print(
+            f"{'ratio risk-engine / bare ASGI':<34} {real.rps / bare.rps:9.2f} x throughput,"
+            f" p50 x{real.p50_ms / bare.p50_ms:.1f}, p99 x{real.p99_ms / bare.p99_ms:.1f}"
         )
 
         if args.gc_compare:

@@ -38,7 +38,7 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,8 +53,8 @@ from risk_engine.logs import MAX_KEPT_PROBLEMS, BadLine, LogReport
 from risk_engine.logs import _line_event as line_event
 from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.memory import MemoryStore
-from risk_engine.profiles.model import BurstCounts
-from risk_engine.profiles.store import BURST_WINDOW_S
+from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.store import BURST_WINDOW_S, BurstNote
 
 if TYPE_CHECKING:
     from risk_engine.backtest import Replayer
@@ -71,6 +71,7 @@ STALL_S = 600.0
 # Events between two trims of the parent's burst windows.
 TRIM_EVERY = 65536
 
+T = TypeVar("T")
 GeoPaths = tuple[Path, Path | None, Path | None]
 Message = tuple[Any, ...]
 
@@ -133,8 +134,7 @@ class DealtBurstStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self._query: tuple[str, str, float] | None = None
-        self._note: tuple[str, str, str, float, bool] | None = None
+        self._note: BurstNote | None = None
         self._counts = BurstCounts()
 
     def deal(
@@ -146,29 +146,26 @@ class DealtBurstStore(MemoryStore):
         failed: bool,
         counts: BurstCounts,
     ) -> None:
-        """The next event's burst counts, and the query and note the engine must make."""
-        self._query = (ip_key, network, now)
-        self._note = (ip_key, network, user_key, now, failed)
+        """The next event's burst counts, and the note the engine must make of it."""
+        self._note = BurstNote(ip_key, network, user_key, now, failed)
         self._counts = counts
 
-    def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
-        if (ip_key, network, now) != self._query:
+    def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
+        if note != self._note:
             raise RuntimeError(
-                f"parallel backtest: the engine asked for the bursts of {(ip_key, network, now)}"
-                f" where the scan derived {self._query}"
+                f"parallel backtest: the engine asked about the event {note}"
+                f" where the scan derived {self._note}"
             )
-        self._query = None
-        return self._counts
+        self._note = None
+        return self.update(note.user_key, lambda profile: fn(profile, self._counts))
+
+    def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
+        raise RuntimeError("parallel backtest: burst counts are dealt with each event")
 
     def record_burst(
         self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
     ) -> None:
-        if (ip_key, network, user_key, ts, failed) != self._note:
-            raise RuntimeError(
-                "parallel backtest: the engine noted the burst"
-                f" {(ip_key, network, user_key, ts, failed)} where the scan derived {self._note}"
-            )
-        self._note = None
+        raise RuntimeError("parallel backtest: burst notes are dealt with each event")
 
 
 class TrimmedBurstTable(BurstTable):

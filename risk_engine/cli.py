@@ -168,12 +168,21 @@ def serve(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="serve without API keys (local development only)")
     ] = False,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="uvicorn's line per request (off: every decision is in the audit log,"
+            " and the line cost about a third of a request)",
+        ),
+    ] = False,
 ) -> None:
     """Run the decision service (uvicorn) with settings from RISK_ENGINE_* variables."""
     import os
 
     import uvicorn
 
+    from risk_engine.api.app import server_options
     from risk_engine.config import Settings
 
     # Workers are separate processes that build their settings from the environment.
@@ -187,6 +196,13 @@ def serve(
         settings = Settings()
     except ValueError as exc:  # pydantic's ValidationError: name the bad variable
         fail(f"invalid settings: {exc}")
+    if workers > 1 and settings.store.lower().startswith("memory:"):
+        # Each worker process would learn on a memory of its own.
+        fail(
+            f"--workers {workers} needs a store the worker processes share: set"
+            " RISK_ENGINE_STORE (or --store) to redis://host:port/db (or SQLite, on one"
+            " host); memory:// lives inside one process"
+        )
     if settings.store.startswith("sqlite:///"):
         settings.var_dir.mkdir(parents=True, exist_ok=True)
     uvicorn.run(
@@ -195,8 +211,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=False,
-        server_header=False,
+        **server_options(access_log=access_log),
     )
 
 

@@ -10,10 +10,11 @@ counts against the user, a missing outcome teaches nothing.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,20 @@ from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
 from risk_engine.geo import GeoLocator, Location, network_prefix
 from risk_engine.model.artifact import ModelArtifact, default_model_path, load_artifact
-from risk_engine.policy import Policy, load_policy
+from risk_engine.policy import Policy, PolicyTable, load_policy
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.factory import open_store
 from risk_engine.profiles.learn import hold_pending, learn, resolve_pending
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import ProfileStore
+from risk_engine.profiles.store import BurstNote, ProfileStore
 from risk_engine.reasons import explain
+from risk_engine.useragent import parse_user_agent
 
 DAY_S = 86400.0
+WARM_UP_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/131.0.0.0 Safari/537.36"
+)
 # Tolerated difference between the application's event clock and ours, in seconds.
 CLOCK_SKEW_S = 60.0
 
@@ -54,6 +60,11 @@ class Scorer:
 
     artifact: ModelArtifact
     policy: Policy
+    # The policy's lookups, held here: the Policy model's own attribute access is slow.
+    table: PolicyTable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", self.policy.table)
 
     @property
     def model_version(self) -> str:
@@ -93,6 +104,12 @@ def action_digest(event: Event) -> str:
     return hashlib.sha256(parts.encode()).hexdigest()[:32]
 
 
+def burst_note(obs: Observation) -> BurstNote:
+    """What the burst windows keep of an event (a failed login counts as a failure)."""
+    failed = obs.action == "login" and not obs.success
+    return BurstNote(obs.ip_key, obs.network, obs.user_key, obs.ts, failed)
+
+
 def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -128,6 +145,13 @@ class Engine:
             raise ConfigurationError("no model is loaded: train one with `risk-engine train`")
         return self.scorer
 
+    def warm_up(self) -> None:
+        """Pay start-up costs now rather than on the first event.
+
+        The User-Agent parser compiles its regular expressions on first use (a second).
+        """
+        parse_user_agent(WARM_UP_USER_AGENT)
+
     # -- keys ---------------------------------------------------------------------------
 
     def user_key(self, user_id: str) -> str:
@@ -152,29 +176,22 @@ class Engine:
         if geo_problem:
             degraded.append(f"GeoIP unavailable: {geo_problem}")
         try:
-            bursts = self.store.burst_counts(obs.ip_key, obs.network, obs.ts)
-            verdict = self.store.update(
-                user_key, lambda p: self._score_and_learn(scorer, p, bursts, obs)
+            verdict = self.store.update_event(
+                burst_note(obs), lambda p, bursts: self._score_and_learn(scorer, p, bursts, obs)
             )
         except ProfileStoreError as exc:
             degraded.append(f"profile store unavailable: {exc.message}")
             # Score against an empty profile: no history, so the class's fail mode decides.
             verdict = self._score(scorer, Profile(user_key=user_key), BurstCounts(), obs)
             if verdict.outcome is not Outcome.DENY:
-                verdict.outcome = scorer.policy.class_of(obs.action)[1].fail_mode
-        else:
-            try:
-                self._note_burst(obs)
-            except ProfileStoreError as exc:
-                # The decision stands (the profile already learned it); only the count is lost.
-                degraded.append(f"burst counters unavailable: {exc.message}")
+                verdict.outcome = scorer.table.class_of(obs.action)[1].fail_mode
         if degraded:
             verdict.reasons.insert(0, Reason(code="degraded", detail="; ".join(degraded)))
-            fail_mode = scorer.policy.class_of(obs.action)[1].fail_mode
+            fail_mode = scorer.table.class_of(obs.action)[1].fail_mode
             if fail_mode.rank > verdict.outcome.rank:
                 verdict.outcome = fail_mode
         if verdict.outcome is Outcome.STEP_UP:
-            _, cls = scorer.policy.class_of(obs.action)
+            _, cls = scorer.table.class_of(obs.action)
             verdict.required_acr, verdict.max_age = cls.required_acr, cls.max_age
         decision = Decision(
             event_id=event.event_id,
@@ -184,7 +201,8 @@ class Engine:
             required_acr=verdict.required_acr,
             max_age=verdict.max_age,
             model_version=scorer.model_version,
-            decision_id="d-" + secrets.token_hex(8),
+            # os.urandom directly: what secrets.token_hex does, without its two layers.
+            decision_id="d-" + os.urandom(8).hex(),
             policy_version=scorer.policy.version,
             action_class=verdict.action_class,
             degraded=bool(degraded),
@@ -211,11 +229,11 @@ class Engine:
         score = scorer.artifact.model.score_one(row)
         reasons = explain(profile, bursts, obs, values)
         codes = [r.code for r in reasons]
-        action_class, outcome = scorer.policy.decide(obs.action, score, codes)
+        action_class, outcome = scorer.table.decide(obs.action, score, codes)
         shadow = None
         if self.shadow is not None:
             s_score = self.shadow.artifact.model.score_one(row)
-            _, s_outcome = self.shadow.policy.decide(obs.action, s_score, codes)
+            _, s_outcome = self.shadow.table.decide(obs.action, s_score, codes)
             shadow = {
                 "model_version": self.shadow.model_version,
                 "policy_version": self.shadow.policy.version,
@@ -230,7 +248,7 @@ class Engine:
         # One scorer for the whole decision: a reload mid-request must not mix models.
         verdict = self._score(scorer, profile, bursts, obs)
         if verdict.outcome is Outcome.STEP_UP:
-            _, cls = scorer.policy.class_of(obs.action)
+            _, cls = scorer.table.class_of(obs.action)
             assurance = self._session_assurance(
                 profile, obs, verdict, cls.required_acr, cls.max_age
             )
@@ -275,10 +293,6 @@ class Engine:
             detail=f"{record.acr} step-up passed in this session {age / 60:.0f} min ago",
         )
 
-    def _note_burst(self, obs: Observation) -> None:
-        failed = obs.action == "login" and not obs.success
-        self.store.record_burst(obs.ip_key, obs.network, obs.user_key, obs.ts, failed)
-
     # -- training replay ----------------------------------------------------------------
 
     def replay(
@@ -293,9 +307,8 @@ class Engine:
         location, _ = self.locate(event)
         user_key = self.user_key(event.user_id)
         obs = observe(event, location, self.hasher, user_key)
-        bursts = self.store.burst_counts(obs.ip_key, obs.network, obs.ts)
 
-        def step(profile: Profile) -> list[float]:
+        def step(profile: Profile, bursts: BurstCounts) -> list[float]:
             values = compute_features(profile, bursts, obs)
             learn(
                 profile,
@@ -306,8 +319,7 @@ class Engine:
             )
             return values
 
-        values = self.store.update(user_key, step)
-        self._note_burst(obs)
+        values = self.store.update_event(burst_note(obs), step)
         return values, obs
 
     # -- step-up outcomes ---------------------------------------------------------------

@@ -60,34 +60,72 @@ class Policy(BaseModel):
                 if action in seen:
                     raise ValueError(f"action {action!r} is in both {seen[action]} and {name}")
                 seen[action] = name
-        self._by_action = seen
+        self._table = PolicyTable(self, seen)
         return self
 
-    _by_action: dict[str, str] = {}
+    _table: PolicyTable
+
+    @property
+    def table(self) -> PolicyTable:
+        """The policy as plain lookups: what the engine consults on every event."""
+        return self._table
 
     def class_of(self, action: str) -> tuple[str, ClassPolicy]:
         """The action's class; unknown actions get the default class."""
-        name = self._by_action.get(action, self.default_class)
-        return name, self.classes[name]
+        return self._table.class_of(action)
 
     def decide(self, action: str, score: float, codes: list[str]) -> tuple[str, Outcome]:
         """(class name, outcome) for a score and the reason codes that fired."""
-        name, cls = self.class_of(action)
+        return self._table.decide(action, score, codes)
+
+    def to_toml(self) -> str:
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return tomli_w.dumps(data)
+
+
+class PolicyTable:
+    """A validated policy as dictionaries: no model attribute lookups per event."""
+
+    __slots__ = ("_by_action", "_default", "_floors")
+
+    def __init__(self, policy: Policy, by_action: dict[str, str]) -> None:
+        self._by_action = {
+            action: (name, policy.classes[name]) for action, name in by_action.items()
+        }
+        self._default = (policy.default_class, policy.classes[policy.default_class])
+        self._floors = dict(policy.floors)
+
+    def __eq__(self, other: object) -> bool:
+        # Policies compare by value, private attributes included: so must their tables.
+        if not isinstance(other, PolicyTable):
+            return NotImplemented
+        return (self._by_action, self._default, self._floors) == (
+            other._by_action,
+            other._default,
+            other._floors,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable contents, like the dicts it holds
+
+    def class_of(self, action: str) -> tuple[str, ClassPolicy]:
+        """The action's class; unknown actions get the default class."""
+        return self._by_action.get(action, self._default)
+
+    def decide(self, action: str, score: float, codes: list[str]) -> tuple[str, Outcome]:
+        """(class name, outcome) for a score and the reason codes that fired."""
+        name, cls = self._by_action.get(action, self._default)
         if score >= cls.deny:
             outcome = Outcome.DENY
         elif score >= cls.step_up:
             outcome = Outcome.STEP_UP
         else:
             outcome = Outcome.ALLOW
+        floors = self._floors
         for code in codes:
-            floor = self.floors.get(code)
+            floor = floors.get(code)
             if floor is not None and floor.rank > outcome.rank:
                 outcome = floor
         return name, outcome
-
-    def to_toml(self) -> str:
-        data: dict[str, Any] = self.model_dump(mode="json")
-        return tomli_w.dumps(data)
 
 
 def parse_policy(data: dict[str, Any], source: str) -> Policy:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv6Address
 
 
 class Hasher:
@@ -45,5 +45,8 @@ def truncate_ip(ip: IPv4Address | IPv6Address) -> str:
     >>> truncate_ip(ip_address("81.2.69.160"))
     '81.2.69.0'
     """
-    bits = 24 if ip.version == 4 else 48
-    return str(ip_network(f"{ip}/{bits}", strict=False).network_address)
+    # Masked by hand: ip_network() parses a string back and costs ten times as much.
+    if ip.version == 4:
+        a, b, c, _ = ip.packed
+        return f"{a}.{b}.{c}.0"
+    return str(IPv6Address(int(ip) >> 80 << 80))

@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from risk_engine import __version__
+from risk_engine.api.endpoint import DecisionEndpoint
 from risk_engine.api.errors import install_error_handlers
 from risk_engine.api.metrics import Metrics
 from risk_engine.api.middleware import BodyLimitMiddleware
@@ -50,6 +52,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.injected_engine = engine
+    # Outermost first: the body limit, then POST /v1/decisions served without FastAPI's
+    # per-route machinery (api/endpoint.py), then the app for everything else.
+    app.add_middleware(DecisionEndpoint, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(v1)
@@ -57,6 +62,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     if not settings.auth_disabled and not settings.api_keys_sha256:
         log.warning("no API keys configured: every /v1 request will be refused (401)")
     return app
+
+
+def server_options(*, access_log: bool = False) -> dict[str, Any]:
+    """The uvicorn settings of ``risk-engine serve`` (benchmarks serve their no-op with them).
+
+    No proxy headers (the client address is the socket's unless a deployment says
+    otherwise), no Server header, and no access log unless asked for.
+    """
+    return {"proxy_headers": False, "server_header": False, "access_log": access_log}
 
 
 def create_app_from_env() -> FastAPI:
@@ -70,6 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     injected: Engine | None = app.state.injected_engine
     engine = injected if injected is not None else await run_in_threadpool(build_engine, settings)
+    await run_in_threadpool(engine.warm_up)
     service = Service(settings, engine, metrics=app.state.metrics, owns_engine=injected is None)
     app.state.service = service
     # Model arrays and GeoIP live as long as the process: keep the GC from rescanning them.

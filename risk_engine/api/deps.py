@@ -41,22 +41,30 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 _bearer = HTTPBearer(auto_error=False, description="an API key: `risk-engine apikey` makes one")
 
 
-def require_api_key(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Accept the request when its bearer key's sha256 is configured (unless auth is off)."""
+def check_api_key(settings: Settings, key: str | None) -> None:
+    """Accept ``key`` when its sha256 is configured (or auth is off); else AuthenticationError.
+
+    Shared by the FastAPI dependency below and the plain decision endpoint.
+    """
     if settings.auth_disabled:
         return
-    if credentials is None or not credentials.credentials:
+    if not key:
         raise AuthenticationError("an API key is required: send Authorization: Bearer <key>")
-    digest = hashlib.sha256(credentials.credentials.encode()).hexdigest()
+    digest = hashlib.sha256(key.encode()).hexdigest()
     # Compare against every entry, without stopping early: timing tells nothing.
     matched = False
     for expected in settings.api_keys_sha256:
         matched |= hmac.compare_digest(digest, expected)
     if not matched:
         raise AuthenticationError("the API key is not valid")
+
+
+def require_api_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Accept the request when its bearer key's sha256 is configured (unless auth is off)."""
+    check_api_key(settings, credentials.credentials if credentials is not None else None)
 
 
 ApiKeyDep = Depends(require_api_key)

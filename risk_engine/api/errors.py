@@ -56,14 +56,20 @@ def _invalid_code(request: Request) -> str:
     return InvalidEventError.code if request.url.path == "/v1/decisions" else "invalid_request"
 
 
+def error_response(exc: RiskEngineError) -> tuple[int, list[tuple[str, str]], dict[str, Any]]:
+    """(status, extra headers, body) of an engine error: the one mapping of the error tree."""
+    if exc.status_code >= 500:
+        log.error("%s", exc.message)
+    headers = []
+    if isinstance(exc, AuthenticationError):
+        headers.append(("WWW-Authenticate", 'Bearer realm="risk-engine"'))
+    return exc.status_code, headers, exc.to_dict()
+
+
 async def _engine_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RiskEngineError)
-    if exc.status_code >= 500:
-        log.error("%s %s: %s", request.method, request.url.path, exc.message)
-    headers = None
-    if isinstance(exc, AuthenticationError):
-        headers = {"WWW-Authenticate": 'Bearer realm="risk-engine"'}
-    return JSONBody(exc.to_dict(), status_code=exc.status_code, headers=headers)
+    status, headers, body = error_response(exc)
+    return JSONBody(body, status_code=status, headers=dict(headers))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -11,12 +11,28 @@ from risk_engine.decision import Decision
 from risk_engine.engine import Scorer
 from risk_engine.errors import ProfileStoreError
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import ProfileStore
+from risk_engine.profiles.store import BurstNote, ProfileStore
 
 T = TypeVar("T")
 
-# Decisions take a few ms; the tail up to seconds is a store timing out.
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Decisions take a few hundred µs; the tail up to seconds is a store timing out.
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 
 
 class Metrics:
@@ -102,6 +118,9 @@ class CountingStore:
 
     def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
         return self._call("update", lambda: self.inner.update(user_key, fn))
+
+    def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
+        return self._call("update", lambda: self.inner.update_event(note, fn))
 
     def get(self, user_key: str) -> Profile | None:
         return self._call("get", lambda: self.inner.get(user_key))

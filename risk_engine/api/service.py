@@ -29,7 +29,7 @@ from risk_engine.api.schemas import (
 )
 from risk_engine.audit import AuditLog, RecordKind, decision_record
 from risk_engine.config import Settings
-from risk_engine.decision import Decision
+from risk_engine.decision import Decision, Outcome
 from risk_engine.engine import Engine, Scorer, load_scorer
 from risk_engine.errors import (
     ConfigurationError,
@@ -128,20 +128,30 @@ class Service:
     # -- decisions ------------------------------------------------------------------------
 
     def decide(self, event: Event) -> Decision:
-        """Decide one event, count it and audit it; the shadow verdict is logged, not enforced."""
+        """Decide one event, count it and audit it; the shadow verdict is logged, not enforced.
+
+        The decision comes back whole (features, shadow): ``render`` decides what
+        the application sees of it.
+        """
         started = time.perf_counter()
         decision = self.engine.decide(event)
-        features = decision.features
         self.audit(
-            RecordKind.DECISION, decision_record(event, decision, features, self.engine.hasher)
+            RecordKind.DECISION,
+            decision_record(event, decision, decision.features, self.engine.hasher),
         )
         self.metrics.observe_decision(decision, time.perf_counter() - started)
-        return decision.model_copy(
-            update={
-                "features": features if self.settings.include_features else None,
-                "shadow": None,
-            }
-        )
+        return decision
+
+    def render(self, decision: Decision) -> tuple[bytes, list[tuple[str, str]]]:
+        """The response body and extra headers: the contract's decision, with step_up's hint.
+
+        Features only when configured; the shadow verdict never (it is in the audit).
+        """
+        body = decision.contract_dict(features=self.settings.include_features, shadow=False)
+        headers = []
+        if decision.decision is Outcome.STEP_UP and decision.challenge is not None:
+            headers.append(("WWW-Authenticate", decision.challenge.www_authenticate))
+        return orjson.dumps(body), headers
 
     # -- step-up results ------------------------------------------------------------------
 

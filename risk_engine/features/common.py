@@ -28,8 +28,7 @@ def familiarity(counter: dict[str, list[float]], key: str) -> float:
     entry = counter.get(key)
     if entry is None:
         return 0.0
-    total = sum(value[0] for value in counter.values())
-    return entry[0] / (total + len(counter))
+    return entry[0] / (mass(counter) + len(counter))
 
 
 def novelty(counter: dict[str, list[float]]) -> float:
@@ -45,8 +44,12 @@ def novelty(counter: dict[str, list[float]]) -> float:
     """
     if not counter:
         return 1.0
-    total = sum(value[0] for value in counter.values())
-    return len(counter) / (total + len(counter))
+    return len(counter) / (mass(counter) + len(counter))
+
+
+def mass(counter: dict[str, list[float]]) -> float:
+    """The total count of a [count, last_ts] map."""
+    return sum([value[0] for value in counter.values()])
 
 
 def is_new(profile: Profile, counter: dict[str, list[float]], key: str) -> float:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from risk_engine.features.common import (
     effective_distance_km,
-    familiarity,
     is_new,
     log1p,
-    novelty,
+    mass,
     speed_kmh,
 )
 from risk_engine.features.observation import Observation
@@ -70,20 +69,29 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
     km, _, kmh = travel(profile, obs)
     impossible = 1.0 if kmh > IMPOSSIBLE_KMH and km > IMPOSSIBLE_MIN_KM else 0.0
     city = obs.city_key
+    countries, networks = profile.countries, profile.networks
+    # familiarity() and novelty() of common.py, with each map's mass summed once.
+    country_mass = mass(countries) + len(countries)
+    network_mass = mass(networks) + len(networks)
     return (
         0.0 if obs.geo_known else 1.0,
         log1p(km),
         log1p(kmh),
         impossible,
-        is_new(profile, profile.countries, obs.country),
+        is_new(profile, countries, obs.country),
         is_new(profile, profile.cities, city),
-        is_new(profile, profile.networks, obs.network),
+        is_new(profile, networks, obs.network),
         is_new(profile, profile.ips, obs.ip_key),
-        familiarity(profile.countries, obs.country),
-        familiarity(profile.cities, city),
-        familiarity(profile.networks, obs.network),
-        familiarity(profile.ips, obs.ip_key),
+        _share(countries, obs.country, country_mass),
+        _share(profile.cities, city, mass(profile.cities) + len(profile.cities)),
+        _share(networks, obs.network, network_mass),
+        _share(profile.ips, obs.ip_key, mass(profile.ips) + len(profile.ips)),
         1.0 if obs.is_anonymous else 0.0,
-        novelty(profile.countries),
-        novelty(profile.networks),
+        len(countries) / country_mass if countries else 1.0,
+        len(networks) / network_mass if networks else 1.0,
     )
+
+
+def _share(counter: dict[str, list[float]], key: str, total: float) -> float:
+    entry = counter.get(key)
+    return 0.0 if entry is None else entry[0] / total

@@ -20,7 +20,7 @@ NAMES = (
 def recent_count(timestamps: list[float], now: float, window: float = HOUR_S) -> int:
     """How many timestamps fall in (now - window, now]."""
     start = now - window
-    return sum(1 for ts in timestamps if start < ts <= now)
+    return len([ts for ts in timestamps if start < ts <= now])
 
 
 def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:

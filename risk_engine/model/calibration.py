@@ -3,11 +3,20 @@
 A calibrated 0.98 reads "riskier than 98% of normal activity". Past the largest
 legitimate score an exponential tail keeps the map strictly increasing, so the
 score still ranks the events that matter most (ROC AUC needs that).
+
+The batch map (``__call__``) and the single-value one (``one``, on the request
+path) do the same floating-point operations in the same order, so they agree to
+the last bit on every platform: between knots ``slope[j] * (x - x[j]) + p[j]``,
+as ``np.interp`` computes it but spelled out so that no compiler can fuse it into
+one rounding on one side only; in the tails ``math.exp``, whose result does not
+depend on which SIMD loop numpy picks for this CPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +24,8 @@ from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 N_KNOTS = 1001
+# The lower tail never starts below this level, so it keeps a positive slope.
+_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,32 @@ class Calibration:
     knots_x: FloatArray
     knots_p: FloatArray
     tail_scale: float
+    # Derived from the knots, never stored (see __getstate__): Python floats for ``one``.
+    _slopes: FloatArray = field(init=False, repr=False, compare=False)
+    _xs: list[float] = field(init=False, repr=False, compare=False)
+    _ps: list[float] = field(init=False, repr=False, compare=False)
+    _slope_list: list[float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._derive()
+
+    def _derive(self) -> None:
+        """The segment slopes, and the knots as lists: bisect and float arithmetic, no numpy."""
+        xs, ps = self.knots_x, self.knots_p
+        slopes = np.diff(ps) / np.diff(xs)
+        object.__setattr__(self, "_slopes", slopes)
+        object.__setattr__(self, "_xs", xs.tolist())
+        object.__setattr__(self, "_ps", ps.tolist())
+        object.__setattr__(self, "_slope_list", slopes.tolist())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The pickled form stays the three fields, as models pickled before the caches.
+        return {"knots_x": self.knots_x, "knots_p": self.knots_p, "tail_scale": self.tail_scale}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in ("knots_x", "knots_p", "tail_scale"):
+            object.__setattr__(self, name, state[name])
+        self._derive()
 
     @classmethod
     def fit(cls, raw: FloatArray) -> Calibration:
@@ -46,31 +83,39 @@ class Calibration:
 
     def __call__(self, raw: FloatArray) -> FloatArray:
         x = np.asarray(raw, dtype=np.float64)
-        lo_x, hi_x = self.knots_x[0], self.knots_x[-1]
-        lo_p, hi_p = self.knots_p[0], self.knots_p[-1]
-        if self.knots_x.size == 1:
+        xs, ps = self.knots_x, self.knots_p
+        lo_x, hi_x = float(xs[0]), float(xs[-1])
+        lo_p, hi_p = float(ps[0]), float(ps[-1])
+        if xs.size == 1:
             out = np.full_like(x, hi_p)
         else:
-            out = np.interp(x, self.knots_x, self.knots_p)
+            # xs[j] <= x < xs[j + 1]; NaN lands on the last segment and stays NaN.
+            j = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, xs.size - 2)
+            out = self._slopes[j] * (x - xs[j]) + ps[j]
+            out[x == hi_x] = hi_p
         above = x > hi_x
         if np.any(above):
-            out[above] = 1.0 - (1.0 - hi_p) * np.exp(-(x[above] - hi_x) / self.tail_scale)
+            z = -(x[above] - hi_x) / self.tail_scale
+            out[above] = 1.0 - (1.0 - hi_p) * _exp(z)
         below = x < lo_x
         if np.any(below):
-            floor = max(lo_p, 1e-6)
-            out[below] = floor * np.exp((x[below] - lo_x) / self.tail_scale)
+            z = (x[below] - lo_x) / self.tail_scale
+            out[below] = max(lo_p, _FLOOR) * _exp(z)
         return out
 
     def one(self, raw: float) -> float:
-        """The calibrated value of one raw score (no array allocation on the hot path)."""
-        xs, ps = self.knots_x, self.knots_p
+        """``self(np.array([raw]))[0]``, bit for bit, in plain Python (the per-request path)."""
+        xs, ps = self._xs, self._ps
         if raw > xs[-1]:
-            return float(1.0 - (1.0 - ps[-1]) * np.exp(-(raw - xs[-1]) / self.tail_scale))
+            return 1.0 - (1.0 - ps[-1]) * math.exp(-(raw - xs[-1]) / self.tail_scale)
         if raw < xs[0]:
-            return float(max(ps[0], 1e-6) * np.exp((raw - xs[0]) / self.tail_scale))
-        if xs.size == 1:
-            return float(ps[-1])
-        return float(np.interp(raw, xs, ps))
+            return max(ps[0], _FLOOR) * math.exp((raw - xs[0]) / self.tail_scale)
+        if len(xs) == 1 or raw == xs[-1]:
+            return ps[-1]
+        if raw != raw:  # NaN
+            return raw
+        j = bisect.bisect_right(xs, raw) - 1
+        return self._slope_list[j] * (raw - xs[j]) + ps[j]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,3 +131,8 @@ class Calibration:
             knots_p=np.asarray(data["knots_p"], dtype=np.float64),
             tail_scale=float(data["tail_scale"]),
         )
+
+
+def _exp(z: FloatArray) -> FloatArray:
+    """``math.exp`` of each value: the exponential ``Calibration.one`` uses, to the bit."""
+    return np.fromiter(map(math.exp, z.tolist()), dtype=np.float64, count=z.size)

@@ -5,10 +5,11 @@ from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import BurstCounts, DeviceRecord, Place, Profile, SessionRecord
 from risk_engine.profiles.redis import RedisStore
 from risk_engine.profiles.sqlite import SQLiteStore
-from risk_engine.profiles.store import ProfileStore
+from risk_engine.profiles.store import BurstNote, ProfileStore
 
 __all__ = [
     "BurstCounts",
+    "BurstNote",
     "DeviceRecord",
     "MemoryStore",
     "Place",

@@ -24,6 +24,7 @@ from risk_engine.profiles.model import (
     MAX_IPS,
     MAX_NETWORKS,
     MAX_PENDING,
+    MAX_PENDING_AGE_S,
     MAX_PLACES,
     MAX_RECENT,
     MAX_SESSIONS,
@@ -55,6 +56,8 @@ def learn(
     ts = obs.ts
     profile.n_seen += 1
     profile.last_seen_ts = max(profile.last_seen_ts, ts)
+    if profile.pending:
+        _forget_stale_pending(profile, ts)
     push_bounded(profile.recent, ts, MAX_RECENT)
     if obs.action == "login" and not obs.success:
         push_bounded(profile.failures, ts, MAX_FAILURES)
@@ -143,24 +146,42 @@ def _remember_device(
 def _remember_session(profile: Profile, obs: Observation) -> None:
     assert obs.session_id is not None
     sessions = profile.sessions
-    previous = sessions.get(obs.session_id)
-    if previous is None and len(sessions) >= MAX_SESSIONS:
-        oldest = min(sessions, key=lambda k: sessions[k].ts)
-        del sessions[oldest]
-    sessions[obs.session_id] = SessionRecord(
-        ts=obs.ts,
-        ip_key=obs.ip_key,
-        network=obs.network,
-        device_key=obs.device_key,
-        country=obs.country,
-        latitude=obs.latitude,
-        longitude=obs.longitude,
-        accuracy_km=obs.accuracy_km,
-        place=obs.place,
-        # A session keeps the assurance its step-up earned, as long as it stays consistent.
-        acr=previous.acr if previous else None,
-        auth_time=previous.auth_time if previous else None,
-    )
+    record = sessions.get(obs.session_id)
+    if record is None:
+        if len(sessions) >= MAX_SESSIONS:
+            oldest = min(sessions, key=lambda k: sessions[k].ts)
+            del sessions[oldest]
+        sessions[obs.session_id] = SessionRecord(
+            ts=obs.ts,
+            ip_key=obs.ip_key,
+            network=obs.network,
+            device_key=obs.device_key,
+            country=obs.country,
+            latitude=obs.latitude,
+            longitude=obs.longitude,
+            accuracy_km=obs.accuracy_km,
+            place=obs.place,
+        )
+        return
+    # The session goes on: its last event moves here. It keeps the assurance its
+    # step-up earned (acr, auth_time), as long as it stays consistent.
+    record.ts = obs.ts
+    record.ip_key = obs.ip_key
+    record.network = obs.network
+    record.device_key = obs.device_key
+    record.country = obs.country
+    record.latitude = obs.latitude
+    record.longitude = obs.longitude
+    record.accuracy_km = obs.accuracy_km
+    record.place = obs.place
+
+
+def _forget_stale_pending(profile: Profile, now: float) -> None:
+    pending = profile.pending
+    horizon = now - MAX_PENDING_AGE_S
+    stale = [event_id for event_id, held in pending.items() if float(held["ts"]) < horizon]
+    for event_id in stale:
+        del pending[event_id]
 
 
 def hold_pending(profile: Profile, obs: Observation) -> None:

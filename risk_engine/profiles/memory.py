@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.store import BurstNote
 
 T = TypeVar("T")
 
@@ -43,17 +44,28 @@ class MemoryStore:
 
     def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
         with self._lock:
-            profile = self._profiles.get(user_key)
-            if profile is None:
-                profile = Profile(user_key=user_key)
-                self._profiles[user_key] = profile
-                if self._max is not None and len(self._profiles) > self._max:
-                    evicted, _ = self._profiles.popitem(last=False)
-                    self._updated_at.pop(evicted, None)
-            elif self._max is not None:
-                self._profiles.move_to_end(user_key)
-            self._updated_at[user_key] = time.time()
-            return fn(profile)
+            return fn(self._live(user_key))
+
+    def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
+        with self._lock:
+            bursts = self._bursts.counts(note.ip_key, note.network, note.ts)
+            result = fn(self._live(note.user_key), bursts)
+            self._bursts.record(note.ip_key, note.network, note.user_key, note.ts, note.failed)
+            return result
+
+    def _live(self, user_key: str) -> Profile:
+        """The user's live profile (created when absent), marked as updated now."""
+        profile = self._profiles.get(user_key)
+        if profile is None:
+            profile = Profile(user_key=user_key)
+            self._profiles[user_key] = profile
+            if self._max is not None and len(self._profiles) > self._max:
+                evicted, _ = self._profiles.popitem(last=False)
+                self._updated_at.pop(evicted, None)
+        elif self._max is not None:
+            self._profiles.move_to_end(user_key)
+        self._updated_at[user_key] = time.time()
+        return profile
 
     def get(self, user_key: str) -> Profile | None:
         with self._lock:

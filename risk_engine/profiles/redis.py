@@ -9,7 +9,10 @@ Layout under ``prefix`` (so that several deployments can share one Redis):
 * ``{prefix}:challenge:{id}``: a hash (record, expires_at, used) with a PX expiry.
 
 ``update`` is optimistic (WATCH/MULTI/EXEC): a write by someone else between the
-read and the commit makes it run ``fn`` again on the fresh profile.
+read and the commit makes it run ``fn`` again on the fresh profile. ``update_event``
+is the same transaction with the burst windows folded in, in two round trips: one
+write of WATCH, GET and both window reads, then one of MULTI, SET, the burst notes
+and EXEC.
 """
 
 from __future__ import annotations
@@ -17,20 +20,23 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, WatchError
+from redis.connection import Connection
+from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.retry import Retry
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S
+from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote
 
 T = TypeVar("T")
+# One Redis command as redis-py packs it: the name, then the arguments.
+_Command = tuple[str | bytes | int | float, ...]
 
 # Optimistic retries of one update before giving up on a hopelessly hot key.
 _WATCH_TRIES = 100
@@ -127,12 +133,105 @@ class RedisStore:
                 return result
             finally:
                 _reset_quietly(pipe)
-            delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempt, 16))
-            time.sleep(random.uniform(0.0, delay))
-        raise ProfileStoreError(
-            f"Redis profile store {self._safe_url}: update of one profile lost "
-            f"{_WATCH_TRIES} races in a row to concurrent writers",
-            url=self._safe_url,
+            time.sleep(_back_off(attempt))
+        self._lost_races("update")
+
+    def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
+        """``burst_counts``, ``update`` and ``record_burst`` as one transaction, two round trips.
+
+        The profile and the burst notes commit in one MULTI/EXEC under the WATCH of
+        the profile, so that a concurrent ``update`` or ``update_event`` of the user
+        makes ``fn`` run again, on the fresh profile and fresh counts, as in ``update``.
+        """
+        key = self._profile_key(note.user_key)
+        windows = (self._burst_key("ip", note.ip_key), self._burst_key("net", note.network))
+        # "(" makes the lower bound exclusive, as in burst_counts.
+        start = f"({note.ts - BURST_WINDOW_S!r}"
+        reads: list[_Command] = [("WATCH", key), ("GET", key)]
+        reads += [("ZRANGEBYSCORE", window, start, note.ts) for window in windows]
+        member = _burst_member(note.user_key, note.ts, note.failed)
+        notes = [command for window in windows for command in _note(window, member, note.ts)]
+        for attempt in range(_WATCH_TRIES):
+            committed = self._event_attempt(note.user_key, key, reads, notes, fn)
+            if committed is not None:
+                return committed[0]
+            time.sleep(_back_off(attempt))
+        self._lost_races("update_event")
+
+    def _event_attempt(
+        self,
+        user_key: str,
+        key: str,
+        reads: Sequence[_Command],
+        notes: Sequence[_Command],
+        fn: Callable[[Profile, BurstCounts], T],
+    ) -> tuple[T] | None:
+        """One optimistic try of ``update_event``: ``(fn's value,)``, or None when overtaken.
+
+        Works on one connection of the pool directly, since a redis-py pipeline cannot
+        send WATCH and reads in one write. The connection goes back to the pool only
+        when known to be clean (no WATCH left, no reply unread); otherwise it is
+        disconnected first.
+        """
+        try:
+            conn = self._pool.get_connection()
+        except RedisError as exc:
+            self._fail(exc, "update_event")
+        clean = False
+        try:
+            try:
+                # Nothing is written yet: the pool's retry policy applies, as to any read.
+                raw, ip_members, net_members = conn.retry.call_with_retry(
+                    lambda: _exchange(conn, reads, check_health=True)[1:],
+                    lambda _: _disconnect(conn),
+                )
+            except RedisError as exc:
+                self._fail(exc, "update_event")
+            profile = Profile(user_key=user_key) if raw is None else Profile.loads(raw)
+            bursts = BurstCounts(*_tally(ip_members), *_tally(net_members))
+            # A reconnect from here to EXEC would drop the WATCH unseen: refuse it.
+            _on_connect(conn, self._refuse_reconnect)
+            try:
+                result = fn(profile, bursts)
+            except BaseException:
+                clean = _unwatch(conn)
+                raise
+            writes: list[_Command] = [
+                ("MULTI",),
+                ("SET", key, profile.dumps(), "EX", self._retention_s),
+                *notes,
+                ("EXEC",),
+            ]
+            try:
+                # No health check: its PING could reconnect and lose the WATCH. No retry
+                # either: once EXEC is sent, a second try could apply the event twice.
+                replies = _exchange(conn, writes, check_health=False)
+            except _ReconnectedWhileWatching:
+                # Refused before anything was sent on the new socket: a lost race.
+                return None
+            except RedisError as exc:
+                # EXEC may or may not have run: say so rather than run fn again.
+                self._fail(exc, "update_event")
+            clean = True
+            executed = replies[-1]
+            if executed is None:
+                # The WATCH fired: EXEC ran nothing.
+                return None
+            for reply in executed:
+                # Redis does not roll back: the commands before the failed one took effect.
+                if isinstance(reply, ResponseError):
+                    self._fail(reply, "update_event")
+            return (result,)
+        finally:
+            _off_connect(conn, self._refuse_reconnect)
+            if not clean:
+                _disconnect(conn)
+            self._pool.release(conn)
+
+    def _refuse_reconnect(self, connection: Connection) -> None:
+        """Connect callback while a connection watches: its WATCH died with the old socket."""
+        raise _ReconnectedWhileWatching(
+            f"Redis profile store {self._safe_url}: reconnected between WATCH and EXEC"
         )
 
     def get(self, user_key: str) -> Profile | None:
@@ -167,8 +266,8 @@ class RedisStore:
     def record_burst(
         self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
     ) -> None:
-        # The nonce keeps two identical events distinct members of the set.
-        member = f"{ts!r}:{int(failed)}:{random.getrandbits(64):016x}:{user_key}"
+        member = _burst_member(user_key, ts, failed)
+        # The same commands as _note, through the typed pipeline methods.
         pipe = self._client.pipeline(transaction=False)
         try:
             for key in (self._burst_key("ip", ip_key), self._burst_key("net", network)):
@@ -252,6 +351,17 @@ class RedisStore:
             url=self._safe_url,
         ) from exc
 
+    def _lost_races(self, action: str) -> NoReturn:
+        raise ProfileStoreError(
+            f"Redis profile store {self._safe_url}: {action} of one profile lost "
+            f"{_WATCH_TRIES} races in a row to concurrent writers",
+            url=self._safe_url,
+        )
+
+
+class _ReconnectedWhileWatching(RedisError):
+    """A watching connection was re-established: the new one watches nothing."""
+
 
 def redact_url(url: str) -> str:
     """``url`` with any password (in the user info or a ``password=`` query) masked."""
@@ -271,6 +381,59 @@ def redact_url(url: str) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _back_off(attempt: int) -> float:
+    """Seconds to wait before optimistic retry ``attempt + 1``: jittered, doubling, capped."""
+    return random.uniform(0.0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempt, 16)))
+
+
+def _burst_member(user_key: str, ts: float, failed: bool) -> str:
+    """A burst window member ``ts:failed:nonce:user``."""
+    # The nonce keeps two identical events distinct members of the set.
+    return f"{ts!r}:{int(failed)}:{random.getrandbits(64):016x}:{user_key}"
+
+
+def _note(key: str, member: str, ts: float) -> list[_Command]:
+    """What ``record_burst`` does to one window: add, trim by age and by rank, expire."""
+    return [
+        ("ZADD", key, ts, member),
+        ("ZREMRANGEBYSCORE", key, "-inf", ts - _BURST_TRIM_AGE_S),
+        ("ZREMRANGEBYRANK", key, 0, -(BURST_MAX_ENTRIES + 1)),
+        ("EXPIRE", key, _BURST_TTL_S),
+    ]
+
+
+def _exchange(conn: Connection, commands: Sequence[_Command], *, check_health: bool) -> list[Any]:
+    """Send ``commands`` in one write and read their replies: one round trip.
+
+    An error reply raises (ResponseError) with the later replies still unread, so
+    the caller must then drop the connection.
+    """
+    chunks: list[bytes] = conn.pack_commands(commands)  # type: ignore[no-untyped-call]
+    conn.send_packed_command([b"".join(chunks)], check_health)  # type: ignore[no-untyped-call]
+    return [conn.read_response() for _ in commands]
+
+
+def _unwatch(conn: Connection) -> bool:
+    """UNWATCH, for a connection going back to the pool; False if it is now in doubt."""
+    try:
+        _exchange(conn, [("UNWATCH",)], check_health=False)
+    except Exception:
+        return False
+    return True
+
+
+def _disconnect(conn: Connection) -> None:
+    conn.disconnect()  # type: ignore[no-untyped-call]
+
+
+def _on_connect(conn: Connection, callback: Callable[[Connection], None]) -> None:
+    conn.register_connect_callback(callback)  # type: ignore[no-untyped-call]
+
+
+def _off_connect(conn: Connection, callback: Callable[[Connection], None]) -> None:
+    conn.deregister_connect_callback(callback)  # type: ignore[no-untyped-call]
 
 
 def _tally(members: list[bytes]) -> tuple[int, int]:

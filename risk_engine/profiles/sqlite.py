@@ -1,11 +1,33 @@
 """SQLite profile store: the embedded default, safe across threads and processes.
 
-One connection per thread, since an SQLite connection must not be used by two
-threads at once. WAL lets readers run beside the single writer, and
-``synchronous=NORMAL`` skips the fsync per commit: a process crash loses
-nothing, a power cut may lose the last few updates, which a profile can afford.
-Statements are plain SQL strings that ``sqlite3`` prepares once per connection
-and caches, so a read-modify-write costs a few tens of microseconds.
+One connection per store, used by one thread at a time under a lock: writes
+serialise anyway (SQLite has one writer), and a single connection lets the store
+keep what it last read or wrote in memory and know when that went stale.
+``PRAGMA data_version`` changes exactly when ANOTHER connection (another worker
+process, an operator's shell) committed, so each transaction checks it right
+after taking the write lock and drops its caches if so. Until then:
+
+* decoded profiles are served from an LRU cache (``cache_profiles`` of them;
+  about 22 KB each in memory), so a hot user costs no read and no JSON decode;
+* the burst windows of each address and network are mirrored in memory after
+  their first read, so counting is a walk over a short deque, not a SQL query.
+
+Every update still writes its profile and burst rows, and the file stays the
+truth that another process or a restart reads. Commits are grouped: an update
+joins the open write transaction, which is committed once ``commit_every``
+updates are in it or it is ``commit_after_s`` old (5 ms by default), by the
+update that finds it so or by the store's maintenance thread, and at once with a
+challenge's claim, an erasure, a purge or ``close``. A commit costs as much as
+the rest of an update (locks, two writes per page), so one per few milliseconds
+instead of one per update halves the store's share of a decision. The price: a
+crash of the process (not just of the machine) may lose the last few
+milliseconds of profile updates, answered already (the audit log holds their
+decisions); and another process sees an update a few milliseconds later.
+``commit_after_s=0`` commits every update. WAL lets readers run beside the
+writer, and ``synchronous=NORMAL`` skips the fsync per commit (a power cut may
+lose the last commits). The maintenance thread also checkpoints the WAL into the
+database file, so that the copy does not land on a request (it was most of the
+p99.9).
 
 Retention matches Redis: a profile not written for ``retention_days`` reads as
 absent (and is overwritten by the next update); ``purge`` reclaims the rows.
@@ -15,18 +37,23 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import sqlite3
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError
+from risk_engine.profiles.bursts import BurstWindow
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S
+from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote
 
 T = TypeVar("T")
+log = logging.getLogger("risk_engine.profiles")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS profiles ("
@@ -39,7 +66,7 @@ _SCHEMA = (
     " used INTEGER NOT NULL DEFAULT 0)",
 )
 
-_SELECT_PROFILE = "SELECT data FROM profiles WHERE user_key = ? AND updated_at >= ?"
+_SELECT_PROFILE = "SELECT data, updated_at FROM profiles WHERE user_key = ? AND updated_at >= ?"
 _UPSERT_PROFILE = (
     "INSERT INTO profiles (user_key, data, updated_at) VALUES (?, ?, ?)"
     " ON CONFLICT (user_key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at"
@@ -49,12 +76,12 @@ _COUNT_PROFILES = "SELECT COUNT(*) FROM profiles WHERE updated_at >= ?"
 _PURGE_PROFILES = "DELETE FROM profiles WHERE updated_at < ?"
 
 _INSERT_BURSTS = "INSERT INTO bursts (key, ts, user_key, failed) VALUES (?, ?, ?, ?), (?, ?, ?, ?)"
-# Only the newest BURST_MAX_ENTRIES per key count, as in the in-memory window: this
-# also bounds the work of one lookup under a credential-stuffing flood.
-_BURST_COUNTS = (
-    "SELECT COUNT(DISTINCT user_key), COALESCE(SUM(failed), 0) FROM ("
-    " SELECT user_key, failed FROM bursts WHERE key = ? AND ts > ? AND ts <= ?"
-    f" ORDER BY ts DESC LIMIT {BURST_MAX_ENTRIES})"
+# A key's newest BURST_MAX_ENTRIES rows, oldest first: what its in-memory window holds.
+_SELECT_WINDOW = (
+    "SELECT ts, user_key, failed FROM ("
+    " SELECT rowid, ts, user_key, failed FROM bursts WHERE key = ?"
+    f" ORDER BY ts DESC, rowid DESC LIMIT {BURST_MAX_ENTRIES})"
+    " ORDER BY ts, rowid"
 )
 # Rows arrive in roughly increasing ts, so rowid order is time order: deleting every
 # row before the first live one costs a walk over the expired head only, with no
@@ -78,11 +105,28 @@ _CLAIM_CHALLENGE = "UPDATE challenges SET used = 1 WHERE id = ? AND used = 0 AND
 _PURGE_CHALLENGES = "DELETE FROM challenges WHERE expires_at <= ?"
 
 # Burst rows inserted (per store object) between two prunes of the expired head.
-_PRUNE_EVERY = 1024
+_PRUNE_EVERY = 128
 # Rows go once two windows older than the newest one, so that an event recorded
 # slightly out of order (a skewed clock) cannot prune rows that a query at an
 # earlier ``now`` still counts. Counting filters by ts, so this costs no accuracy.
 _PRUNE_AGE_S = 2 * BURST_WINDOW_S
+
+# Decoded profiles kept in memory by default (about 22 KB each: some 90 MB).
+DEFAULT_CACHE_PROFILES = 4096
+# Burst windows mirrored in memory at most; past it the stalest half is dropped
+# (and read again from the database when next needed).
+_MAX_WINDOWS = 65536
+# How often the background thread copies the WAL into the database file.
+CHECKPOINT_EVERY_S = 1.0
+# Group commit: an open write transaction is committed at this age or size.
+COMMIT_AFTER_S = 0.005
+COMMIT_EVERY = 64
+# The connection's own checkpoint stays as a backstop, should that thread fall behind.
+_AUTOCHECKPOINT_PAGES = 16384
+
+# SQLite's page cache per connection, and how much of the file it may map.
+_PAGE_CACHE_KB = 65536
+_MMAP_BYTES = 1 << 30
 
 # sqlite3 result-code prefixes (extended codes share them) and what they mean to an operator.
 _REASONS = (
@@ -101,24 +145,45 @@ _REASONS = (
 class SQLiteStore:
     """Profiles, burst windows and challenges in one SQLite file.
 
-    ``update`` holds the write lock (``BEGIN IMMEDIATE``) from the read to the
-    commit, so concurrent updates of a user, from threads or processes, serialise
-    and none is lost; an exception rolls back and leaves the stored profile as it
-    was. ``busy_timeout_s`` is how long a call waits for another writer before
-    failing with ProfileStoreError.
+    ``update`` and ``update_event`` hold the write lock (``BEGIN IMMEDIATE``) from
+    the read to the commit, so concurrent updates of a user, from threads or
+    processes, serialise and none is lost; an exception rolls back and leaves the
+    stored profile as it was (and drops it from the cache, which ``fn`` may have
+    changed). ``busy_timeout_s`` is how long a call waits for another writer
+    before failing with ProfileStoreError. ``cache_profiles=0`` turns the profile
+    cache off (every update reads and decodes the row).
     """
 
     def __init__(
-        self, path: Path | str, *, retention_days: float = 180.0, busy_timeout_s: float = 5.0
+        self,
+        path: Path | str,
+        *,
+        retention_days: float = 180.0,
+        busy_timeout_s: float = 5.0,
+        cache_profiles: int = DEFAULT_CACHE_PROFILES,
+        checkpoint_every_s: float | None = CHECKPOINT_EVERY_S,
+        commit_after_s: float = COMMIT_AFTER_S,
+        commit_every: int = COMMIT_EVERY,
     ) -> None:
         if retention_days <= 0:
             raise ConfigurationError(
                 f"profile retention must be positive, got {retention_days!r} days",
                 field="retention_days",
             )
+        if cache_profiles < 0:
+            raise ConfigurationError(
+                f"profile cache size must be 0 or more, got {cache_profiles!r}",
+                field="cache_profiles",
+            )
+        if not 0 <= commit_after_s <= 1 or commit_every < 1:
+            raise ConfigurationError(
+                f"group commit needs 0 <= commit_after_s <= 1 and commit_every >= 1,"
+                f" got {commit_after_s!r} and {commit_every!r}",
+                field="commit_after_s",
+            )
         if str(path) in ("", ":memory:"):
-            # Each thread has its own connection, so each would get its own private
-            # in-memory database: updates would silently not be shared.
+            # The checkpointer has its own connection, which would get its own private
+            # in-memory database; and nothing would survive the process anyway.
             raise ConfigurationError(
                 f"SQLite profile store needs a file path, got {str(path)!r};"
                 " use memory:// for an in-process store",
@@ -127,17 +192,23 @@ class SQLiteStore:
         self._path = Path(path)
         self._retention_s = retention_days * 86400.0
         self._busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        # One writer at a time in this process: threads queue on a lock that hands over
-        # at once, where SQLite's busy handler would have them sleep in growing steps
-        # (p99 of 1 s at 16 concurrent requests). Reentrant: ``fn`` may write too.
-        self._write_lock = threading.RLock()
-        # Every connection opened, with its thread, so that ``close`` reaches them all.
-        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._cache_size = cache_profiles
+        # One thread at a time on the connection; reentrant for the store's own calls.
+        self._lock = threading.RLock()
         self._closed = False
+        # PRAGMA data_version as of our last look: a change means another connection wrote.
+        self._data_version: int | None = None
+        # user_key -> (profile as committed, wall time it was written).
+        self._profiles: OrderedDict[str, tuple[Profile, float]] = OrderedDict()
+        # burst key -> its rows as committed (present = mirrored; absent = read on demand).
+        self._windows: dict[str, BurstWindow] = {}
         self._burst_inserts = itertools.count()
         self._newest_burst_ts = float("-inf")
+        self._commit_after_s = commit_after_s
+        self._commit_every = commit_every
+        # The open (group) transaction: when it began (monotonic s) and its updates.
+        self._opened_at: float | None = None
+        self._grouped = 0
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -145,211 +216,342 @@ class SQLiteStore:
                 f"SQLite profile store {self._path}: cannot create its directory: {exc}",
                 path=str(self._path),
             ) from exc
-        conn = self._conn()
+        self._conn = self._connect()
         try:
             # WAL is a property of the file, set once; the schema is idempotent.
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute("COMMIT")
+                self._conn.execute(statement)
+            self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.close()
+            self._conn.close()
             self._fail(exc, "opening")
+        self._maintenance = _Maintenance(
+            weakref.ref(self),
+            self._connect() if checkpoint_every_s is not None else None,
+            checkpoint_every_s or 0.0,
+            commit_after_s,
+        )
 
     @property
     def path(self) -> Path:
         return self._path
 
-    def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
-        with self._writing("update"):
-            return self._update(user_key, fn)
+    # -- profiles -----------------------------------------------------------------------
 
-    def _update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._fail(exc, "update")
-        try:
+    def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
+        with self._transaction("update") as conn:
+            profile = self._load(conn, user_key)
+            result = fn(profile)
+            self._save(conn, profile)
+        return result
+
+    def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
+        ip, net = f"ip:{note.ip_key}", f"net:{note.network}"
+        flag = int(note.failed)
+        # The outer hold keeps the lock from the read to the mirrors taking the new rows.
+        with self._locked("update"):
+            with self._transaction("update") as conn:
+                ip_window = self._window(conn, ip)
+                net_window = self._window(conn, net)
+                ip_users, ip_failures = ip_window.counts(note.ts)
+                net_users, net_failures = net_window.counts(note.ts)
+                bursts = BurstCounts(ip_users, ip_failures, net_users, net_failures)
+                profile = self._load(conn, note.user_key)
+                result = fn(profile, bursts)
+                self._save(conn, profile)
+                conn.execute(
+                    _INSERT_BURSTS,
+                    (ip, note.ts, note.user_key, flag, net, note.ts, note.user_key, flag),
+                )
+                self._maybe_prune(conn, note.ts)
+            # Committed: only now do the mirrors take the new rows.
+            ip_window.add(note.ts, note.user_key, note.failed)
+            net_window.add(note.ts, note.user_key, note.failed)
+        return result
+
+    def get(self, user_key: str) -> Profile | None:
+        # Always from the database: the caller gets its own object, never the cached one.
+        with self._locked("get") as conn:
             try:
                 row = conn.execute(
                     _SELECT_PROFILE, (user_key, time.time() - self._retention_s)
                 ).fetchone()
             except sqlite3.Error as exc:
-                self._fail(exc, "update")
-            profile = Profile(user_key=user_key) if row is None else Profile.loads(row[0])
-            result = fn(profile)
-            try:
-                conn.execute(_UPSERT_PROFILE, (user_key, profile.dumps(), time.time()))
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._fail(exc, "update")
-        except BaseException:
-            _rollback(conn)
-            raise
-        return result
-
-    def get(self, user_key: str) -> Profile | None:
-        try:
-            row = (
-                self._conn()
-                .execute(_SELECT_PROFILE, (user_key, time.time() - self._retention_s))
-                .fetchone()
-            )
-        except sqlite3.Error as exc:
-            self._fail(exc, "get")
+                self._fail(exc, "get")
         return None if row is None else Profile.loads(row[0])
 
     def delete(self, user_key: str) -> bool:
-        try:
-            return self._conn().execute(_DELETE_PROFILE, (user_key,)).rowcount > 0
-        except sqlite3.Error as exc:
-            self._fail(exc, "delete")
+        # Erasure is committed before the call returns.
+        with self._transaction("delete", flush=True) as conn:
+            self._profiles.pop(user_key, None)
+            deleted: bool = conn.execute(_DELETE_PROFILE, (user_key,)).rowcount > 0
+        return deleted
+
+    def _load(self, conn: sqlite3.Connection, user_key: str) -> Profile:
+        """The user's profile as committed (fresh when absent or past retention)."""
+        horizon = time.time() - self._retention_s
+        cached = self._profiles.get(user_key)
+        if cached is not None:
+            if cached[1] >= horizon:
+                self._profiles.move_to_end(user_key)
+                return cached[0]
+            del self._profiles[user_key]
+        row = conn.execute(_SELECT_PROFILE, (user_key, horizon)).fetchone()
+        return Profile(user_key=user_key) if row is None else Profile.loads(row[0])
+
+    def _save(self, conn: sqlite3.Connection, profile: Profile) -> None:
+        now = time.time()
+        conn.execute(_UPSERT_PROFILE, (profile.user_key, profile.dumps(), now))
+        if self._cache_size:
+            # Cached before the commit; the transaction evicts it again if that fails.
+            self._profiles[profile.user_key] = (profile, now)
+            self._profiles.move_to_end(profile.user_key)
+            if len(self._profiles) > self._cache_size:
+                self._profiles.popitem(last=False)
+
+    # -- bursts -------------------------------------------------------------------------
 
     def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
-        start = now - BURST_WINDOW_S
-        conn = self._conn()
-        try:
-            ip_users, ip_failures = conn.execute(
-                _BURST_COUNTS, (f"ip:{ip_key}", start, now)
-            ).fetchone()
-            net_users, net_failures = conn.execute(
-                _BURST_COUNTS, (f"net:{network}", start, now)
-            ).fetchone()
-        except sqlite3.Error as exc:
-            self._fail(exc, "burst_counts")
-        return BurstCounts(int(ip_users), int(ip_failures), int(net_users), int(net_failures))
+        with self._locked("burst_counts") as conn:
+            try:
+                self._sync(conn)
+                ip_window = self._window(conn, f"ip:{ip_key}")
+                net_window = self._window(conn, f"net:{network}")
+            except sqlite3.Error as exc:
+                self._fail(exc, "burst_counts")
+            ip_users, ip_failures = ip_window.counts(now)
+            net_users, net_failures = net_window.counts(now)
+        return BurstCounts(ip_users, ip_failures, net_users, net_failures)
 
     def record_burst(
         self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
     ) -> None:
-        flag = int(failed)
-        conn = self._conn()
-        # A benign race: two threads may both raise the mark; either value prunes safely.
+        ip, net, flag = f"ip:{ip_key}", f"net:{network}", int(failed)
+        with self._locked("record_burst"):
+            with self._transaction("record_burst") as conn:
+                ip_window = self._window(conn, ip)
+                net_window = self._window(conn, net)
+                conn.execute(_INSERT_BURSTS, (ip, ts, user_key, flag, net, ts, user_key, flag))
+                self._maybe_prune(conn, ts)
+            ip_window.add(ts, user_key, failed)
+            net_window.add(ts, user_key, failed)
+
+    def _window(self, conn: sqlite3.Connection, key: str) -> BurstWindow:
+        """The key's mirrored window, read from the database on first use."""
+        window = self._windows.get(key)
+        if window is None:
+            if len(self._windows) >= _MAX_WINDOWS:
+                self._shrink_windows()
+            window = BurstWindow()
+            for ts, user_key, failed in conn.execute(_SELECT_WINDOW, (key,)):
+                window.add(float(ts), str(user_key), bool(failed))
+            self._windows[key] = window
+        return window
+
+    def _shrink_windows(self) -> None:
+        """Forget idle windows, then the stalest half: they are read again when needed."""
+        start = self._newest_burst_ts - BURST_WINDOW_S
+        idle = [k for k, w in self._windows.items() if not w.entries or w.entries[-1][0] <= start]
+        for key in idle:
+            del self._windows[key]
+        if len(self._windows) >= _MAX_WINDOWS:
+            for key in list(self._windows)[: len(self._windows) // 2]:
+                del self._windows[key]
+
+    def _maybe_prune(self, conn: sqlite3.Connection, ts: float) -> None:
         self._newest_burst_ts = max(self._newest_burst_ts, ts)
-        try:
-            with self._writing("record_burst"):
-                conn.execute(
-                    _INSERT_BURSTS,
-                    (f"ip:{ip_key}", ts, user_key, flag, f"net:{network}", ts, user_key, flag),
-                )
-                if next(self._burst_inserts) % _PRUNE_EVERY == _PRUNE_EVERY - 1:
-                    conn.execute(_PRUNE_BURSTS, (self._newest_burst_ts - _PRUNE_AGE_S,))
-        except sqlite3.Error as exc:
-            self._fail(exc, "record_burst")
+        if next(self._burst_inserts) % _PRUNE_EVERY == _PRUNE_EVERY - 1:
+            # Pruned rows are two windows old: no count, mirrored or not, includes them.
+            conn.execute(_PRUNE_BURSTS, (self._newest_burst_ts - _PRUNE_AGE_S,))
+
+    # -- challenges ---------------------------------------------------------------------
 
     def save_challenge(self, challenge_id: str, record: bytes, ttl_s: float, now: float) -> None:
-        try:
-            self._conn().execute(_SAVE_CHALLENGE, (challenge_id, record, now + ttl_s))
-        except sqlite3.Error as exc:
-            self._fail(exc, "save_challenge")
+        # Grouped like an update: its result comes back after a person's step-up, seconds
+        # later, long after the group is committed (and visible to other workers).
+        with self._transaction("save_challenge") as conn:
+            conn.execute(_SAVE_CHALLENGE, (challenge_id, record, now + ttl_s))
 
     def load_challenge(self, challenge_id: str, now: float) -> bytes | None:
-        try:
-            row = self._conn().execute(_LOAD_CHALLENGE, (challenge_id, now)).fetchone()
-        except sqlite3.Error as exc:
-            self._fail(exc, "load_challenge")
+        with self._locked("load_challenge") as conn:
+            try:
+                row = conn.execute(_LOAD_CHALLENGE, (challenge_id, now)).fetchone()
+            except sqlite3.Error as exc:
+                self._fail(exc, "load_challenge")
         return None if row is None else bytes(row[0])
 
     def claim_challenge(self, challenge_id: str, now: float) -> bool:
-        try:
-            return self._conn().execute(_CLAIM_CHALLENGE, (challenge_id, now)).rowcount == 1
-        except sqlite3.Error as exc:
-            self._fail(exc, "claim_challenge")
+        # Committed before it is honoured: a claim lost in a crash would allow a replay.
+        with self._transaction("claim_challenge", flush=True) as conn:
+            claimed: bool = conn.execute(_CLAIM_CHALLENGE, (challenge_id, now)).rowcount == 1
+        return claimed
+
+    # -- housekeeping -------------------------------------------------------------------
 
     def purge(self, older_than: float) -> int:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = conn.execute(_PURGE_PROFILES, (older_than,)).rowcount
-                conn.execute(_PURGE_CHALLENGES, (time.time(),))
-                conn.execute(_PURGE_BURSTS, (_PRUNE_AGE_S,))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-        except sqlite3.Error as exc:
-            self._fail(exc, "purge")
+        with self._transaction("purge", flush=True) as conn:
+            # The cache would otherwise keep serving what is deleted here.
+            self._profiles.clear()
+            removed = conn.execute(_PURGE_PROFILES, (older_than,)).rowcount
+            conn.execute(_PURGE_CHALLENGES, (time.time(),))
+            conn.execute(_PURGE_BURSTS, (_PRUNE_AGE_S,))
         return int(removed)
 
     def count(self) -> int:
-        try:
-            row = (
-                self._conn().execute(_COUNT_PROFILES, (time.time() - self._retention_s,)).fetchone()
-            )
-        except sqlite3.Error as exc:
-            self._fail(exc, "count")
+        with self._locked("count") as conn:
+            try:
+                row = conn.execute(_COUNT_PROFILES, (time.time() - self._retention_s,)).fetchone()
+            except sqlite3.Error as exc:
+                self._fail(exc, "count")
         return int(row[0])
 
     def ping(self) -> None:
-        try:
-            self._conn().execute("SELECT 1 FROM profiles LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
-            self._fail(exc, "ping")
+        with self._locked("ping") as conn:
+            try:
+                conn.execute("SELECT 1 FROM profiles LIMIT 1").fetchall()
+            except sqlite3.Error as exc:
+                self._fail(exc, "ping")
 
     def close(self) -> None:
-        """Close every connection this store opened, in whichever thread."""
+        """Commit what is pending, stop the thread, close the connections.
+
+        Later calls fail clearly; closing twice is harmless.
+        """
+        self._maintenance.stop()
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            conns, self._conns = self._conns, []
-        for _, conn in conns:
-            conn.close()
+            try:
+                if self._opened_at is not None:
+                    self._commit("close")
+            finally:
+                self._profiles.clear()
+                self._windows.clear()
+                self._conn.close()
+
+    # -- the connection -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _writing(self, action: str) -> Iterator[None]:
-        """Hold this process's write lock, waiting no longer than the busy timeout."""
-        if not self._write_lock.acquire(timeout=self._busy_timeout_s):
+    def _locked(self, action: str) -> Iterator[sqlite3.Connection]:
+        """The connection, for this thread alone, waiting no longer than the busy timeout."""
+        if not self._lock.acquire(timeout=self._busy_timeout_s):
             raise ProfileStoreError(
                 f"SQLite profile store {self._path}: {action} failed: the database stayed"
                 f" locked by another writer beyond the busy timeout ({self._busy_timeout_s:g} s)",
                 path=str(self._path),
             )
         try:
-            yield
-        finally:
-            self._write_lock.release()
-
-    def _conn(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._closed:
-            conn = self._local.conn = self._open()
-        return conn
-
-    def _open(self) -> sqlite3.Connection:
-        with self._lock:
             if self._closed:
                 raise ProfileStoreError(
                     f"SQLite profile store {self._path} is closed", path=str(self._path)
                 )
-            # Threads come and go (executors): close what the finished ones left.
-            live = []
-            for thread, conn in self._conns:
-                if thread.is_alive():
-                    live.append((thread, conn))
-                else:
-                    conn.close()
-            self._conns = live
+            yield self._conn
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def _transaction(self, action: str, *, flush: bool = False) -> Iterator[sqlite3.Connection]:
+        """One update in the group transaction, committed when the group is due.
+
+        ``flush`` commits the group as soon as this update is in it.
+        """
+        with self._locked(action) as conn:
             try:
-                # check_same_thread=False only so that ``close`` may close connections
-                # of other threads; each connection is still used by its own thread.
-                conn = sqlite3.connect(
-                    self._path,
-                    timeout=self._busy_timeout_s,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
+                if self._opened_at is None:
+                    conn.execute("BEGIN IMMEDIATE")
+                    self._opened_at = time.monotonic()
+                    self._grouped = 0
+                    self._sync(conn)
+                    self._maintenance.opened()
             except sqlite3.Error as exc:
-                self._fail(exc, "opening")
+                self._abort(conn)
+                self._fail(exc, action)
             try:
-                conn.execute("PRAGMA synchronous = NORMAL")
+                yield conn
             except sqlite3.Error as exc:
-                conn.close()
-                self._fail(exc, "opening")
-            self._conns.append((threading.current_thread(), conn))
-            return conn
+                # A statement failed half-way through an update: the group goes with it.
+                self._abort(conn)
+                self._fail(exc, action)
+            except BaseException:
+                # ``fn`` failed, before this update wrote anything (every caller runs it
+                # first); it may have changed its cached profile, though. The group goes
+                # on; the next read of the profile takes the group's last write of it.
+                self._profiles.clear()
+                raise
+            self._grouped += 1
+            if (
+                flush
+                or self._grouped >= self._commit_every
+                or time.monotonic() - self._opened_at >= self._commit_after_s
+            ):
+                self._commit(action)
+
+    def _commit(self, action: str) -> None:
+        """Commit the group transaction (the lock held); a failure loses the whole group."""
+        grouped, self._opened_at = self._grouped, None
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abort(self._conn)
+            log.error(
+                "SQLite profile store %s: commit of %d updates failed, they are lost: %s",
+                self._path,
+                grouped,
+                exc,
+            )
+            self._fail(exc, action)
+        self._maintenance.wrote()
+
+    def commit_if_due(self) -> None:
+        """Commit the group transaction if it is old enough (the maintenance thread's call)."""
+        with self._lock:
+            opened = self._opened_at
+            if self._closed or opened is None:
+                return
+            if time.monotonic() - opened >= self._commit_after_s * 0.9:
+                with contextlib.suppress(ProfileStoreError):  # logged; the next update retries
+                    self._commit("commit")
+
+    def _sync(self, conn: sqlite3.Connection) -> None:
+        """Drop the caches if another connection committed since we last looked."""
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        if version != self._data_version:
+            self._profiles.clear()
+            self._windows.clear()
+            self._data_version = version
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        """Roll the whole group back, and forget what the caches hold of it."""
+        self._opened_at = None
+        self._profiles.clear()
+        self._windows.clear()
+        _rollback(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # check_same_thread=False: the lock, not the thread, owns the connection.
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            self._fail(exc, "opening")
+        try:
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
+            # SQLite's default page cache (2 MB) is smaller than a busy database: every
+            # update would read the pages it rewrites back from the OS. Read through mmap.
+            conn.execute(f"PRAGMA cache_size = -{_PAGE_CACHE_KB}")
+            conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
+        except sqlite3.Error as exc:
+            conn.close()
+            self._fail(exc, "opening")
+        return conn
 
     def _fail(self, exc: sqlite3.Error, action: str) -> NoReturn:
         """Raise ``exc`` as a ProfileStoreError that says what went wrong in plain words."""
@@ -362,6 +564,75 @@ class SQLiteStore:
             f"SQLite profile store {self._path}: {action} failed: {detail}",
             path=str(self._path),
         ) from exc
+
+
+class _Maintenance:
+    """The store's daemon thread: commits a group that nobody else will, checkpoints the WAL.
+
+    A group transaction is committed by the next update once it is due; when no
+    update comes, this thread does it ``commit_after_s`` after it opened. A
+    PASSIVE checkpoint never blocks writers; it runs only after commits, so an
+    idle store costs nothing, and on a connection of its own. The thread holds
+    the store weakly: a store dropped without ``close`` still goes away.
+    """
+
+    def __init__(
+        self,
+        store: weakref.ref[SQLiteStore],
+        conn: sqlite3.Connection | None,
+        checkpoint_every_s: float,
+        commit_after_s: float,
+    ) -> None:
+        self._store = store
+        self._conn = conn
+        self._checkpoint_every_s = checkpoint_every_s
+        self._commit_after_s = commit_after_s
+        self._opened = threading.Event()
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="risk-engine-sqlite-maintenance", daemon=True
+        )
+        self._thread.start()
+
+    def opened(self) -> None:
+        if self._commit_after_s > 0:
+            self._opened.set()
+
+    def wrote(self) -> None:
+        if not self._dirty.is_set():  # set() takes the event's lock: skip it when set
+            self._dirty.set()
+
+    def _run(self) -> None:
+        next_checkpoint = time.monotonic() + self._checkpoint_every_s
+        try:
+            while not self._stopping.is_set():
+                wait = next_checkpoint - time.monotonic() if self._conn is not None else None
+                if self._opened.wait(timeout=max(0.0, wait) if wait is not None else None):
+                    self._opened.clear()
+                    if self._stopping.wait(self._commit_after_s):
+                        break
+                    store = self._store()
+                    if store is None:
+                        break
+                    store.commit_if_due()
+                    del store
+                if self._conn is not None and time.monotonic() >= next_checkpoint:
+                    next_checkpoint = time.monotonic() + self._checkpoint_every_s
+                    if self._dirty.is_set():
+                        self._dirty.clear()
+                        with contextlib.suppress(sqlite3.Error):
+                            # Busy or failing now: the next round, or the backstop, does it.
+                            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._opened.set()  # wake it
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10.0)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -14,7 +14,7 @@ store keeps on its own is when each profile was last written, for retention.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from risk_engine.profiles.model import BurstCounts, Profile
 
@@ -26,8 +26,33 @@ BURST_WINDOW_S = 3600.0
 BURST_MAX_ENTRIES = 512
 
 
+class BurstNote(NamedTuple):
+    """One event as the burst windows see it: its address, network, user and time.
+
+    A named tuple: made for every event, and a frozen dataclass costs five times as much.
+    """
+
+    ip_key: str
+    network: str
+    user_key: str
+    ts: float
+    failed: bool
+
+
 class ProfileStore(Protocol):
     """Per-user profiles plus cross-user burst counters."""
+
+    def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
+        """One event's whole transaction: what ``decide`` and the training replay call.
+
+        Counts the bursts of ``note``'s address and network before this event, runs
+        ``fn`` on the profile of ``note.user_key`` with those counts and saves the
+        profile as ``update`` does, then notes the event in the burst windows. It
+        equals ``burst_counts``, ``update`` and ``record_burst`` in a row, done in as
+        few round trips as the backend allows; where the backend has transactions the
+        profile and the burst note are committed together or not at all.
+        """
+        ...
 
     def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
         """Run ``fn`` on the user's profile (a fresh one if none) and save it atomically.

@@ -79,10 +79,6 @@ def test_sqlite_server_end_to_end(
 
     statuses = hammer(url, headers, make_event, "u-hot")
     assert statuses == [200] * N_CONCURRENT
-    store = SQLiteStore(tmp_path / "var" / "profiles.db")
-    profile = store.get(Hasher(secret).digest("user", "u-hot"))
-    store.close()
-    assert profile is not None and profile.n_seen == N_CONCURRENT
     assert metric(url, "risk_engine_decisions_total") == N_CONCURRENT + 1
     assert metric(url, "risk_engine_decision_seconds_count") == N_CONCURRENT + 1
     assert metric(url, "risk_engine_degraded_decisions_total") == 0
@@ -94,6 +90,18 @@ def test_sqlite_server_end_to_end(
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.2)
     assert httpx.post(url + "/v1/decisions", json=make_event(), headers=headers).is_success
+
+    # Another process reads the file beside the server (updates are committed in groups
+    # within milliseconds): none of the concurrent updates of one user was lost.
+    store = SQLiteStore(tmp_path / "var" / "profiles.db")
+    user_key = Hasher(secret).digest("user", "u-hot")
+    deadline = time.monotonic() + 5.0
+    profile = store.get(user_key)
+    while (profile is None or profile.n_seen < N_CONCURRENT) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        profile = store.get(user_key)
+    store.close()
+    assert profile is not None and profile.n_seen == N_CONCURRENT
 
 
 def test_redis_server_with_two_workers(

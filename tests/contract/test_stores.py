@@ -24,7 +24,7 @@ from risk_engine.profiles import (
     SessionRecord,
 )
 from risk_engine.profiles.model import MAX_ACTIONS, MAX_COUNTRIES, MAX_NETWORKS, bump
-from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S
+from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote
 
 NOW = 1_700_000_000.0
 
@@ -225,6 +225,63 @@ def test_burst_entries_are_capped_per_key(store: ProfileStore) -> None:
     counts = store.burst_counts("ipk-flood", "net-flood", NOW)
     assert counts.ip_users == BURST_MAX_ENTRIES
     assert counts.network_users == BURST_MAX_ENTRIES
+
+
+def test_update_event_counts_before_and_notes_after(store: ProfileStore) -> None:
+    ip, net = "ipk-ev", "192.0.2.0/24"
+    seen: list[tuple[BurstCounts, int]] = []
+
+    def step(profile: Profile, bursts: BurstCounts) -> int:
+        profile.n_seen += 1
+        seen.append((bursts, profile.n_seen))
+        return profile.n_seen
+
+    assert store.update_event(BurstNote(ip, net, "u:1", NOW - 30, True), step) == 1
+    assert store.update_event(BurstNote(ip, net, "u:2", NOW - 20, False), step) == 1
+    assert store.update_event(BurstNote("ipk-other", net, "u:1", NOW - 10, True), step) == 2
+    # Each event's counts exclude itself and include every earlier one.
+    assert [bursts for bursts, _ in seen] == [
+        BurstCounts(0, 0, 0, 0),
+        BurstCounts(1, 1, 1, 1),
+        BurstCounts(0, 0, 2, 1),
+    ]
+    # The same windows that burst_counts reads, and the same profiles that get reads.
+    assert store.burst_counts(ip, net, NOW) == BurstCounts(2, 1, 2, 2)
+    stored = store.get("u:1")
+    assert stored is not None and stored.n_seen == 2
+
+
+def test_update_event_that_fails_notes_nothing(store: ProfileStore) -> None:
+    ip, net = "ipk-fail", "198.51.100.0/24"
+    store.update_event(BurstNote(ip, net, "alice", NOW - 5, False), lambda p, b: increment(p))
+
+    def fail(profile: Profile, bursts: BurstCounts) -> None:
+        profile.n_seen = 99
+        raise Boom("no")
+
+    with pytest.raises(Boom):
+        store.update_event(BurstNote(ip, net, "alice", NOW - 1, True), fail)
+    # The failed event counts nowhere; the next one sees only the first.
+    counts = store.update_event(
+        BurstNote(ip, net, "bob", NOW, False), lambda profile, bursts: bursts
+    )
+    assert counts == BurstCounts(1, 0, 1, 0)
+    stored = store.get("alice")
+    assert stored is not None
+    expected_seen = 99 if isinstance(store, MemoryStore) else 1
+    assert stored.n_seen == expected_seen
+
+
+def test_concurrent_update_events_lose_nothing(store: ProfileStore) -> None:
+    def step(i: int) -> int:
+        note = BurstNote(f"ipk-{i % 4}", "203.0.113.0/24", "hot", NOW + i, False)
+        return store.update_event(note, lambda profile, bursts: increment(profile))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(step, range(120)))
+    assert sorted(results) == list(range(1, 121))
+    counts = store.burst_counts("ipk-0", "203.0.113.0/24", NOW + 200)
+    assert (counts.ip_users, counts.network_users) == (1, 1)
 
 
 def test_challenge_save_load_claim(store: ProfileStore) -> None:

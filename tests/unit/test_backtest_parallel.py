@@ -13,6 +13,7 @@ from risk_engine.backtest import BacktestSummary, run_backtest
 from risk_engine.backtest_parallel import DealtBurstStore, TrimmedBurstTable, byte_ranges
 from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.model import BurstCounts
+from risk_engine.profiles.store import BurstNote
 
 ROOT = Path(__file__).parents[2]
 SAMPLES = ROOT / "data" / "samples"
@@ -101,17 +102,31 @@ def test_byte_ranges_cover_the_file_at_line_starts(tmp_path: Path) -> None:
         assert all(start == 0 or data[start - 1 : start] == b"\n" for start, _ in ranges)
 
 
-def test_dealt_bursts_refuse_keys_the_scan_did_not_derive() -> None:
+def test_dealt_bursts_refuse_events_the_scan_did_not_derive() -> None:
     store = DealtBurstStore()
     counts = BurstCounts(3, 1, 7, 2)
     store.deal("ip1", "net1", 10.0, "user1", False, counts)
-    assert store.burst_counts("ip1", "net1", 10.0) == counts
-    store.record_burst("ip1", "net1", "user1", 10.0, False)
+    seen = store.update_event(
+        BurstNote("ip1", "net1", "user1", 10.0, False), lambda profile, bursts: bursts
+    )
+    assert seen == counts
     store.deal("ip1", "net1", 11.0, "user1", True, counts)
-    with pytest.raises(RuntimeError, match="asked for the bursts"):
-        store.burst_counts("ip2", "net1", 11.0)
-    with pytest.raises(RuntimeError, match="noted the burst"):
-        store.record_burst("ip1", "net1", "user1", 11.0, False)
+    with pytest.raises(RuntimeError, match="asked about the event"):
+        store.update_event(BurstNote("ip2", "net1", "user1", 11.0, True), lambda p, b: None)
+    store.deal("ip1", "net1", 12.0, "user1", True, counts)
+    with pytest.raises(RuntimeError, match="asked about the event"):
+        store.update_event(BurstNote("ip1", "net1", "user1", 12.0, False), lambda p, b: None)
+    # The one dealt note is spent once asked about: a second event must be dealt anew.
+    store.deal("ip1", "net1", 13.0, "user1", False, counts)
+    note = BurstNote("ip1", "net1", "user1", 13.0, False)
+    store.update_event(note, lambda p, b: None)
+    with pytest.raises(RuntimeError, match="asked about the event"):
+        store.update_event(note, lambda p, b: None)
+    # Bursts come dealt or not at all: the store's own windows are never consulted.
+    with pytest.raises(RuntimeError, match="dealt"):
+        store.burst_counts("ip1", "net1", 13.0)
+    with pytest.raises(RuntimeError, match="dealt"):
+        store.record_burst("ip1", "net1", "user1", 13.0, False)
 
 
 @pytest.mark.parametrize("max_keys", [8, 200_000])

@@ -182,3 +182,18 @@ def test_backtest_with_a_missing_outcomes_file_fails_clearly(
     assert result.exit_code != 0
     assert str(missing) in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_serve_refuses_several_workers_on_the_memory_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    store = "memory://"
+    monkeypatch.chdir(tmp_path)
+    # serve exports its options for the workers: set here, they are restored after.
+    monkeypatch.setenv("RISK_ENGINE_HOST", "127.0.0.1")
+    monkeypatch.setenv("RISK_ENGINE_PORT", "8000")
+    monkeypatch.setenv("RISK_ENGINE_STORE", store)
+    result = runner.invoke(app, ["serve", "--workers", "2", "--store", store])
+    assert result.exit_code == 2
+    assert "--workers 2 needs a store the worker processes share" in result.output
+    assert "redis://" in result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterator
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -462,6 +462,13 @@ def test_haversine_known_distances() -> None:
 def test_network_prefix() -> None:
     assert network_prefix(ip_address("81.2.69.160")) == "81.2.69.0/24"
     assert network_prefix(ip_address("2001:db8:1:2::1")) == "2001:db8:1::/48"
+
+
+@given(st.ip_addresses())
+def test_network_prefix_is_the_standard_librarys_network(ip: IPv4Address | IPv6Address) -> None:
+    # The hand-made mask must name exactly the network ipaddress itself would.
+    bits = 24 if ip.version == 4 else 48
+    assert network_prefix(ip) == str(ip_network(f"{ip}/{bits}", strict=False))
 
 
 def test_location_label() -> None:

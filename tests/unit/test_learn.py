@@ -24,6 +24,7 @@ from risk_engine.profiles.model import (
     MAX_IPS,
     MAX_NETWORKS,
     MAX_PENDING,
+    MAX_PENDING_AGE_S,
     MAX_PLACES,
     MAX_RECENT,
     MAX_SESSIONS,
@@ -226,6 +227,32 @@ def test_pending_is_capped_dropping_the_oldest() -> None:
     assert len(profile.pending) == MAX_PENDING
     assert "e-0" not in profile.pending
     assert f"e-{MAX_PENDING + 4}" in profile.pending
+
+
+def test_step_ups_past_completion_are_forgotten() -> None:
+    profile = Profile(user_key="user-key")
+    hold_pending(profile, obs_at(T0, event_id="e-old"))
+    hold_pending(profile, obs_at(T0 + MAX_PENDING_AGE_S - 60, event_id="e-recent"))
+    # Any later event of the user, a day on: the old step-up can no longer complete.
+    learn(profile, obs_at(T0 + MAX_PENDING_AGE_S + 1), trusted=True)
+    assert set(profile.pending) == {"e-recent"}
+    assert resolve_pending(profile, "e-old", passed=True, now=T0 + DAY) is None
+
+
+def test_a_continued_session_keeps_its_assurance_and_moves_on() -> None:
+    profile = Profile(user_key="user-key")
+    learn(profile, obs_at(T0), trusted=True)
+    profile.sessions["s-1"].acr, profile.sessions["s-1"].auth_time = "phr", T0 + 5
+    later = obs_at(T0 + 60, LAGOS, ip="81.2.69.161")
+    learn(profile, later, trusted=True)
+    record = profile.sessions["s-1"]
+    assert (record.ts, record.ip_key, record.country, record.place) == (
+        later.ts,
+        later.ip_key,
+        "NG",
+        "Lagos, NG",
+    )
+    assert (record.acr, record.auth_time) == ("phr", T0 + 5)
 
 
 # -- bounded whatever the history -------------------------------------------------------

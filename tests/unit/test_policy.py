@@ -214,3 +214,17 @@ def test_parse_policy_names_the_source() -> None:
     data["classes"]["login"]["deny"] = 0.5
     with pytest.raises(ConfigurationError, match=r"policy inline-source is invalid"):
         parse_policy(data, "inline-source")
+
+
+def test_the_table_decides_as_the_policy_and_compares_by_value(policy: Policy) -> None:
+    table = policy.table
+    for action in ("login", "transfer", "launch_rocket"):
+        assert table.class_of(action) == policy.class_of(action)
+        for score in (0.0, 0.75, 0.85, 0.97, 0.999):
+            for codes in ([], ["impossible_travel"], ["session_hijack"]):
+                assert table.decide(action, score, codes) == policy.decide(action, score, codes)
+    # Equal policies (a copy, a reload) have equal tables; a changed one does not.
+    assert policy.model_copy() == policy
+    assert parse_policy(tomllib.loads(VALID), "again") == policy
+    changed = parse_policy(tomllib.loads(VALID.replace("step_up = 0.9", "step_up = 0.5")), "x")
+    assert changed.table != table and changed != policy

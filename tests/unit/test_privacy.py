@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from risk_engine.privacy import Hasher, truncate_ip
 
@@ -67,3 +69,11 @@ def test_digest_stays_correct_past_the_cache_bound() -> None:
 )
 def test_truncate_ip(ip: str, truncated: str) -> None:
     assert truncate_ip(ip_address(ip)) == truncated
+
+
+@given(st.ip_addresses())
+def test_truncate_ip_is_the_standard_librarys_network_address(
+    ip: IPv4Address | IPv6Address,
+) -> None:
+    bits = 24 if ip.version == 4 else 48
+    assert truncate_ip(ip) == str(ip_network(f"{ip}/{bits}", strict=False).network_address)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError
-from risk_engine.profiles import Profile, SQLiteStore
+from risk_engine.profiles import BurstCounts, BurstNote, Profile, SQLiteStore
 from risk_engine.profiles import sqlite as sqlite_module
 from risk_engine.profiles.store import BURST_WINDOW_S
 
@@ -131,7 +131,8 @@ def test_purge_deletes_expired_challenges(tmp_path: Path) -> None:
 def test_old_burst_rows_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_module, "_PRUNE_EVERY", 4)
     path = tmp_path / "profiles.db"
-    store = SQLiteStore(path)
+    # Every update committed at once, so that another connection sees it at once.
+    store = SQLiteStore(path, commit_after_s=0)
     now = 1_700_000_000.0
     try:
         for i in range(3):
@@ -146,30 +147,212 @@ def test_old_burst_rows_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         store.close()
 
 
-def test_close_reaches_connections_of_other_threads(tmp_path: Path) -> None:
+def test_close_releases_the_file_and_later_calls_fail_clearly(tmp_path: Path) -> None:
     path = tmp_path / "profiles.db"
+    before = set(threading.enumerate())
     store = SQLiteStore(path)
-    opened, release = threading.Event(), threading.Event()
-
-    def work() -> None:
-        store.update("alice", bump_seen)  # opens this thread's own connection
-        opened.set()
-        release.wait(10)
-
-    worker = threading.Thread(target=work)
+    own_threads = set(threading.enumerate()) - before
+    assert own_threads  # the checkpointer
+    worker = threading.Thread(target=lambda: store.update("alice", bump_seen))
     worker.start()
-    try:
-        assert opened.wait(10)
-        assert Path(f"{path}-wal").exists()
-        store.close()
-        # SQLite removes the WAL file when the last connection to the file closes:
-        # so the live worker's connection was closed too.
-        assert not Path(f"{path}-wal").exists()
-    finally:
-        release.set()
-        worker.join()
+    worker.join()
+    assert Path(f"{path}-wal").exists()
+    store.close()
+    # SQLite removes the WAL file when the last connection to the file closes: so the
+    # store's connection and its checkpointer's are both closed, and its thread gone.
+    assert not Path(f"{path}-wal").exists()
+    assert not any(thread.is_alive() for thread in own_threads)
     with pytest.raises(ProfileStoreError, match="closed"):
         store.get("alice")
+    store.close()  # twice is harmless
+
+
+def note(user: str, ts: float, ip: str = "ipk", failed: bool = False) -> BurstNote:
+    return BurstNote(ip, "198.51.100.0/24", user, ts, failed)
+
+
+def count_seen(profile: Profile, bursts: BurstCounts) -> tuple[int, BurstCounts]:
+    profile.n_seen += 1
+    return profile.n_seen, bursts
+
+
+def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
+    """Two worker processes share one file: neither may decide from a stale cache."""
+    path = tmp_path / "profiles.db"
+    # Committed per update, so that each sees the other's last write at once.
+    first = SQLiteStore(path, commit_after_s=0)
+    second = SQLiteStore(path, commit_after_s=0)
+    now = 1_700_000_000.0
+    try:
+        assert first.update_event(note("alice", now), count_seen) == (1, BurstCounts())
+        # The second store reads what the first committed, profile and bursts alike.
+        assert second.update_event(note("bob", now + 1), count_seen) == (
+            1,
+            BurstCounts(1, 0, 1, 0),
+        )
+        assert second.update_event(note("alice", now + 2, failed=True), count_seen) == (
+            2,
+            BurstCounts(2, 0, 2, 0),
+        )
+        # The first has alice cached at n_seen=1 and the window without bob: both stale.
+        assert first.update_event(note("alice", now + 3), count_seen) == (
+            3,
+            BurstCounts(2, 1, 2, 1),
+        )
+        assert first.burst_counts("ipk", "198.51.100.0/24", now + 4) == BurstCounts(2, 1, 2, 1)
+        assert second.burst_counts("ipk", "198.51.100.0/24", now + 4) == BurstCounts(2, 1, 2, 1)
+        stored = second.get("alice")
+        assert stored is not None and stored.n_seen == 3
+    finally:
+        first.close()
+        second.close()
+
+
+def test_grouped_updates_are_committed_within_the_window(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, commit_after_s=0.02)
+    try:
+        for _ in range(3):
+            store.update("alice", bump_seen)
+        # Nobody updates any more: the maintenance thread commits the group itself.
+        deadline = time.monotonic() + 5.0
+        seen = None
+        while seen != (3,) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            with raw(path) as conn:
+                row = conn.execute("SELECT data FROM profiles WHERE user_key = 'alice'").fetchone()
+            seen = None if row is None else (orjson.loads(row[0])["n_seen"],)
+        assert seen == (3,)
+    finally:
+        store.close()
+
+
+def test_close_commits_what_is_pending(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, commit_after_s=1.0, commit_every=1000)
+    store.update("alice", bump_seen)
+    store.close()
+    with raw(path) as conn:
+        (data,) = conn.execute("SELECT data FROM profiles WHERE user_key = 'alice'").fetchone()
+    assert orjson.loads(data)["n_seen"] == 1
+
+
+def test_a_claim_is_committed_before_it_is_honoured(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, commit_after_s=1.0, commit_every=1000)
+    other = SQLiteStore(path, commit_after_s=1.0, commit_every=1000)
+    try:
+        store.update("alice", bump_seen)
+        store.save_challenge("ch-1", b"record", 60.0, time.time())
+        assert store.claim_challenge("ch-1", time.time()) is True
+        # Another worker process sees the claim at once (a replay there is refused),
+        # and the update grouped before it.
+        assert other.claim_challenge("ch-1", time.time()) is False
+        assert other.load_challenge("ch-1", time.time()) == b"record"
+        stored = other.get("alice")
+        assert stored is not None and stored.n_seen == 1
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_failed_update_leaves_its_group_intact(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, commit_after_s=1.0, commit_every=1000)
+    try:
+        store.update("alice", bump_seen)
+
+        def fail(profile: Profile) -> None:
+            profile.n_seen = 99
+            raise RuntimeError("no")
+
+        with pytest.raises(RuntimeError):
+            store.update("alice", fail)
+        store.update("bob", bump_seen)
+    finally:
+        store.close()
+    with raw(path) as conn:
+        rows = dict(conn.execute("SELECT user_key, data FROM profiles").fetchall())
+    assert {user: orjson.loads(data)["n_seen"] for user, data in rows.items()} == {
+        "alice": 1,
+        "bob": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("after_s", "every"), [(-0.1, 10), (2.0, 10), (0.005, 0)], ids=["negative", "long", "zero"]
+)
+def test_bad_group_commit_settings_are_refused(tmp_path: Path, after_s: float, every: int) -> None:
+    with pytest.raises(ConfigurationError, match="group commit"):
+        SQLiteStore(tmp_path / "profiles.db", commit_after_s=after_s, commit_every=every)
+
+
+def test_an_outside_write_is_seen_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path)
+    try:
+        store.update("alice", bump_seen)
+        with raw(path) as conn:
+            conn.execute(
+                "UPDATE profiles SET data = ? WHERE user_key = 'alice'",
+                (Profile("alice", n_seen=41).dumps(),),
+            )
+        assert store.update("alice", lambda p: (bump_seen(p), p.n_seen)[1]) == 42
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("cache_profiles", [0, 1, 4096])
+def test_the_cache_changes_no_result(tmp_path: Path, cache_profiles: int) -> None:
+    store = SQLiteStore(tmp_path / "profiles.db", cache_profiles=cache_profiles)
+    now = 1_700_000_000.0
+    try:
+        results = [
+            store.update_event(note(f"u{i % 3}", now + i, ip=f"ip{i % 2}"), count_seen)
+            for i in range(12)
+        ]
+        store.delete("u0")
+        results.append(store.update_event(note("u0", now + 20, ip="ip0"), count_seen))
+        assert [seen for seen, _ in results] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 1]
+        # ip0 saw u0, u2 and u1 (even i); the network all three.
+        assert results[-1][1] == BurstCounts(3, 0, 3, 0)
+    finally:
+        store.close()
+
+
+def test_purge_empties_the_cache(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "profiles.db")
+    try:
+        store.update("alice", bump_seen)
+        assert store.purge(older_than=time.time() + 1) == 1
+        # Served from a stale cache, this would be 2.
+        assert store.update("alice", lambda p: (bump_seen(p), p.n_seen)[1]) == 1
+    finally:
+        store.close()
+
+
+def test_negative_cache_size_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cache"):
+        SQLiteStore(tmp_path / "profiles.db", cache_profiles=-1)
+
+
+@pytest.mark.parametrize("every_s", [0.05, None])
+def test_the_background_thread_checkpoints_the_wal(tmp_path: Path, every_s: float | None) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, checkpoint_every_s=every_s)
+    try:
+        before = path.stat().st_size
+        blob = "x" * 2000
+        for i in range(100):
+            store.update(f"user-{i}", lambda p: p.pending.update(pad={"blob": blob}))
+        # Until a checkpoint copies them, the 200 KB of profiles live in the WAL only.
+        deadline = time.monotonic() + (10.0 if every_s else 0.5)
+        while path.stat().st_size < before + 100_000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        copied = path.stat().st_size >= before + 100_000
+        assert copied is (every_s is not None)
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("path", ["", ":memory:"])
