@@ -26,6 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import psutil
+from reference import python_speed
 
 SAMPLE_S = 0.1
 # A run that takes longer than this is stopped (a bound, not an expectation).
@@ -126,6 +127,7 @@ def measure(events: Path, out: Path, workers: int | None, model: Path | None) ->
 
 def print_versions() -> None:
     print(f"python {platform.python_version()} on {platform.platform()}")
+    print(python_speed())
     names = ("numpy", "scikit-learn", "pydantic", "orjson", "geoip2", "maxminddb", "psutil")
     print(", ".join(f"{name} {version(name)}" for name in names))
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
