@@ -151,20 +151,10 @@ def _remember_session(profile: Profile, obs: Observation) -> None:
         if len(sessions) >= MAX_SESSIONS:
             oldest = min(sessions, key=lambda k: sessions[k].ts)
             del sessions[oldest]
-        sessions[obs.session_id] = SessionRecord(
-            ts=obs.ts,
-            ip_key=obs.ip_key,
-            network=obs.network,
-            device_key=obs.device_key,
-            country=obs.country,
-            latitude=obs.latitude,
-            longitude=obs.longitude,
-            accuracy_km=obs.accuracy_km,
-            place=obs.place,
-        )
-        return
-    # The session goes on: its last event moves here. It keeps the assurance its
-    # step-up earned (acr, auth_time), as long as it stays consistent.
+        record = SessionRecord(obs.ts, obs.ip_key, obs.network, obs.device_key, obs.country)
+        sessions[obs.session_id] = record
+    # The session's last event moves here. It keeps the assurance its step-up earned
+    # (acr, auth_time) as long as it stays consistent: the engine checks that.
     record.ts = obs.ts
     record.ip_key = obs.ip_key
     record.network = obs.network

@@ -143,15 +143,16 @@ _REASONS = (
 
 
 class SQLiteStore:
-    """Profiles, burst windows and challenges in one SQLite file.
+    """Profiles, burst windows and challenges in one SQLite file (see the module docstring).
 
-    ``update`` and ``update_event`` hold the write lock (``BEGIN IMMEDIATE``) from
-    the read to the commit, so concurrent updates of a user, from threads or
-    processes, serialise and none is lost; an exception rolls back and leaves the
-    stored profile as it was (and drops it from the cache, which ``fn`` may have
-    changed). ``busy_timeout_s`` is how long a call waits for another writer
-    before failing with ProfileStoreError. ``cache_profiles=0`` turns the profile
-    cache off (every update reads and decodes the row).
+    Updates run inside the group's write transaction (``BEGIN IMMEDIATE``), so
+    concurrent updates of a user, from threads or processes, serialise and none is
+    lost. An exception from ``fn`` comes before the update writes anything: the
+    stored profile stays as it was (the cache, which ``fn`` may have changed, is
+    dropped). A failed statement or commit rolls the whole group back. Every wait,
+    for this process's lock or another writer's, ends after ``busy_timeout_s``
+    with ProfileStoreError. ``cache_profiles=0`` turns the profile cache off
+    (every update reads and decodes the row).
     """
 
     def __init__(
@@ -182,8 +183,8 @@ class SQLiteStore:
                 field="commit_after_s",
             )
         if str(path) in ("", ":memory:"):
-            # The checkpointer has its own connection, which would get its own private
-            # in-memory database; and nothing would survive the process anyway.
+            # The maintenance thread has its own connection, which would get its own
+            # private in-memory database; and nothing would survive the process anyway.
             raise ConfigurationError(
                 f"SQLite profile store needs a file path, got {str(path)!r};"
                 " use memory:// for an in-process store",
@@ -198,9 +199,9 @@ class SQLiteStore:
         self._closed = False
         # PRAGMA data_version as of our last look: a change means another connection wrote.
         self._data_version: int | None = None
-        # user_key -> (profile as committed, wall time it was written).
+        # user_key -> (profile as last written, wall time it was written).
         self._profiles: OrderedDict[str, tuple[Profile, float]] = OrderedDict()
-        # burst key -> its rows as committed (present = mirrored; absent = read on demand).
+        # burst key -> its rows as written (present = mirrored; absent = read on demand).
         self._windows: dict[str, BurstWindow] = {}
         self._burst_inserts = itertools.count()
         self._newest_burst_ts = float("-inf")
@@ -266,7 +267,8 @@ class SQLiteStore:
                     (ip, note.ts, note.user_key, flag, net, note.ts, note.user_key, flag),
                 )
                 self._maybe_prune(conn, note.ts)
-            # Committed: only now do the mirrors take the new rows.
+            # Written: now the mirrors take the new rows (should the group's commit fail,
+            # its abort empties the mirrors with it).
             ip_window.add(note.ts, note.user_key, note.failed)
             net_window.add(note.ts, note.user_key, note.failed)
         return result
@@ -290,7 +292,7 @@ class SQLiteStore:
         return deleted
 
     def _load(self, conn: sqlite3.Connection, user_key: str) -> Profile:
-        """The user's profile as committed (fresh when absent or past retention)."""
+        """The user's profile as last written (fresh when absent or past retention)."""
         horizon = time.time() - self._retention_s
         cached = self._profiles.get(user_key)
         if cached is not None:
@@ -305,7 +307,7 @@ class SQLiteStore:
         now = time.time()
         conn.execute(_UPSERT_PROFILE, (profile.user_key, profile.dumps(), now))
         if self._cache_size:
-            # Cached before the commit; the transaction evicts it again if that fails.
+            # Cached before the commit; a group that fails to commit empties the cache.
             self._profiles[profile.user_key] = (profile, now)
             self._profiles.move_to_end(profile.user_key)
             if len(self._profiles) > self._cache_size:
