@@ -172,8 +172,8 @@ def serve(
         bool,
         typer.Option(
             "--access-log/--no-access-log",
-            help="uvicorn's line per request (off: every decision is in the audit log,"
-            " and the line cost about a third of a request)",
+            help="uvicorn's line per request (off by default: every decision is in the"
+            " audit log, and the line costs about 55 µs a request)",
         ),
     ] = False,
 ) -> None:
