@@ -83,7 +83,7 @@ def network_prefix(ip: IPAddress) -> str:
     >>> network_prefix(ip_address("2001:db8:1:2::1"))
     '2001:db8:1::/48'
     """
-    # Masked by hand: ip_network() parses a string back and costs ten times as much.
+    # Masked by hand: ip_network() parses a string back (13x the time for IPv4, 4x for IPv6).
     if ip.version == 4:
         a, b, c, _ = ip.packed
         return f"{a}.{b}.{c}.0/24"

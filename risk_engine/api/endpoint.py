@@ -70,16 +70,14 @@ class DecisionEndpoint:
             service = self._service()
             check_api_key(service.settings, _bearer_key(scope))
             event = parse_request_event(body, _header(scope, b"content-type"))
-            decision = service.decide(event)
-            content, extra = service.render(decision)
+            status = 200
+            content, extra = service.render(service.decide(event))
         except RiskEngineError as exc:
-            status, error_headers, error_body = error_response(exc)
-            headers = [(b"content-type", _JSON)]
-            headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in error_headers)
-            return status, headers, orjson.dumps(error_body)
+            status, extra, error_body = error_response(exc, where=f"POST {PATH}")
+            content = orjson.dumps(error_body)
         headers = [(b"content-type", _JSON)]
         headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra)
-        return 200, headers, content
+        return status, headers, content
 
     def _service(self) -> Service:
         service: Service | None = getattr(self.state, "service", None)

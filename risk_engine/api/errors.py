@@ -56,10 +56,15 @@ def _invalid_code(request: Request) -> str:
     return InvalidEventError.code if request.url.path == "/v1/decisions" else "invalid_request"
 
 
-def error_response(exc: RiskEngineError) -> tuple[int, list[tuple[str, str]], dict[str, Any]]:
-    """(status, extra headers, body) of an engine error: the one mapping of the error tree."""
+def error_response(
+    exc: RiskEngineError, *, where: str
+) -> tuple[int, list[tuple[str, str]], dict[str, Any]]:
+    """(status, extra headers, body) of an engine error: the one mapping of the error tree.
+
+    ``where`` ("POST /v1/decisions") goes into the log line of a server-side error.
+    """
     if exc.status_code >= 500:
-        log.error("%s", exc.message)
+        log.error("%s: %s", where, exc.message)
     headers = []
     if isinstance(exc, AuthenticationError):
         headers.append(("WWW-Authenticate", 'Bearer realm="risk-engine"'))
@@ -68,7 +73,7 @@ def error_response(exc: RiskEngineError) -> tuple[int, list[tuple[str, str]], di
 
 async def _engine_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RiskEngineError)
-    status, headers, body = error_response(exc)
+    status, headers, body = error_response(exc, where=f"{request.method} {request.url.path}")
     return JSONBody(body, status_code=status, headers=dict(headers))
 
 

@@ -13,7 +13,7 @@ HOUR_S = 3600.0
 DAY_S = 86400.0
 
 
-def familiarity(counter: dict[str, list[float]], key: str) -> float:
+def familiarity(counter: dict[str, list[float]], key: str, total: float | None = None) -> float:
     """Witten-Bell smoothed probability of ``key`` under the user's own history.
 
     Freeman et al. (NDSS 2016) smooth per-user likelihoods so that a user who has
@@ -28,10 +28,10 @@ def familiarity(counter: dict[str, list[float]], key: str) -> float:
     entry = counter.get(key)
     if entry is None:
         return 0.0
-    return entry[0] / (mass(counter) + len(counter))
+    return entry[0] / ((mass(counter) if total is None else total) + len(counter))
 
 
-def novelty(counter: dict[str, list[float]]) -> float:
+def novelty(counter: dict[str, list[float]], total: float | None = None) -> float:
     """Witten-Bell mass left for unseen values: how often this user shows something new.
 
     A commuter on a mobile carrier or a frequent traveller shows new networks all
@@ -44,11 +44,11 @@ def novelty(counter: dict[str, list[float]]) -> float:
     """
     if not counter:
         return 1.0
-    return len(counter) / (mass(counter) + len(counter))
+    return len(counter) / ((mass(counter) if total is None else total) + len(counter))
 
 
 def mass(counter: dict[str, list[float]]) -> float:
-    """The total count of a [count, last_ts] map."""
+    """The total count of a [count, last_ts] map (``total`` above, when a caller has it)."""
     return sum([value[0] for value in counter.values()])
 
 

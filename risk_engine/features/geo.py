@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from risk_engine.features.common import (
     effective_distance_km,
+    familiarity,
     is_new,
     log1p,
     mass,
+    novelty,
     speed_kmh,
 )
 from risk_engine.features.observation import Observation
@@ -70,9 +72,8 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
     impossible = 1.0 if kmh > IMPOSSIBLE_KMH and km > IMPOSSIBLE_MIN_KM else 0.0
     city = obs.city_key
     countries, networks = profile.countries, profile.networks
-    # familiarity() and novelty() of common.py, with each map's mass summed once.
-    country_mass = mass(countries) + len(countries)
-    network_mass = mass(networks) + len(networks)
+    # Both maps serve a familiarity and a novelty: sum their masses once.
+    country_mass, network_mass = mass(countries), mass(networks)
     return (
         0.0 if obs.geo_known else 1.0,
         log1p(km),
@@ -82,16 +83,11 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         is_new(profile, profile.cities, city),
         is_new(profile, networks, obs.network),
         is_new(profile, profile.ips, obs.ip_key),
-        _share(countries, obs.country, country_mass),
-        _share(profile.cities, city, mass(profile.cities) + len(profile.cities)),
-        _share(networks, obs.network, network_mass),
-        _share(profile.ips, obs.ip_key, mass(profile.ips) + len(profile.ips)),
+        familiarity(countries, obs.country, country_mass),
+        familiarity(profile.cities, city),
+        familiarity(networks, obs.network, network_mass),
+        familiarity(profile.ips, obs.ip_key),
         1.0 if obs.is_anonymous else 0.0,
-        len(countries) / country_mass if countries else 1.0,
-        len(networks) / network_mass if networks else 1.0,
+        novelty(countries, country_mass),
+        novelty(networks, network_mass),
     )
-
-
-def _share(counter: dict[str, list[float]], key: str, total: float) -> float:
-    entry = counter.get(key)
-    return 0.0 if entry is None else entry[0] / total

@@ -41,7 +41,7 @@ class Observation:
     """One event, located, parsed and keyed; everything features need of it.
 
     Treated as immutable, but not ``frozen``: a frozen dataclass sets each of its
-    28 fields through ``object.__setattr__``, which doubled the cost of building one.
+    28 fields through ``object.__setattr__``: building one cost 1.6 times as much.
     """
 
     event_id: str

@@ -28,6 +28,13 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+def stored_seen(path: Path, user_key: str) -> int | None:
+    """n_seen of a profile row as committed in the file, read from outside the store."""
+    with raw(path) as conn:
+        row = conn.execute("SELECT data FROM profiles WHERE user_key = ?", (user_key,)).fetchone()
+    return None if row is None else int(orjson.loads(row[0])["n_seen"])
+
+
 def bump_seen(profile: Profile) -> None:
     profile.n_seen += 1
 
@@ -216,13 +223,9 @@ def test_grouped_updates_are_committed_within_the_window(tmp_path: Path) -> None
             store.update("alice", bump_seen)
         # Nobody updates any more: the maintenance thread commits the group itself.
         deadline = time.monotonic() + 5.0
-        seen = None
-        while seen != (3,) and time.monotonic() < deadline:
+        while stored_seen(path, "alice") != 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-            with raw(path) as conn:
-                row = conn.execute("SELECT data FROM profiles WHERE user_key = 'alice'").fetchone()
-            seen = None if row is None else (orjson.loads(row[0])["n_seen"],)
-        assert seen == (3,)
+        assert stored_seen(path, "alice") == 3
     finally:
         store.close()
 
@@ -232,9 +235,7 @@ def test_close_commits_what_is_pending(tmp_path: Path) -> None:
     store = SQLiteStore(path, commit_after_s=1.0, commit_every=1000)
     store.update("alice", bump_seen)
     store.close()
-    with raw(path) as conn:
-        (data,) = conn.execute("SELECT data FROM profiles WHERE user_key = 'alice'").fetchone()
-    assert orjson.loads(data)["n_seen"] == 1
+    assert stored_seen(path, "alice") == 1
 
 
 def test_a_claim_is_committed_before_it_is_honoured(tmp_path: Path) -> None:
@@ -268,6 +269,8 @@ def test_a_failed_update_leaves_its_group_intact(tmp_path: Path) -> None:
 
         with pytest.raises(RuntimeError):
             store.update("alice", fail)
+        # The next update starts from the group's last write of alice, not from the 99.
+        assert store.update("alice", lambda p: p.n_seen) == 1
         store.update("bob", bump_seen)
     finally:
         store.close()
