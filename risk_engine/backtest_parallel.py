@@ -182,9 +182,7 @@ class TrimmedBurstTable(BurstTable):
         """Forget entries at or before ``now`` minus the window, except each newest."""
         start = now - BURST_WINDOW_S
         for window in self._windows.values():
-            entries = window.entries
-            while len(entries) > 1 and entries[0][0] <= start:
-                entries.popleft()
+            window.drop_before(start)
 
 
 # -- the worker ---------------------------------------------------------------------------
@@ -273,12 +271,15 @@ def _scan(config: WorkerConfig, engine: Engine, scanned: Synchronized[int]) -> S
             if event is None:
                 continue
             # The keys ``Engine.decide`` queries and notes bursts under (checked there).
-            location, _ = engine.locate(event)
+            # Only the network is needed of the location: without an ASN database it is
+            # the address's prefix, so the scan makes no City lookup that the worker
+            # deciding this user would repeat anyway (and no entry in this one's cache).
+            network = engine.network_of(event)
             offsets.append(offset)
             stamps.append(event.epoch)
             user_keys.append(int(engine.user_key(event.user_id), 16))
             ip_keys.append(int(engine.hasher.digest("ip", str(event.ip)), 16))
-            networks.append(vocabulary.setdefault(location.network, len(vocabulary)))
+            networks.append(vocabulary.setdefault(network, len(vocabulary)))
             failed.append(event.action == "login" and not event.success)
     scanned.value = number
     return ScanResult(

@@ -34,7 +34,7 @@ from risk_engine.errors import (
 from risk_engine.events import Event
 from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
-from risk_engine.geo import GeoLocator, Location, network_prefix
+from risk_engine.geo import GeoLocator, Location, network_key
 from risk_engine.model.artifact import ModelArtifact, default_model_path, load_artifact
 from risk_engine.policy import Policy, PolicyTable, load_policy
 from risk_engine.privacy import Hasher
@@ -164,7 +164,14 @@ class Engine:
         try:
             return self.geo.lookup(event.ip), None
         except GeoIPError as exc:
-            return Location(known=False, network=network_prefix(event.ip)), exc.message
+            return Location(known=False, network=network_key(event.ip)), exc.message
+
+    def network_of(self, event: Event) -> str:
+        """``locate(event)[0].network``, with as little GeoIP work as that takes."""
+        try:
+            return self.geo.network_of(event.ip)
+        except GeoIPError:
+            return network_key(event.ip)
 
     def decide(self, event: Event, *, issue_challenge: bool = True) -> Decision:
         """Score one event, decide, learn from it, and (for step_up) issue a challenge."""

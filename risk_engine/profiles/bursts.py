@@ -5,37 +5,133 @@ Shared by the in-memory and SQLite stores; Redis keeps the same shape in sorted 
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from dataclasses import dataclass, field
 
 from risk_engine.profiles.model import BurstCounts
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S
 
+# Below this many entries a window is counted by walking it (about 1 us); above it,
+# the counts are kept up to date as entries come and go. A full window (512 entries:
+# an office or a carrier NAT, one event every 7 s) took 28 us to walk, and a decision
+# counts two windows (benchmarks/bench_engine.py, "busy network").
+TRACK_FROM = 32
 
-@dataclass(slots=True)
+
 class BurstWindow:
-    """Recent (ts, user, failed) entries for one key, oldest first, bounded."""
+    """Recent (ts, user, failed) entries for one key, in arrival order, bounded.
 
-    entries: deque[tuple[float, str, bool]] = field(
-        default_factory=lambda: deque(maxlen=BURST_MAX_ENTRIES)
-    )
+    ``counts(now)`` is defined by a walk from the newest entry back to the first at
+    or before the window's start, skipping entries after ``now``. A long window
+    keeps that answer incrementally instead: while its entries arrive in time
+    order and the queries' ``now`` neither precedes the newest entry nor moves
+    back, the counted entries are exactly its newest ones after the window's
+    start, so a query only uncounts those that fell out. Anything else (an entry
+    out of order, a query into the past) walks, and the next in-order query
+    recounts once. ``tests/unit/test_bursts.py`` holds both to the same answers.
+    """
+
+    __slots__ = ("_failures", "_inversions", "_live", "_start", "_users", "entries")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, str, bool]] = deque(maxlen=BURST_MAX_ENTRIES)
+        # user -> counted entries of that user; None while the window is short.
+        self._users: dict[str, int] | None = None
+        self._failures = 0
+        # The newest ``_live`` entries are the counted ones; -1: recount first.
+        self._live = -1
+        self._start = -math.inf
+        # Adjacent pairs whose second entry is older than the first.
+        self._inversions = 0
 
     def add(self, ts: float, user_key: str, failed: bool) -> None:
-        self.entries.append((ts, user_key, failed))
+        entries = self.entries
+        if entries and ts < entries[-1][0]:
+            self._inversions += 1
+            self._live = -1
+        if len(entries) == BURST_MAX_ENTRIES:
+            self._drop_oldest()
+        entries.append((ts, user_key, failed))
+        users = self._users
+        if users is None:
+            if len(entries) > TRACK_FROM:
+                self._users = {}
+                self._live = -1
+        elif self._live >= 0:
+            users[user_key] = users.get(user_key, 0) + 1
+            self._failures += failed
+            self._live += 1
+
+    def drop_before(self, start: float) -> None:
+        """Forget entries at or before ``start`` from the oldest on, keeping the newest."""
+        entries = self.entries
+        while len(entries) > 1 and entries[0][0] <= start:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        entries = self.entries
+        if len(entries) > 1 and entries[1][0] < entries[0][0]:
+            self._inversions -= 1
+        _, user, failed = entries.popleft()
+        if self._live > len(entries):  # the dropped entry was a counted one
+            self._uncount(user, failed)
+            self._live -= 1
+
+    def _uncount(self, user: str, failed: bool) -> None:
+        users = self._users
+        assert users is not None
+        left = users[user] - 1
+        if left:
+            users[user] = left
+        else:
+            del users[user]
+        self._failures -= failed
 
     def counts(self, now: float) -> tuple[int, int]:
         """Distinct users and failures in (now - window, now]."""
         start = now - BURST_WINDOW_S
-        users: set[str] = set()
-        failures = 0
-        for ts, user, failed in reversed(self.entries):
-            if ts <= start:
-                break
-            if ts > now:
-                continue
-            users.add(user)
-            failures += failed
-        return len(users), failures
+        entries = self.entries
+        users = self._users
+        if users is None or self._inversions or (entries and entries[-1][0] > now):
+            self._live = -1
+            return walk(entries, now)
+        if self._live < 0 or start < self._start:
+            users.clear()
+            self._failures = 0
+            self._live = 0
+            for ts, user, failed in reversed(entries):
+                if ts <= start:
+                    break
+                users[user] = users.get(user, 0) + 1
+                self._failures += failed
+                self._live += 1
+        else:
+            size = len(entries)
+            while self._live and entries[size - self._live][0] <= start:
+                _, user, failed = entries[size - self._live]
+                self._uncount(user, failed)
+                self._live -= 1
+        self._start = start
+        return len(users), self._failures
+
+
+def walk(entries: deque[tuple[float, str, bool]], now: float) -> tuple[int, int]:
+    """Distinct users and failures in (now - window, now], by definition.
+
+    The walk from the newest entry back to the first at or before the window's
+    start, skipping entries after ``now``: what ``BurstWindow.counts`` answers.
+    """
+    start = now - BURST_WINDOW_S
+    users: set[str] = set()
+    failures = 0
+    for ts, user, failed in reversed(entries):
+        if ts <= start:
+            break
+        if ts > now:
+            continue
+        users.add(user)
+        failures += failed
+    return len(users), failures
 
 
 class BurstTable:

@@ -17,7 +17,14 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from risk_engine.errors import GeoIPError
-from risk_engine.geo import EARTH_RADIUS_KM, GeoLocator, Location, haversine_km, network_prefix
+from risk_engine.geo import (
+    EARTH_RADIUS_KM,
+    GeoLocator,
+    Location,
+    haversine_km,
+    network_key,
+    network_prefix,
+)
 
 SHARED = Path(__file__).parents[2] / "../shared/geoip-test"
 
@@ -507,3 +514,62 @@ def test_haversine_triangle_inequality(
     direct = haversine_km(a1, o1, a3, o3)
     via = haversine_km(a1, o1, a2, o2) + haversine_km(a2, o2, a3, o3)
     assert direct <= via + 1e-3
+
+
+# -- the network alone (the parallel backtest's scan) -------------------------------------
+
+# Addresses of every kind the records above distinguish, with and without an AS.
+NETWORK_SAMPLES = (
+    "81.2.69.160",
+    "89.160.20.112",
+    "216.160.83.56",
+    "2a02:2000::1",
+    "45.10.1.1",
+    "10.1.2.3",
+    "127.0.0.1",
+    "::1",
+    "198.51.100.7",
+)
+
+
+def _mapped(ip: IPv4Address) -> IPv6Address:
+    return IPv6Address(f"::ffff:{ip}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ip=st.one_of(
+        st.sampled_from(NETWORK_SAMPLES).map(ip_address),
+        st.sampled_from([a for a in NETWORK_SAMPLES if ":" not in a]).map(
+            lambda a: _mapped(IPv4Address(a))
+        ),
+        st.ip_addresses(),
+        st.ip_addresses(v=4).map(_mapped),
+    )
+)
+def test_network_of_is_the_lookups_network(
+    dbs: dict[str, Path], ip: IPv4Address | IPv6Address
+) -> None:
+    for geo in (GeoLocator(dbs["city"]), GeoLocator(dbs["city"], asn_db=dbs["asn"])):
+        try:
+            assert geo.network_of(ip) == geo.lookup(ip).network
+        finally:
+            geo.close()
+
+
+def test_network_of_makes_no_city_lookup_without_an_asn_database(tmp_path: Path) -> None:
+    # Its record for 45.10.1.1 is corrupt: a lookup fails, the network is still known.
+    geo = GeoLocator(_corrupted_city_db(tmp_path))
+    try:
+        with pytest.raises(GeoIPError):
+            geo.lookup(ip_address("45.10.1.1"))
+        assert geo.network_of(ip_address("45.10.1.1")) == "45.10.1.0/24"
+        assert geo.network_of(ip_address("::ffff:45.10.1.1")) == "45.10.1.0/24"
+    finally:
+        geo.close()
+
+
+def test_network_key_maps_ipv4_in_ipv6_to_its_ipv4_prefix() -> None:
+    assert network_key(ip_address("::ffff:81.2.69.160")) == "81.2.69.0/24"
+    assert network_key(ip_address("81.2.69.160")) == network_prefix(ip_address("81.2.69.160"))
+    assert network_key(ip_address("2a02:2000::1")) == "2a02:2000::/48"
