@@ -21,8 +21,9 @@ TRACK_FROM = 32
 class BurstWindow:
     """Recent (ts, user, failed) entries for one key, in arrival order, bounded.
 
-    ``counts(now)`` is defined by a walk from the newest entry back to the first at
-    or before the window's start, skipping entries after ``now``. A long window
+    ``counts(now)`` is ``walk(entries, now)`` by definition: from the newest entry
+    back to the first at or before the window's start, skipping entries after
+    ``now``. A long window
     keeps that answer incrementally instead: while its entries arrive in time
     order and the queries' ``now`` neither precedes the newest entry nor moves
     back, the counted entries are exactly its newest ones after the window's
