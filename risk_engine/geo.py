@@ -20,6 +20,7 @@ import geoip2.errors
 import maxminddb
 
 from risk_engine.errors import GeoIPError
+from risk_engine.privacy import truncate_ip
 
 EARTH_RADIUS_KM = 6371.0088
 # Locations kept per locator (about 700 bytes each): addresses recur, a user's home,
@@ -83,11 +84,7 @@ def network_prefix(ip: IPAddress) -> str:
     >>> network_prefix(ip_address("2001:db8:1:2::1"))
     '2001:db8:1::/48'
     """
-    # Masked by hand: ip_network() parses a string back (13x the time for IPv4, 4x for IPv6).
-    if ip.version == 4:
-        a, b, c, _ = ip.packed
-        return f"{a}.{b}.{c}.0/24"
-    return f"{IPv6Address(int(ip) >> 80 << 80)}/48"
+    return f"{truncate_ip(ip)}/24" if ip.version == 4 else f"{truncate_ip(ip)}/48"
 
 
 def network_key(ip: IPAddress) -> str:

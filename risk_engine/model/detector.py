@@ -128,8 +128,7 @@ class RiskModel:
     def _join_fast_paths(self) -> None:
         """Both detectors in one kernel call per event, compiled now rather than on a request."""
         assert self._fast_forest is not None
-        boosting = self._fast_boosting if self.supervised_ is not None else None
-        ensemble = FlatEnsemble(self._fast_forest, boosting)
+        ensemble = FlatEnsemble(self._fast_forest, self._fast_boosting)
         ensemble.warm_up()
         self._fast_ensemble = ensemble
 

@@ -11,7 +11,7 @@ from collections import deque
 from risk_engine.profiles.model import BurstCounts
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S
 
-# Below this many entries a window is counted by walking it (about 1 us); above it,
+# Up to this many entries a window is counted by walking it (0.5-1.9 us); above it,
 # the counts are kept up to date as entries come and go. A full window (512 entries:
 # an office or a carrier NAT, one event every 7 s) took 28 us to walk, and a decision
 # counts two windows (benchmarks/bench_engine.py, "busy network").

@@ -145,10 +145,7 @@ class RedisStore:
         """
         key = self._profile_key(note.user_key)
         windows = (self._burst_key("ip", note.ip_key), self._burst_key("net", note.network))
-        # "(" makes the lower bound exclusive, as in burst_counts.
-        start = f"({note.ts - BURST_WINDOW_S!r}"
-        reads: list[_Command] = [("WATCH", key), ("GET", key)]
-        reads += [("ZRANGEBYSCORE", window, start, note.ts) for window in windows]
+        reads: list[_Command] = [("WATCH", key), ("GET", key), *_window_reads(windows, note.ts)]
         member = _burst_member(note.user_key, note.ts, note.failed)
         notes = [command for window in windows for command in _note(window, member, note.ts)]
         for attempt in range(_WATCH_TRIES):
@@ -248,12 +245,11 @@ class RedisStore:
             self._fail(exc, "delete")
 
     def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
-        # "(" makes the lower bound exclusive: an entry exactly one window old is out.
-        start = f"({now - BURST_WINDOW_S!r}"
+        windows = (self._burst_key("ip", ip_key), self._burst_key("net", network))
         pipe = self._client.pipeline(transaction=False)
         try:
-            pipe.zrangebyscore(self._burst_key("ip", ip_key), start, now)
-            pipe.zrangebyscore(self._burst_key("net", network), start, now)
+            for command in _window_reads(windows, now):
+                _queue(pipe, command)
             ip_members, net_members = pipe.execute()
         except RedisError as exc:
             self._fail(exc, "burst_counts")
@@ -267,15 +263,11 @@ class RedisStore:
         self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
     ) -> None:
         member = _burst_member(user_key, ts, failed)
-        # The same commands as _note, through the typed pipeline methods.
         pipe = self._client.pipeline(transaction=False)
         try:
             for key in (self._burst_key("ip", ip_key), self._burst_key("net", network)):
-                pipe.zadd(key, {member: ts})
-                pipe.zremrangebyscore(key, "-inf", ts - _BURST_TRIM_AGE_S)
-                # Keep the newest BURST_MAX_ENTRIES: bounded memory under a flood.
-                pipe.zremrangebyrank(key, 0, -(BURST_MAX_ENTRIES + 1))
-                pipe.expire(key, _BURST_TTL_S)
+                for command in _note(key, member, ts):
+                    _queue(pipe, command)
             pipe.execute()
         except RedisError as exc:
             self._fail(exc, "record_burst")
@@ -395,13 +387,23 @@ def _burst_member(user_key: str, ts: float, failed: bool) -> str:
 
 
 def _note(key: str, member: str, ts: float) -> list[_Command]:
-    """What ``record_burst`` does to one window: add, trim by age and by rank, expire."""
+    """What noting an event does to one window: add, trim by age and by rank, expire."""
     return [
         ("ZADD", key, ts, member),
         ("ZREMRANGEBYSCORE", key, "-inf", ts - _BURST_TRIM_AGE_S),
+        # Keep the newest BURST_MAX_ENTRIES: bounded memory under a flood.
         ("ZREMRANGEBYRANK", key, 0, -(BURST_MAX_ENTRIES + 1)),
         ("EXPIRE", key, _BURST_TTL_S),
     ]
+
+
+def _window_reads(keys: Sequence[str], now: float) -> list[_Command]:
+    """The members of each window in (now - window, now], oldest first.
+
+    "(" makes the lower bound exclusive: an entry exactly one window old is out.
+    """
+    start = f"({now - BURST_WINDOW_S!r}"
+    return [("ZRANGEBYSCORE", key, start, now) for key in keys]
 
 
 def _exchange(conn: Connection, commands: Sequence[_Command], *, check_health: bool) -> list[Any]:
@@ -422,6 +424,11 @@ def _unwatch(conn: Connection) -> bool:
     except Exception:
         return False
     return True
+
+
+def _queue(pipe: redis.client.Pipeline, command: _Command) -> None:
+    """Queue one command on a pipeline (its reply parsed as the typed method's would be)."""
+    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
 
 
 def _disconnect(conn: Connection) -> None:

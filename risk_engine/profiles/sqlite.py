@@ -10,7 +10,7 @@ after taking the write lock and drops its caches if so. Until then:
 * decoded profiles are served from an LRU cache (``cache_profiles`` of them;
   about 22 KB each in memory), so a hot user costs no read and no JSON decode;
 * the burst windows of each address and network are mirrored in memory after
-  their first read, so counting is a walk over a short deque, not a SQL query.
+  their first read (``bursts.BurstWindow``), so counting is no SQL query.
 
 Every update still writes its profile and burst rows, and the file stays the
 truth that another process or a restart reads. Commits are grouped: an update

@@ -78,7 +78,8 @@ def twin_clients(
 _RANDOM = re.compile(rb'"(d-[0-9a-f]{16}|c-[A-Za-z0-9_-]{22})"|"expires_at":"[^"]+"')
 
 
-def same_answer(a: httpx.Response, b: httpx.Response) -> None:
+def same_answer(a: httpx.Response, b: httpx.Response) -> httpx.Response:
+    """Holds the endpoint's answer ``a`` to the route's ``b``; returns ``a``."""
     assert a.status_code == b.status_code, (a.text, b.text)
     assert _RANDOM.sub(b"*", a.content) == _RANDOM.sub(b"*", b.content)
     assert a.headers["content-type"] == b.headers["content-type"]
@@ -86,6 +87,7 @@ def same_answer(a: httpx.Response, b: httpx.Response) -> None:
     assert (hint in a.headers) == (hint in b.headers)
     if hint in a.headers:
         assert a.headers[hint] == b.headers[hint]
+    return a
 
 
 def test_decisions_are_answered_alike(
@@ -114,7 +116,12 @@ def test_malformed_events_are_refused_alike(
     else:
         event[field] = value
     endpoint, route = twin_clients
-    same_answer(endpoint.post("/v1/decisions", json=event), route.post("/v1/decisions", json=event))
+    answer = same_answer(
+        endpoint.post("/v1/decisions", json=event), route.post("/v1/decisions", json=event)
+    )
+    # Refused, by both, naming the field.
+    assert answer.status_code == 422
+    assert answer.json()["field"] == field
 
 
 @pytest.mark.parametrize(
@@ -135,10 +142,11 @@ def test_bodies_that_are_no_event_are_refused_alike(
 ) -> None:
     endpoint, route = twin_clients
     headers = {"content-type": content_type}
-    same_answer(
+    answer = same_answer(
         endpoint.post("/v1/decisions", content=content, headers=headers),
         route.post("/v1/decisions", content=content, headers=headers),
     )
+    assert answer.status_code == 422
 
 
 @pytest.mark.parametrize(
