@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint sample model clean
+.PHONY: serve test lint browser sample model clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict risk_engine
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# The browser tests drive Debian's chromium and chromium-driver: installed here when
+# missing and run as root (as CI is); otherwise those tests skip (CI makes them required).
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; }
+	@command -v chromedriver >/dev/null 2>&1 || \
+	  echo "chromium-driver is not installed (not root?): the browser tests will skip"
 
 # Regenerate the committed sample data and the default model (see README).
 sample: $(STAMP)

@@ -20,6 +20,26 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from risk_engine import __version__
+
+        typer.echo(f"risk-engine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Behavioral risk scoring for step-up authentication."""
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear message (no traceback) and exit non-zero."""
     typer.secho(f"risk-engine: error: {message}", fg=typer.colors.RED, err=True)

@@ -1,4 +1,4 @@
-"""Fixtures for every test directory: a real Redis, when one answers.
+"""Fixtures for every test directory: a real Redis, when one answers; a real browser.
 
 Redis-backed tests skip when no Redis answers, unless RISK_ENGINE_REQUIRE_REDIS is
 set (CI sets it): then they fail, so that a run without Redis cannot pass by skipping.
@@ -8,9 +8,15 @@ RISK_ENGINE_TEST_REDIS_URL overrides the default local URL.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import orjson
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -62,3 +68,96 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+# -- a real browser -------------------------------------------------------------------------
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+LOCAL_HOSTS = frozenset({"127.0.0.1"})
+
+
+@dataclass
+class Browser:
+    """A Selenium-driven headless Chromium and what it saw: requests, console errors."""
+
+    driver: Any
+    artifacts: Path
+
+    def get(self, url: str) -> None:
+        self.driver.get(url)
+
+    def wait_for(self, script: str, timeout: float = 20.0) -> Any:
+        """The first truthy value of ``script`` (JavaScript returning a value), or None."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.driver.execute_script(script)
+            if value:
+                return value
+            time.sleep(0.2)
+        return None
+
+    def outside_requests(self) -> list[str]:
+        """URLs the pages asked for on a host other than 127.0.0.1, since the last call."""
+        urls = []
+        for entry in self.driver.get_log("performance"):
+            message = orjson.loads(entry["message"])["message"]
+            if message.get("method") == "Network.requestWillBeSent":
+                urls.append(message["params"]["request"]["url"])
+        return [
+            u
+            for u in urls
+            if not u.startswith(("data:", "blob:")) and urlsplit(u).hostname not in LOCAL_HOSTS
+        ]
+
+    def console_errors(self) -> list[str]:
+        """The browser console's errors since the last call."""
+        return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+
+    def screenshot(self, name: str) -> Path:
+        """Save a PNG of the page among the test's artifacts."""
+        path = self.artifacts / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    """Headless Debian Chromium that can reach 127.0.0.1 only.
+
+    Every other host name resolves to nothing, so a page that needs the internet
+    shows it. `make test` installs chromium and chromium-driver (Debian packages);
+    without them the browser tests skip, unless RISK_ENGINE_REQUIRE_BROWSER is set
+    (CI sets it): then they fail. Screenshots go to $RISK_ENGINE_TEST_ARTIFACTS
+    when set (kept), else to the test's tmp_path.
+    """
+    if not os.path.exists(CHROMEDRIVER):
+        reason = f"no {CHROMEDRIVER}: install Debian's chromium and chromium-driver"
+        if "RISK_ENGINE_REQUIRE_BROWSER" in os.environ:
+            pytest.fail(f"{reason} (RISK_ENGINE_REQUIRE_BROWSER is set)", pytrace=False)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as ChromeService
+
+    options = webdriver.ChromeOptions()
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1024",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=ChromeService(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    kept = os.environ.get("RISK_ENGINE_TEST_ARTIFACTS")
+    artifacts = Path(kept) if kept else tmp_path
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        yield Browser(driver, artifacts)
+    finally:
+        driver.quit()

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from risk_engine import __version__
+from risk_engine.api.docs import install_docs
 from risk_engine.api.endpoint import DecisionEndpoint
 from risk_engine.api.errors import install_error_handlers
 from risk_engine.api.metrics import Metrics
@@ -47,7 +48,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     """The decision service; ``engine`` injects a ready Engine instead of building one."""
     settings = settings or Settings()
     app = FastAPI(
-        title="risk-engine", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="risk-engine",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # The interactive pages are served with local assets (api/docs.py), not a CDN's.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -59,6 +66,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(ops)
+    install_docs(app)
     if not settings.auth_disabled and not settings.api_keys_sha256:
         log.warning("no API keys configured: every /v1 request will be refused (401)")
     return app

@@ -30,6 +30,14 @@ def test_help_lists_the_commands() -> None:
         assert command in result.stdout
 
 
+def test_version_prints_the_package_version() -> None:
+    from risk_engine import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"risk-engine {__version__}"
+
+
 def test_console_script_help() -> None:
     script = Path(sys.executable).parent / "risk-engine"
     if not script.exists():
