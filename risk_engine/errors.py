@@ -9,6 +9,7 @@ knows the HTTP status the API answers with, so one handler maps them all::
     │   ├── GeoIPError (503)             a GeoIP database is missing or corrupt
     │   └── IncompatibleModelError (500) artifact checksum / schema hash refused
     ├── ProfileStoreError (503)          the profile store failed or is unreachable
+    ├── DecisionLogError (503)           the decision log failed or is unreachable
     ├── NotFoundError (404)              no such challenge, event or user
     ├── ConflictError (409)              a challenge already used, expired or bound elsewhere
     └── AuthenticationError (401)        missing or wrong API key
@@ -90,6 +91,13 @@ class ProfileStoreError(RiskEngineError):
 
     status_code = 503
     code = "profile_store_error"
+
+
+class DecisionLogError(RiskEngineError):
+    """The decision log (the operator's queryable index) failed or could not be reached."""
+
+    status_code = 503
+    code = "decision_log_error"
 
 
 class NotFoundError(RiskEngineError):

@@ -161,3 +161,38 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         yield Browser(driver, artifacts)
     finally:
         driver.quit()
+
+
+# -- a real PostgreSQL ----------------------------------------------------------------------
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The URL of a PostgreSQL that answers; skips, or fails under RISK_ENGINE_REQUIRE_POSTGRES."""
+    import psycopg
+
+    url = os.environ.get("RISK_ENGINE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.Error as exc:
+        reason = f"no PostgreSQL answers at {url} ({type(exc).__name__}: {exc})"
+        if "RISK_ENGINE_REQUIRE_POSTGRES" in os.environ:
+            pytest.fail(f"{reason}, and RISK_ENGINE_REQUIRE_POSTGRES is set", pytrace=False)
+        pytest.skip(f"{reason}; set RISK_ENGINE_REQUIRE_POSTGRES=1 to make this a failure")
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A URL whose connections see a schema of their own, dropped afterwards."""
+    import psycopg
+
+    schema = f"risk_engine_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in postgres_server_url else "?"
+    yield f"{postgres_server_url}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA {schema} CASCADE")
