@@ -46,6 +46,8 @@ class RecordKind(StrEnum):
     CHALLENGE_RESULT = "challenge_result"
     FEEDBACK = "feedback"
     ERASURE = "erasure"
+    DEVICE_UNTRUSTED = "device_untrusted"
+    CONSOLE = "console"
 
 
 def _sha256(data: bytes) -> str:

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     audit_log: Path | None = Field(default=None, description="default: var/audit.jsonl")
     feedback_log: Path | None = Field(default=None, description="default: var/feedback.jsonl")
+    decision_log: str = Field(
+        default="",
+        description="the queryable decision log: sqlite:///path.db or postgresql://...; "
+        "default: SQLite at var/decisions.db; 'off' keeps none",
+    )
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 1
@@ -75,6 +80,13 @@ class Settings(BaseSettings):
     @property
     def feedback_path(self) -> Path:
         return self.feedback_log or self.var_dir / "feedback.jsonl"
+
+    @property
+    def decision_log_url(self) -> str | None:
+        """Where the decision log is, or None when it is off."""
+        if self.decision_log == "off":
+            return None
+        return self.decision_log or f"sqlite:///{self.var_dir / 'decisions.db'}"
 
     def resolve_secret(self) -> str:
         """The hashing secret: configured, or generated once and kept in var/secret.key."""

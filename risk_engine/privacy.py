@@ -37,6 +37,10 @@ class Hasher:
         self._cache[key] = out
         return out
 
+    def derive(self, purpose: str) -> bytes:
+        """A full-length key of its own for ``purpose`` (e.g. signing console sessions)."""
+        return hmac.new(self._key, f"derive\x00{purpose}".encode(), hashlib.sha256).digest()
+
 
 def truncate_ip(ip: IPv4Address | IPv6Address) -> str:
     """Drop the host part: IPv4 to /24, IPv6 to /48 (what logs keep of an address).

@@ -29,6 +29,7 @@ from risk_engine.api.middleware import BodyLimitMiddleware
 from risk_engine.api.routes import ops, v1
 from risk_engine.api.service import Service
 from risk_engine.config import Settings
+from risk_engine.console import install_console
 from risk_engine.engine import Engine, build_engine
 from risk_engine.errors import RiskEngineError
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(v1)
     app.include_router(ops)
     install_docs(app)
+    install_console(app)
     if not settings.auth_disabled and not settings.api_keys_sha256:
         log.warning("no API keys configured: every /v1 request will be refused (401)")
     return app
@@ -99,7 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     remove_handler = _install_sighup(service)
-    purging = asyncio.create_task(_purge_expired(engine, settings.retention_days * DAY_S))
+    purging = asyncio.create_task(_purge_expired(service, settings.retention_days * DAY_S))
     log.info("serving model %s", engine.scorer.model_version if engine.scorer else "(none)")
     try:
         yield
@@ -111,13 +113,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.unfreeze()
 
 
-async def _purge_expired(engine: Engine, retention_s: float) -> None:
-    """Erase profiles past retention at start-up, then hourly (Redis expires keys itself)."""
+async def _purge_expired(service: Service, retention_s: float) -> None:
+    """Erase profiles and decision log rows past retention at start-up, then hourly.
+
+    (Redis expires its keys by itself.)
+    """
     while True:
+        horizon = time.time() - retention_s
         try:
-            removed = await run_in_threadpool(engine.store.purge, time.time() - retention_s)
+            removed = await run_in_threadpool(service.engine.store.purge, horizon)
             if removed:
                 log.info("retention: erased %d profiles", removed)
+            if service.decision_log is not None:
+                await run_in_threadpool(service.decision_log.log.purge, horizon)
         except RiskEngineError as exc:
             log.warning("retention purge failed: %s", exc.message)
         await asyncio.sleep(PURGE_EVERY_S)

@@ -6,9 +6,10 @@ Each endpoint is one call into the Service plus its HTTP shape; the
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from risk_engine.api.deps import ApiKeyDep, ServiceDep
@@ -20,10 +21,13 @@ from risk_engine.api.schemas import (
     FeedbackIn,
     FeedbackOut,
     Health,
+    LogPage,
     ModelInfo,
     Readiness,
 )
-from risk_engine.decision import Decision
+from risk_engine.decision import Decision, Outcome
+from risk_engine.decision_log import DecisionFilter
+from risk_engine.decision_log.entries import Cursor
 from risk_engine.events import Event
 
 _ERRORS: dict[int, str] = {
@@ -126,6 +130,60 @@ def model(service: ServiceDep) -> ModelInfo:
 )
 def reload(service: ServiceDep) -> ModelInfo:
     return service.reload()
+
+
+Limit = Annotated[int, Query(ge=1, le=500, description="rows per page")]
+CursorParam = Annotated[
+    str | None, Query(max_length=512, description="next_cursor of the previous page")
+]
+
+
+@v1.get(
+    "/decisions",
+    response_model=LogPage,
+    summary="Query the decision log: filter by user, decision, class, reason, model and time",
+    responses=errors(401, 422, 500, 503),
+)
+def query_decisions(
+    service: ServiceDep,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    decision: Outcome | None = None,
+    action_class: Annotated[str | None, Query(max_length=64)] = None,
+    reason: Annotated[str | None, Query(max_length=64, description="a reason code")] = None,
+    model_version: Annotated[str | None, Query(max_length=128)] = None,
+    since: Annotated[datetime | None, Query(description="RFC 3339, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="RFC 3339, exclusive")] = None,
+    limit: Limit = 50,
+    cursor: CursorParam = None,
+) -> LogPage:
+    where = DecisionFilter(
+        user_id=user_id,
+        decision=decision.value if decision else None,
+        action_class=action_class,
+        reason=reason,
+        model_version=model_version,
+        since=since.timestamp() if since else None,
+        until=until.timestamp() if until else None,
+    )
+    page = service.decision_log_or_fail().log.decisions(
+        where, limit=limit, cursor=Cursor.decode(cursor) if cursor else None
+    )
+    return LogPage(items=page.items, next_cursor=page.next_cursor)
+
+
+@v1.get(
+    "/users/{user_id}/timeline",
+    response_model=LogPage,
+    summary="A user's decisions newest first, with place, device, reasons, step-ups, feedback",
+    responses=errors(401, 422, 500, 503),
+)
+def timeline(
+    user_id: UserId, service: ServiceDep, limit: Limit = 50, cursor: CursorParam = None
+) -> LogPage:
+    page = service.decision_log_or_fail().log.timeline(
+        user_id, limit=limit, cursor=Cursor.decode(cursor) if cursor else None
+    )
+    return LogPage(items=page.items, next_cursor=page.next_cursor)
 
 
 @ops.get("/healthz", response_model=Health, summary="Alive: answers without dependencies")

@@ -117,3 +117,13 @@ class ModelInfo(ScorerInfo):
     """The live model and policy, and the shadow pair if one runs (logged, never enforced)."""
 
     shadow: ScorerInfo | None = None
+
+
+class LogPage(BaseModel):
+    """A page of the decision log, newest first; pass ``next_cursor`` as ``cursor`` for more."""
+
+    items: list[dict[str, Any]] = Field(
+        description="decisions: event fields (address truncated), decision, score, reasons, "
+        "place, device summary, features; in a timeline also step_up_results and feedback"
+    )
+    next_cursor: str | None = Field(description="null on the last page")

@@ -7,6 +7,7 @@ stay a line or two of HTTP.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import threading
@@ -30,6 +31,7 @@ from risk_engine.api.schemas import (
 from risk_engine.audit import AuditLog, RecordKind, decision_record
 from risk_engine.config import Settings
 from risk_engine.decision import Decision, Outcome
+from risk_engine.decision_log import DecisionLogWriter, LogEntry, open_decision_log
 from risk_engine.engine import Engine, Scorer, load_scorer
 from risk_engine.errors import (
     ConfigurationError,
@@ -38,6 +40,7 @@ from risk_engine.errors import (
     RiskEngineError,
 )
 from risk_engine.events import Event
+from risk_engine.profiles.model import Profile
 
 log = logging.getLogger("risk_engine.api")
 
@@ -108,10 +111,21 @@ class Service:
         engine.include_features = True
         self.audit_log = AuditLog(settings.audit_path)
         self.feedback_log = JsonLinesFile(settings.feedback_path)
+        self.decision_log: DecisionLogWriter | None = None
+        url = settings.decision_log_url
+        if url is not None:
+            self.decision_log = DecisionLogWriter(
+                open_decision_log(url),
+                locate=lambda event: engine.locate(event)[0],
+                device_key=lambda device_id: "id:" + engine.hasher.digest("device", device_id),
+            )
+            self.decision_log.start()
         self._reload_lock = threading.Lock()
         metrics.set_models(engine.scorer, engine.shadow)
 
     def close(self) -> None:
+        if self.decision_log is not None:
+            self.decision_log.close()
         self.audit_log.close()
         self.feedback_log.close()
         if self.owns_engine:
@@ -139,6 +153,8 @@ class Service:
             RecordKind.DECISION,
             decision_record(event, decision, decision.features, self.engine.hasher),
         )
+        if self.decision_log is not None:
+            self.decision_log.decision(event, decision)
         self.metrics.observe_decision(decision, time.perf_counter() - started)
         return decision
 
@@ -178,12 +194,20 @@ class Service:
                 RecordKind.CHALLENGE_RESULT,
                 {**record, "outcome": refused, "error": exc.code, "message": exc.message},
             )
+            self._log_entry(LogEntry.CHALLENGE_RESULT, challenge_id=challenge_id, outcome=refused)
             raise
         if result.satisfied:
             outcome = "passed"
         else:
             outcome = "insufficient_acr" if result.passed else "failed"
         self.metrics.challenge_results.labels(outcome).inc()
+        self._log_entry(
+            LogEntry.CHALLENGE_RESULT,
+            event_id=result.event_id,
+            challenge_id=challenge_id,
+            outcome=outcome,
+            detail={"method": body.method.value, "acr": acr.value},
+        )
         self.audit(
             RecordKind.CHALLENGE_RESULT,
             {
@@ -219,6 +243,7 @@ class Service:
                 f"feedback file {self.feedback_log.path} cannot be written: {exc}"
             ) from exc
         self.audit(RecordKind.FEEDBACK, {k: v for k, v in record.items() if k != "ts"})
+        self._log_entry(LogEntry.FEEDBACK, event_id=event_id, outcome=body.label.value)
         return FeedbackOut(event_id=event_id, label=body.label)
 
     def erase(self, user_id: str) -> None:
@@ -229,11 +254,89 @@ class Service:
         except RiskEngineError:
             self.audit(RecordKind.ERASURE, {"user_key": user_key, "outcome": "error"})
             raise
+        logged = self.decision_log.erase_user(user_id) if self.decision_log is not None else 0
         self.audit(
             RecordKind.ERASURE, {"user_key": user_key, "outcome": "erased" if erased else "absent"}
         )
+        self._log_entry(LogEntry.ERASURE, outcome="erased" if erased or logged else "absent")
         if not erased:
             raise NotFoundError("no profile is kept for this user", field="user_id")
+
+    # -- the decision log and the console ------------------------------------------------
+
+    def _log_entry(self, kind: LogEntry, **fields: Any) -> None:
+        if self.decision_log is not None:
+            self.decision_log.entry(kind, **fields)
+
+    def decision_log_or_fail(self) -> DecisionLogWriter:
+        """The decision log; ConfigurationError when the operator turned it off."""
+        if self.decision_log is None:
+            raise ConfigurationError(
+                "the decision log is off (RISK_ENGINE_DECISION_LOG=off): nothing to query"
+            )
+        return self.decision_log
+
+    def key_allowed(self, key_sha256: str, scope: str) -> bool:
+        """Whether the key with this digest may act in ``scope`` (any key when auth is off)."""
+        settings = self.settings
+        if settings.auth_disabled:
+            return True
+        matched = False
+        for expected in settings.api_keys_sha256:
+            matched |= hmac.compare_digest(key_sha256, expected)
+        return matched
+
+    def note_console(self, what: str, key_id: str | None) -> None:
+        """Audit a console sign-in, refusal or sign-out."""
+        self.audit(RecordKind.CONSOLE, {"action": what, "key_id": key_id})
+
+    def devices_of(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's devices as the profile keeps them, most recently used first."""
+        profile = self.engine.store.get(self.engine.user_key(user_id))
+        if profile is None:
+            return []
+        now = time.time()
+        out = []
+        for device in sorted(profile.devices.values(), key=lambda d: -d.last_ts):
+            label = f"{device.ua_family or 'unknown browser'} {device.ua_major}".strip()
+            if device.os_family:
+                label += f" on {device.os_family}"
+            if device.is_trusted(now):
+                trust = "trusted"
+            elif device.trusted:
+                trust = "trust expired"
+            else:
+                trust = "untrusted"
+            out.append(
+                {
+                    "key": device.key,
+                    "label": label,
+                    "first_ts": device.first_ts,
+                    "last_ts": device.last_ts,
+                    "count": device.count,
+                    "trusted": device.is_trusted(now),
+                    "trust": trust,
+                }
+            )
+        return out
+
+    def untrust_device(self, user_id: str, device_key: str) -> None:
+        """Take a device's trust away: its next use looks like a new device's. Audited."""
+        user_key = self.engine.user_key(user_id)
+        if self.engine.store.get(user_key) is None:
+            raise NotFoundError("no profile is kept for this user", field="user_id")
+
+        def untrust(profile: Profile) -> bool:
+            device = profile.devices.get(device_key)
+            if device is None:
+                return False
+            device.trusted = False
+            device.trusted_until = None
+            return True
+
+        if not self.engine.store.update(user_key, untrust):
+            raise NotFoundError("the user has no such device", field="device_key")
+        self.audit(RecordKind.DEVICE_UNTRUSTED, {"user_key": user_key, "device_key": device_key})
 
     # -- operations -----------------------------------------------------------------------
 
