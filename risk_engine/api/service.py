@@ -106,7 +106,7 @@ class Service:
         engine.store = CountingStore(inner, metrics.store_errors)
         # The audit record always carries the features; responses only when configured.
         engine.include_features = True
-        self.audit_log = AuditLog(settings.audit_path)
+        self.audit_log = AuditLog(settings.audit_path, settings.resolve_audit_key())
         self.feedback_log = JsonLinesFile(settings.feedback_path)
         self._reload_lock = threading.Lock()
         metrics.set_models(engine.scorer, engine.shadow)
