@@ -268,7 +268,14 @@ class AuditLog:
             recovery = {"offset": torn_at, "length": len(torn), "sha256": _sha256(torn)}
             self._write(RecordKind.RECOVERY, {"torn": recovery}, prefix=b"\n")
         elif opening and legacy:
-            # The first keyed record seals the unkeyed chain before it: do it now.
+            # The first keyed record seals the unkeyed chain before it: do it now. Said
+            # aloud, since a log an attacker rewrote unkeyed would be sealed just the same.
+            log.warning(
+                "audit log %s ends with unkeyed records of an earlier version: sealed"
+                " under audit key %s by a migration record",
+                self.path,
+                self.key.id,
+            )
             self._write(RecordKind.MIGRATION, {"legacy_bytes": size})
 
     def _last_link_before(self, end: int) -> tuple[str, bool]:
@@ -315,8 +322,9 @@ class VerifyResult:
 
     records: int = 0
     breaks: list[Break] = field(default_factory=list)
-    # Unkeyed lines of the old chain that the first keyed record seals.
+    # Unkeyed lines of the old chain, and the keyed record that seals them (line, ts).
     legacy: int = 0
+    sealed_by: tuple[int, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -421,9 +429,10 @@ class _Verifier:
         broken = self.fail(number, "; ".join(problems)) if problems else -1
         if counted:
             self.result.records += 1
-            if not self.keyed:
+            if self.unsealed and not self.keyed and record is not None:
                 # The first keyed record's hmac covers the unkeyed chain it links to.
                 self.result.legacy, self.unsealed = len(self.unsealed), []
+                self.result.sealed_by = (number, float(record.get("ts", 0)))
         elif legacy and not problems:
             self.unsealed.append(number)
         self.keyed = self.keyed or (record is not None and not legacy)

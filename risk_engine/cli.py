@@ -250,6 +250,8 @@ def audit_verify(
     ] = None,
 ) -> None:
     """Check every record's hmac and link: 'ok: N records', or every break (exit 1)."""
+    from datetime import UTC
+
     from risk_engine.audit import AuditKey, verify_chain
     from risk_engine.config import Settings
 
@@ -273,7 +275,12 @@ def audit_verify(
             f" {settings.audit_key_path} is"
         )
     result = verify_chain(path, keys)
-    legacy = f" ({result.legacy} unkeyed legacy records before them)" if result.legacy else ""
+    legacy = ""
+    if result.sealed_by is not None:
+        # When the unkeyed part was sealed: a date after the upgrade means a rewrite.
+        line, ts = result.sealed_by
+        when = datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+        legacy = f" (and {result.legacy} unkeyed legacy records, sealed at line {line}, {when})"
     for found in result.breaks:
         typer.echo(f"line {found.line}: {found.problem}")
     if result.breaks:

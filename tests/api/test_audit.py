@@ -304,18 +304,28 @@ def test_a_forged_recovery_is_caught(tmp_path: Path) -> None:
     assert broken_lines(path) == [2]
 
 
-def test_an_old_unkeyed_log_is_sealed_when_the_log_opens(tmp_path: Path) -> None:
+def test_an_old_unkeyed_log_is_sealed_when_the_log_opens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "audit.jsonl"
     legacy_log(path, 3)
     unsealed = verify_chain(path, [KEY])
     assert [b.line for b in unsealed.breaks] == [1] and "unkeyed" in unsealed.breaks[0].problem
-    AuditLog(path, KEY).close()
+    with caplog.at_level(logging.WARNING, logger="risk_engine.audit"):
+        AuditLog(path, KEY).close()
+    assert any("unkeyed records" in r.getMessage() for r in caplog.records)
     migration = orjson.loads(path.read_bytes().splitlines()[3])
     assert migration["record"] == "migration" and migration["key_id"] == KEY.id
     write_log(path, 2, first=3)
     result = verify_chain(path, [KEY])
     assert result.ok, result
     assert result.legacy == 3 and result.records == 3
+    assert result.sealed_by == (4, migration["ts"])
+    key_file = tmp_path / "audit.key"
+    key_file.write_text("k3y-0f-the-audit-chain-for-tests-0123456789\n")
+    shown = CliRunner().invoke(cli, ["audit", "verify", str(path), "--key-file", str(key_file)])
+    assert shown.exit_code == 0
+    assert "ok: 3 records (and 3 unkeyed legacy records, sealed at line 4" in shown.output
     # The keyed record's hmac covers the unkeyed chain it links to.
     tamper(path, 2, b'"e-1"', b'"e-7"')
     assert not verify_chain(path, [KEY]).ok
