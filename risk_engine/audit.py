@@ -280,9 +280,10 @@ class AuditLog:
 
     def _last_link_before(self, end: int) -> tuple[str, bool]:
         """The link of the last record ending before ``end`` (a line boundary), and if legacy."""
-        if end >= _SUFFIX_LEN + 1:
-            # The usual case: the last line is a keyed record, its hmac in its last bytes.
-            link, legacy = _link(os.pread(self._fd, _SUFFIX_LEN + 1, end - _SUFFIX_LEN - 1))
+        if end > _SUFFIX_LEN + 1:
+            # The usual case: the last line is a keyed record, its hmac in its last bytes
+            # (read with one byte more than the suffix and without the newline).
+            link, legacy = _link(os.pread(self._fd, _SUFFIX_LEN + 1, end - _SUFFIX_LEN - 2))
             if link is not None and not legacy:
                 return link, False
         while end > 0:
