@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import stat
 import subprocess
 import sys
@@ -181,6 +182,19 @@ def test_a_short_or_empty_key_is_refused_naming_the_setting(tmp_path: Path) -> N
     (tmp_path / "audit.key").write_text("short\n")
     with pytest.raises(ConfigurationError, match=r"audit\.key"):
         Settings(var_dir=tmp_path).resolve_audit_key()
+
+
+def test_serve_refuses_a_short_key_before_starting(tmp_path: Path) -> None:
+    env = {**os.environ, "RISK_ENGINE_AUDIT_KEY": "short", "RISK_ENGINE_VAR_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", "from risk_engine.cli import app; app()", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert "RISK_ENGINE_AUDIT_KEY" in done.stderr and "too short" in done.stderr
 
 
 def test_the_key_is_generated_once_into_the_var_directory(tmp_path: Path) -> None:
