@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from risk_engine.audit import AuditKey, create_key_file
 from risk_engine.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from risk_engine.audit import AuditKey
 
 
 class Settings(BaseSettings):
@@ -104,6 +106,9 @@ class Settings(BaseSettings):
 
     def resolve_audit_key(self) -> AuditKey:
         """The audit chain's key: configured, or generated once and kept in var/audit.key."""
+        # Imported here: the audit module imports the event and decision models.
+        from risk_engine.audit import AuditKey, create_key_file
+
         if self.audit_key is not None:
             return AuditKey(self.audit_key.get_secret_value(), source="RISK_ENGINE_AUDIT_KEY")
         path = self.audit_key_path
