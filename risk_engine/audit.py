@@ -1,9 +1,23 @@
-"""The audit log: append-only JSON Lines, hash-chained, safe across threads and processes.
+"""The audit log: append-only JSON Lines, chained under a key, safe across threads and processes.
 
-Every line is one JSON object carrying ``record`` (its kind), ``ts``, ``prev_hash``
-(sha256 of the previous line's bytes; 64 zeros for the first) and, last, ``hash``
-(sha256 of the line's own bytes up to that field). Editing a line breaks its own
-``hash``; rewriting its hash too breaks the next line's ``prev_hash``.
+Every line is one JSON object carrying ``record`` (its kind), ``ts``, ``key_id`` (the
+public id of the audit key that sealed it), ``prev_hash`` (the previous record's
+``hmac``; 64 zeros for the first) and, last, ``hmac``: HMAC-SHA256 under the audit key
+of the line's bytes up to that field. Editing a line breaks its own ``hmac``, and
+without the key nobody can compute a new one; removing or inserting a line breaks the
+next line's ``prev_hash``. (The unkeyed sha256 chain of earlier versions could be
+recomputed by anyone able to write the file.)
+
+A crash mid-write leaves a torn last line. The log looks for one when it opens
+(start-up) and whenever another process changed the file: it logs a warning, ends the
+torn bytes with a newline and appends a ``recovery`` record naming them (offset, length,
+sha256), chained from the last complete record. ``verify_chain`` reports every break
+and goes on, so neither a torn line nor an edit hides a later one.
+
+Lines of the unkeyed chain (``hash`` where ``hmac`` is now, ``prev_hash`` the sha256 of
+the previous line) are legacy: verified by the old rules, and trusted only when the
+first keyed record chains from them (the log writes a ``migration`` record when it opens
+a file that ends with them), since that record's hmac then covers all of them.
 
 A decision record is the event itself (contract section 1, with the address
 truncated and the device id and payee replaced by keyed hashes) plus the
@@ -11,18 +25,20 @@ decision, so the audit log is also a training input: ``risk_engine.logs`` reads
 its decision lines as events and skips the other kinds.
 
 Appends take an exclusive ``flock`` on the file around "read the last line's
-hash, append one line": several workers writing one file keep one valid chain.
+hmac, append one line": several workers writing one file keep one valid chain.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -30,13 +46,20 @@ from typing import Any
 import orjson
 
 from risk_engine.decision import Decision
+from risk_engine.errors import ConfigurationError
 from risk_engine.events import Event
 from risk_engine.privacy import Hasher, truncate_ip
 
+log = logging.getLogger("risk_engine.audit")
+
 GENESIS = "0" * 64
+MIN_KEY_CHARS = 32
 _TAIL_CHUNK = 8192
-# The fixed-length end of every line: ,"hash":"<64 hex>"}
-_HASH_SUFFIX_LEN = len(b',"hash":""}') + 64
+_MAC_FIELD = b',"hmac":"'
+_LEGACY_FIELD = b',"hash":"'
+# The fixed-length end of every line: ,"hmac":"<64 hex>"} (legacy lines: "hash", as long)
+_SUFFIX_LEN = len(_MAC_FIELD) + 64 + 2
+_RESERVED = frozenset(("record", "ts", "key_id", "prev_hash", "hmac", "hash"))
 
 
 class RecordKind(StrEnum):
@@ -48,17 +71,86 @@ class RecordKind(StrEnum):
     ERASURE = "erasure"
     DEVICE_UNTRUSTED = "device_untrusted"
     CONSOLE = "console"
+    RECOVERY = "recovery"
+    MIGRATION = "migration"
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _seal(body: dict[str, Any]) -> bytes:
-    """The line for ``body`` (which ends with prev_hash) with its own hash appended."""
+class AuditKey:
+    """A key that seals audit records, and its public id (records name it: keys can rotate)."""
+
+    __slots__ = ("_mac", "id")
+
+    def __init__(self, secret: str, *, source: str) -> None:
+        secret = secret.strip()
+        if len(secret) < MIN_KEY_CHARS:
+            raise ConfigurationError(
+                f"{source}: the audit key is empty or too short"
+                f" (at least {MIN_KEY_CHARS} characters)"
+            )
+        raw = secret.encode()
+        # Derived one way from the key: safe to write into every record.
+        self.id = _sha256(b"risk-engine audit key id\0" + raw)[:16]
+        self._mac = hmac.new(raw, digestmod=hashlib.sha256)
+
+    @classmethod
+    def from_file(cls, path: Path) -> AuditKey:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read the audit key {path}: {exc}") from exc
+        return cls(text, source=str(path))
+
+    def mac(self, data: bytes) -> str:
+        # The copy skips re-deriving the key's inner and outer pads on every record.
+        state = self._mac.copy()
+        state.update(data)
+        return state.hexdigest()
+
+
+def create_key_file(path: Path) -> None:
+    """Write a new random key to ``path`` (mode 0600) unless a key is there already.
+
+    Written aside and linked into place, so workers starting together agree on one key
+    and none reads a half-written file.
+    """
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, (secrets.token_hex(32) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(aside, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(aside)
+
+
+def _seal(body: dict[str, Any], key: AuditKey) -> tuple[bytes, str]:
+    """The line for ``body`` (which ends with prev_hash) with its hmac appended, and the hmac."""
     head = orjson.dumps(body)
-    own = _sha256(head)
-    return head[:-1] + b',"hash":"' + own.encode() + b'"}'
+    mac = key.mac(head)
+    return head[:-1] + _MAC_FIELD + mac.encode() + b'"}', mac
+
+
+def _link(line: bytes) -> tuple[str | None, bool]:
+    """What the next line's prev_hash must be (None: not a record), and whether it is legacy."""
+    if len(line) > _SUFFIX_LEN and line.endswith(b'"}'):
+        field = line[-_SUFFIX_LEN : -_SUFFIX_LEN + len(_MAC_FIELD)]
+        if field == _MAC_FIELD:
+            return line[-66:-2].decode("ascii", errors="replace"), False
+        if field == _LEGACY_FIELD:
+            return _sha256(line), True
+    return None, False
 
 
 def decision_record(
@@ -106,73 +198,140 @@ def decision_record(
 
 
 class AuditLog:
-    """Appends hash-chained records to one JSON Lines file."""
+    """Appends records, chained under ``key``, to one JSON Lines file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: AuditKey) -> None:
         self.path = path
+        self.key = key
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         # flock does not exclude threads sharing one descriptor: a lock for them too.
         self._lock = threading.Lock()
-        # The file's size and last hash as this process last left them: when the size
+        # The file's size and last hmac as this process last left them: when the size
         # still matches, no other process appended and the tail need not be re-read.
         self._known_size = -1
-        self._last_hash = GENESIS
+        self._last_link = GENESIS
+        try:
+            # Start-up: a crash's torn line is recorded now, not at the first request.
+            with self._lock:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                try:
+                    self._sync(os.fstat(self._fd).st_size, opening=True)
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def append(self, kind: RecordKind, fields: dict[str, Any]) -> str:
-        """Append one record of ``kind``; returns its line hash (the next prev_hash)."""
-        body = {k: v for k, v in fields.items() if k not in ("record", "ts", "prev_hash", "hash")}
+        """Append one record of ``kind``; returns its hmac (the next prev_hash)."""
+        body = {k: v for k, v in fields.items() if k not in _RESERVED}
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 size = os.fstat(self._fd).st_size
-                prefix = b""
                 if size != self._known_size:
-                    prev, torn = self._tail_hash(size)
-                    # A torn last line (a crash mid-write) stays, reported by verify.
-                    prefix = b"\n" if torn else b""
-                else:
-                    prev = self._last_hash
-                record = {"record": kind.value, "ts": round(time.time(), 6), **body}
-                record["prev_hash"] = prev
-                line = _seal(record)
-                os.write(self._fd, prefix + line + b"\n")
-                self._known_size = size + len(prefix) + len(line) + 1
-                self._last_hash = _sha256(line)
-                return self._last_hash
+                    self._sync(size)
+                return self._write(kind, body)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _tail_hash(self, size: int) -> tuple[str, bool]:
-        """The hash of the last line of a file of ``size`` bytes, and whether it is torn."""
-        if size == 0:
-            return GENESIS, False
-        torn = os.pread(self._fd, 1, size - 1) != b"\n"
-        end = size if torn else size - 1  # where the last line's content ends
-        start, tail = end, b""
-        while True:
-            step = min(_TAIL_CHUNK, start)
-            start -= step
-            tail = os.pread(self._fd, step, start) + tail
-            cut = tail.rfind(b"\n", 0, end - start)
-            if cut >= 0 or start == 0:
-                return _sha256(tail[cut + 1 : end - start]), torn
+    def _write(self, kind: RecordKind, body: dict[str, Any], prefix: bytes = b"") -> str:
+        record = {"record": kind.value, "ts": round(time.time(), 6), **body}
+        record["key_id"] = self.key.id
+        record["prev_hash"] = self._last_link
+        line, mac = _seal(record, self.key)
+        data = prefix + line + b"\n"
+        written = os.write(self._fd, data)
+        if written != len(data):
+            # A torn line (a full disk): the next append re-reads the tail and recovers it.
+            self._known_size = -1
+            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+        self._known_size += len(data)
+        self._last_link = mac
+        return mac
+
+    def _sync(self, size: int, *, opening: bool = False) -> None:
+        """Take up the chain from the file's tail; record a torn last line's recovery."""
+        self._known_size = size
+        torn_at = size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            torn_at = self._line_start(size)
+        self._last_link, legacy = self._last_link_before(torn_at)
+        if torn_at < size:
+            torn = os.pread(self._fd, size - torn_at, torn_at)
+            log.warning(
+                "audit log %s ends with a torn line (%d bytes at offset %d, a crash"
+                " mid-write): recorded and chained from the last complete record",
+                self.path,
+                len(torn),
+                torn_at,
+            )
+            recovery = {"offset": torn_at, "length": len(torn), "sha256": _sha256(torn)}
+            self._write(RecordKind.RECOVERY, {"torn": recovery}, prefix=b"\n")
+        elif opening and legacy:
+            # The first keyed record seals the unkeyed chain before it: do it now. Said
+            # aloud, since a log an attacker rewrote unkeyed would be sealed just the same.
+            log.warning(
+                "audit log %s ends with unkeyed records of an earlier version: sealed"
+                " under audit key %s by a migration record",
+                self.path,
+                self.key.id,
+            )
+            self._write(RecordKind.MIGRATION, {"legacy_bytes": size})
+
+    def _last_link_before(self, end: int) -> tuple[str, bool]:
+        """The link of the last record ending before ``end`` (a line boundary), and if legacy."""
+        if end > _SUFFIX_LEN + 1:
+            # The usual case: the last line is a keyed record, its hmac in its last bytes
+            # (read with one byte more than the suffix and without the newline).
+            link, legacy = _link(os.pread(self._fd, _SUFFIX_LEN + 1, end - _SUFFIX_LEN - 2))
+            if link is not None and not legacy:
+                return link, False
+        while end > 0:
+            start = self._line_start(end - 1)
+            link, legacy = _link(os.pread(self._fd, end - 1 - start, start))
+            if link is not None:
+                return link, legacy
+            end = start  # a line that is no record: verify reports it, the chain skips it
+        return GENESIS, False
+
+    def _line_start(self, end: int) -> int:
+        """The offset where the line holding byte ``end - 1`` starts."""
+        pos = end
+        while pos > 0:
+            step = min(_TAIL_CHUNK, pos)
+            cut = os.pread(self._fd, step, pos - step).rfind(b"\n")
+            if cut >= 0:
+                return pos - step + cut + 1
+            pos -= step
+        return 0
 
     def close(self) -> None:
         os.close(self._fd)
 
 
 @dataclass(frozen=True)
-class VerifyResult:
-    """The outcome of checking a chain: how many records, and the first broken line."""
+class Break:
+    """One line where the chain does not hold, and why."""
 
-    records: int
-    broken_line: int | None = None
-    problem: str = ""
+    line: int
+    problem: str
+
+
+@dataclass
+class VerifyResult:
+    """The outcome of checking a chain: every break, not only the first."""
+
+    records: int = 0
+    breaks: list[Break] = field(default_factory=list)
+    # Unkeyed lines of the old chain, and the keyed record that seals them (line, ts).
+    legacy: int = 0
+    sealed_by: tuple[int, float] | None = None
 
     @property
     def ok(self) -> bool:
-        return self.broken_line is None
+        return not self.breaks
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -180,36 +339,138 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(handle, start=1)
 
 
-def verify_chain(path: Path) -> VerifyResult:
-    """Check every line's own hash and its link to the line before."""
-    prev = GENESIS
-    count = 0
-    for number, raw in _lines(path):
-        if not raw.endswith(b"\n"):
-            return VerifyResult(count, number, "the line is incomplete (no newline)")
-        line = raw[:-1]
-        problem = _check_line(line, prev)
-        if problem:
-            return VerifyResult(count, number, problem)
-        prev = _sha256(line)
-        count += 1
-    return VerifyResult(count)
-
-
-def _check_line(line: bytes, prev: str) -> str:
-    """What is wrong with one line given the previous line's hash ("" when nothing)."""
-    if len(line) <= _HASH_SUFFIX_LEN or not line.startswith(b"{"):
-        return "not an audit record"
-    suffix = line[-_HASH_SUFFIX_LEN:]
-    if not (suffix.startswith(b',"hash":"') and suffix.endswith(b'"}')):
-        return "the record does not end with its hash"
-    head = line[:-_HASH_SUFFIX_LEN] + b"}"
-    if _sha256(head) != suffix[9:-2].decode(errors="replace"):
-        return "the record's content does not match its hash (edited)"
+def _check_line(line: bytes, keys: dict[str, AuditKey]) -> tuple[str, dict[str, Any] | None]:
+    """What is wrong with one line's own seal ("" when nothing), and its record."""
+    link, legacy = _link(line)
+    if link is None or not line.startswith(b"{"):
+        return "not an audit record (no hmac at its end)", None
+    head = line[:-_SUFFIX_LEN] + b"}"
     try:
         record = orjson.loads(head)
     except orjson.JSONDecodeError:
-        return "not valid JSON"
-    if not isinstance(record, dict) or record.get("prev_hash") != prev:
-        return "prev_hash does not match the previous line (a line was removed or changed)"
-    return ""
+        return "not valid JSON", None
+    if not isinstance(record, dict):
+        return "not an audit record", None
+    claimed = line[-66:-2].decode("ascii", errors="replace")
+    if legacy:
+        if _sha256(head) != claimed:
+            return "the unkeyed record's content does not match its hash (edited)", record
+        return "", record
+    key = keys.get(str(record.get("key_id")))
+    if key is None:
+        return f"sealed with key id {record.get('key_id')!r}, which no key given has", record
+    if not hmac.compare_digest(key.mac(head), claimed):
+        return (
+            "the record's content does not match its hmac (edited, or forged without the key)",
+            record,
+        )
+    return "", record
+
+
+def verify_chain(path: Path, keys: Iterable[AuditKey]) -> VerifyResult:
+    """Check every line's hmac under ``keys`` and its link to the record before it.
+
+    Every break is reported and the check goes on from the line after it, so an edit
+    or a torn line never hides a later one.
+    """
+    check = _Verifier({key.id: key for key in keys})
+    offset = 0
+    for number, raw in _lines(path):
+        if not raw.endswith(b"\n"):
+            check.fail(
+                number,
+                "torn: the last line is incomplete (a crash mid-write; the service"
+                " records its recovery when it next opens the log)",
+            )
+            break
+        check.line(number, offset, raw[:-1])
+        offset += len(raw)
+    return check.finish()
+
+
+@dataclass
+class _Line:
+    """What the verifier remembers of the line before: a recovery record may name it."""
+
+    number: int
+    offset: int
+    data: bytes
+    prev: str  # the link expected before it
+    counted: bool  # counted as a verified record
+    broken: int  # the index of its break, or -1
+
+
+class _Verifier:
+    def __init__(self, keys: dict[str, AuditKey]) -> None:
+        self.keys = keys
+        self.result = VerifyResult()
+        self.prev = GENESIS  # the link of the last line that had one
+        self.keyed = False  # a keyed record was seen: no unkeyed line may follow
+        self.unsealed: list[int] = []  # unkeyed lines no keyed record seals yet
+        self.last: _Line | None = None
+
+    def fail(self, number: int, problem: str) -> int:
+        self.result.breaks.append(Break(number, problem))
+        return len(self.result.breaks) - 1
+
+    def line(self, number: int, offset: int, line: bytes) -> None:
+        problem, record = _check_line(line, self.keys)
+        problems = [problem] if problem else []
+        link, legacy = _link(line)
+        if record is not None:
+            expected = self.prev
+            if record.get("record") == RecordKind.RECOVERY.value:
+                expected = self._recovery(number, record, problems)
+            if record.get("prev_hash") != expected:
+                problems.append(
+                    "prev_hash does not match the previous record"
+                    " (a line was removed, inserted or reordered)"
+                )
+            if legacy and self.keyed:
+                problems.append("an unkeyed record after keyed ones (not written by this version)")
+        counted = not problems and not legacy
+        broken = self.fail(number, "; ".join(problems)) if problems else -1
+        if counted:
+            self.result.records += 1
+            if self.unsealed and not self.keyed and record is not None:
+                # The first keyed record's hmac covers the unkeyed chain it links to.
+                self.result.legacy, self.unsealed = len(self.unsealed), []
+                self.result.sealed_by = (number, float(record.get("ts", 0)))
+        elif legacy and not problems:
+            self.unsealed.append(number)
+        self.keyed = self.keyed or (record is not None and not legacy)
+        self.last = _Line(number, offset, line, self.prev, counted, broken)
+        if link is not None:
+            self.prev = link
+
+    def _recovery(self, number: int, record: dict[str, Any], problems: list[str]) -> str:
+        """The link a recovery record must carry; the torn line it names becomes a break."""
+        torn = self.last
+        named = torn is not None and record.get("torn") == {
+            "offset": torn.offset,
+            "length": len(torn.data),
+            "sha256": _sha256(torn.data),
+        }
+        if torn is None or not named:
+            problems.append("the recovery record does not name the line before it")
+            return self.prev
+        problem = (
+            f"torn line ({len(torn.data)} bytes, a crash mid-write), recovered at line {number}"
+        )
+        if torn.broken >= 0:
+            self.result.breaks[torn.broken] = Break(torn.number, problem)
+        else:
+            self.fail(torn.number, problem)
+            self.result.records -= torn.counted
+        # Written after the torn bytes but chained from the record before them.
+        return torn.prev
+
+    def finish(self) -> VerifyResult:
+        if self.unsealed:
+            self.fail(
+                self.unsealed[0],
+                f"{len(self.unsealed)} unkeyed (legacy) records from here that no keyed"
+                " record seals: anyone able to write the file could have written them",
+            )
+        self.result.breaks.sort(key=lambda b: b.line)
+        return self.result

@@ -225,6 +225,11 @@ def serve(
         )
     if settings.store.startswith("sqlite:///"):
         settings.var_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Refuse a short key here, and create a missing one before the workers race to.
+        settings.resolve_audit_key()
+    except RiskEngineError as exc:
+        fail(exc.message)
     uvicorn.run(
         "risk_engine.api.app:create_app_from_env",
         factory=True,
@@ -248,24 +253,60 @@ def apikey() -> None:
     typer.echo(f"RISK_ENGINE_API_KEYS_SHA256='[\"{digest}\"]'")
 
 
-audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log, chained under its key.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
 @audit_app.command("verify")
 def audit_verify(
     path: Annotated[Path, typer.Argument(help="audit log (JSON Lines)")],
+    key_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--key-file",
+            help="an audit key file (repeatable, for rotated keys; default: the var"
+            " directory's audit.key); RISK_ENGINE_AUDIT_KEY is used as well",
+        ),
+    ] = None,
 ) -> None:
-    """Check the hash chain: 'ok: N records', or the first broken line (exit 1)."""
-    from risk_engine.audit import verify_chain
+    """Check every record's hmac and link: 'ok: N records', or every break (exit 1)."""
+    from datetime import UTC
+
+    from risk_engine.audit import AuditKey, verify_chain
+    from risk_engine.config import Settings
 
     if not path.is_file():
         fail(f"audit log not found: {path}")
-    result = verify_chain(path)
-    if not result.ok:
-        typer.echo(f"broken at line {result.broken_line}: {result.problem}")
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError: name the bad variable
+        fail(f"invalid settings: {exc}")
+    try:
+        keys = [AuditKey.from_file(file) for file in key_file or []]
+        if settings.audit_key is not None:
+            keys.append(settings.resolve_audit_key())
+        if not key_file and settings.audit_key_path.is_file():
+            keys.append(AuditKey.from_file(settings.audit_key_path))
+    except RiskEngineError as exc:
+        fail(exc.message)
+    if not keys:
+        fail(
+            f"no audit key: give --key-file, set RISK_ENGINE_AUDIT_KEY or run where"
+            f" {settings.audit_key_path} is"
+        )
+    result = verify_chain(path, keys)
+    legacy = ""
+    if result.sealed_by is not None:
+        # When the unkeyed part was sealed: a date after the upgrade means a rewrite.
+        line, ts = result.sealed_by
+        when = datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+        legacy = f" (and {result.legacy} unkeyed legacy records, sealed at line {line}, {when})"
+    for found in result.breaks:
+        typer.echo(f"line {found.line}: {found.problem}")
+    if result.breaks:
+        typer.echo(f"{len(result.breaks)} break(s); {result.records} records verified{legacy}")
         raise typer.Exit(1)
-    typer.echo(f"ok: {result.records} records")
+    typer.echo(f"ok: {result.records} records{legacy}")
 
 
 @app.command()

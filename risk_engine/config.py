@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from risk_engine.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from risk_engine.audit import AuditKey
 
 
 class Settings(BaseSettings):
@@ -33,6 +36,11 @@ class Settings(BaseSettings):
     secret: SecretStr | None = Field(
         default=None,
         description="server secret for hashing ids; default: generated once into var/secret.key",
+    )
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="key of the audit log's HMAC chain (at least 32 characters);"
+        " default: generated once into var/audit.key",
     )
     var_dir: Path = Path("var")
     audit_log: Path | None = Field(default=None, description="default: var/audit.jsonl")
@@ -103,3 +111,22 @@ class Settings(BaseSettings):
             return value
         except OSError as exc:
             raise ConfigurationError(f"cannot read or create the secret {path}: {exc}") from exc
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.var_dir / "audit.key"
+
+    def resolve_audit_key(self) -> AuditKey:
+        """The audit chain's key: configured, or generated once and kept in var/audit.key."""
+        # Imported here: the audit module imports the event and decision models.
+        from risk_engine.audit import AuditKey, create_key_file
+
+        if self.audit_key is not None:
+            return AuditKey(self.audit_key.get_secret_value(), source="RISK_ENGINE_AUDIT_KEY")
+        path = self.audit_key_path
+        try:
+            if not path.exists():
+                create_key_file(path)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create the audit key {path}: {exc}") from exc
+        return AuditKey.from_file(path)

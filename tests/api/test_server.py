@@ -15,7 +15,7 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from risk_engine.audit import verify_chain
+from risk_engine.audit import AuditKey, verify_chain
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.redis import RedisStore
 from risk_engine.profiles.sqlite import SQLiteStore
@@ -134,8 +134,9 @@ def test_redis_server_with_two_workers(
             "risk-engine:burst:net:84.208.0.0/24",
         )
         client.close()
-    # Both workers appended to one audit log, and its hash chain held.
-    chain = verify_chain(tmp_path / "var" / "audit.jsonl")
+    # Both workers appended to one audit log, under the one key they generated, and its chain held.
+    key = AuditKey.from_file(tmp_path / "var" / "audit.key")
+    chain = verify_chain(tmp_path / "var" / "audit.jsonl", [key])
     assert chain.ok, chain
     assert chain.records == N_CONCURRENT
 
