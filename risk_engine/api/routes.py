@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from risk_engine.api.deps import ApiKeyDep, ServiceDep
@@ -28,6 +28,7 @@ from risk_engine.api.schemas import (
 from risk_engine.decision import Decision, Outcome
 from risk_engine.decision_log import DecisionFilter
 from risk_engine.decision_log.entries import Cursor
+from risk_engine.errors import InvalidEventError
 from risk_engine.events import Event
 
 _ERRORS: dict[int, str] = {
@@ -132,6 +133,22 @@ def reload(service: ServiceDep) -> ModelInfo:
     return service.reload()
 
 
+def only_known_query(*names: str) -> Any:
+    """A dependency refusing query parameters outside ``names``: a misspelt filter
+    (``decison=deny``) must not silently return everything."""
+    allowed = frozenset(names)
+
+    def check(request: Request) -> None:
+        for name in request.query_params:
+            if name not in allowed:
+                raise InvalidEventError(
+                    f"unknown query parameter {name!r}; known: {', '.join(sorted(allowed))}",
+                    field=name,
+                )
+
+    return Depends(check)
+
+
 Limit = Annotated[int, Query(ge=1, le=500, description="rows per page")]
 CursorParam = Annotated[
     str | None, Query(max_length=512, description="next_cursor of the previous page")
@@ -143,6 +160,19 @@ CursorParam = Annotated[
     response_model=LogPage,
     summary="Query the decision log: filter by user, decision, class, reason, model and time",
     responses=errors(401, 422, 500, 503),
+    dependencies=[
+        only_known_query(
+            "user_id",
+            "decision",
+            "action_class",
+            "reason",
+            "model_version",
+            "since",
+            "until",
+            "limit",
+            "cursor",
+        )
+    ],
 )
 def query_decisions(
     service: ServiceDep,
@@ -176,6 +206,7 @@ def query_decisions(
     response_model=LogPage,
     summary="A user's decisions newest first, with place, device, reasons, step-ups, feedback",
     responses=errors(401, 422, 500, 503),
+    dependencies=[only_known_query("limit", "cursor")],
 )
 def timeline(
     user_id: UserId, service: ServiceDep, limit: Limit = 50, cursor: CursorParam = None

@@ -134,3 +134,9 @@ def test_decision_log_off_is_said_not_500(
         response = c.get("/v1/decisions")
     assert response.status_code == 500
     assert "decision log is off" in response.json()["message"]
+
+
+def test_a_misspelt_filter_is_refused_not_ignored(app_client: TestClient) -> None:
+    response = app_client.get("/v1/decisions", params={"decison": "deny"})
+    assert response.status_code == 422
+    assert response.json()["field"] == "decison"

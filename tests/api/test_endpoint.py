@@ -185,4 +185,4 @@ def test_the_endpoint_serves_the_path_by_itself(
         assert response.status_code == 200, response.text
         assert set(orjson.loads(response.content)) >= {"event_id", "score", "decision"}
         # Other methods are still the app's to answer (or refuse).
-        assert client.get("/v1/decisions").status_code in (404, 405)
+        assert client.put("/v1/decisions").status_code in (404, 405)
