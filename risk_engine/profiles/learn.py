@@ -5,7 +5,8 @@ its own event. Only trusted events (allowed, or whose step-up passed) teach the
 profile where the user is and what the user uses; every event still counts
 towards velocity and failures. A device is remembered
 as untrusted only when its event was refused (denied, or its step-up failed): an
-unanswered step-up leaves no mark, so "untrusted device" means "seen attacking".
+unanswered step-up leaves no mark (no device, no session), so "untrusted device"
+means "seen attacking" and a retry finds the profile as the first try did.
 """
 
 from __future__ import annotations
@@ -65,10 +66,8 @@ def learn(
         teach(profile, obs, device_trust_s=device_trust_s)
     elif refused:
         _remember_device(profile, obs, trusted=False, device_trust_s=device_trust_s)
-    elif obs.session_id:
-        # A pending step-up still continues its session: the next event of the same
-        # session from the same place and device is consistent, not a new session.
-        _remember_session(profile, obs)
+    # A pending step-up leaves its session as it was: a retry must not find the session
+    # continued from the challenged place and device, which would make it look familiar.
 
 
 def teach(

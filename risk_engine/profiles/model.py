@@ -62,6 +62,12 @@ class DeviceRecord:
     count: int = 0
     trusted: bool = False
     trusted_until: float | None = None
+    # The assurance of a step-up passed without a session on this device: it covers
+    # this device on ``auth_network`` only (see Engine._assurance).
+    acr: str | None = None
+    auth_time: float | None = None
+    auth_network: str | None = None
+    action_digest: str | None = None
 
     def is_trusted(self, now: float) -> bool:
         """Trusted, and the trust (from a passed step-up) not yet expired."""
@@ -95,6 +101,8 @@ class SessionRecord:
     place: str = ""
     acr: str | None = None
     auth_time: float | None = None
+    # The action the last passed step-up was for: a money action covers only that one.
+    action_digest: str | None = None
 
 
 @dataclass
