@@ -39,7 +39,7 @@ from risk_engine.model.artifact import ModelArtifact, default_model_path, load_a
 from risk_engine.policy import ClassPolicy, Policy, PolicyTable, load_policy
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.factory import open_store
-from risk_engine.profiles.learn import hold_pending, learn, resolve_pending
+from risk_engine.profiles.learn import hold_pending, learn, resolve_pending, unpassed_step_up
 from risk_engine.profiles.model import BurstCounts, DeviceRecord, Profile, SessionRecord
 from risk_engine.profiles.store import BurstNote, ProfileStore
 from risk_engine.reasons import explain
@@ -254,6 +254,21 @@ class Engine:
     ) -> Verdict:
         # One scorer for the whole decision: a reload mid-request must not mix models.
         verdict = self._score(scorer, profile, bursts, obs)
+        if verdict.outcome is Outcome.ALLOW and profile.challenged:
+            # Trying again is no answer to a challenge: whatever time or activity has
+            # changed in the score since, a step-up not passed is asked for again.
+            challenged_ts = unpassed_step_up(profile, obs)
+            if challenged_ts is not None:
+                verdict.outcome = Outcome.STEP_UP
+                minutes = max(obs.ts - challenged_ts, 0.0) / 60
+                verdict.reasons.insert(
+                    0,
+                    Reason(
+                        code="step_up_not_passed",
+                        detail=f"a step-up for {obs.action} on this device {minutes:.0f} min"
+                        " ago was not passed",
+                    ),
+                )
         if verdict.outcome is Outcome.STEP_UP:
             _, cls = scorer.table.class_of(obs.action)
             assurance = self._use_assurance(profile, obs, verdict, cls)

@@ -131,6 +131,9 @@ class Profile:
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
     # event_id -> the observation to learn if its step-up passes (see engine)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # action and device key -> [count, last_ts] of step-ups not passed (unanswered or
+    # failed), so that trying again is challenged again (see unpassed_step_up)
+    challenged: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def is_new(self) -> bool:
@@ -176,6 +179,8 @@ class Profile:
                 recent=data["recent"],
                 sessions={k: SessionRecord(**s) for k, s in data["sessions"].items()},
                 pending=data["pending"],
+                # Absent from profiles stored before step-ups were remembered.
+                challenged=data.get("challenged", {}),
             )
         except (KeyError, TypeError) as exc:
             raise ProfileStoreError(f"stored profile is malformed: {exc}") from exc
