@@ -267,3 +267,23 @@ def test_an_unanswered_step_up_is_not_lifted_by_retrying_the_login(
         }
         again = client.post("/v1/decisions", json=retry).json()
     assert again["decision"] in {"step_up", "deny"}, again
+
+
+def test_a_session_less_challenge_refuses_a_result_naming_a_session(
+    make_settings: Callable[..., Settings], make_event: EventFactory, tmp_path: Path, api_key: str
+) -> None:
+    policy = load_policy()
+    for cls in policy.classes.values():
+        cls.step_up, cls.deny = 1e-9, 1.0  # every event steps up
+    save_policy(policy, tmp_path / "always.toml")
+    app = create_app(make_settings(policy_path=tmp_path / "always.toml"))
+    with TestClient(app, headers={"Authorization": f"Bearer {api_key}"}) as client:
+        event = make_event()
+        del event["session_id"]
+        challenge_id = client.post("/v1/decisions", json=event).json()["challenge"]["id"]
+        foreign = {"passed": True, "method": "totp", "session_id": "s-attacker"}
+        refused = client.post(f"/v1/challenges/{challenge_id}/result", json=foreign)
+        assert refused.status_code == 409
+        assert refused.json()["field"] == "session_id"
+        own = {"passed": True, "method": "totp"}
+        assert client.post(f"/v1/challenges/{challenge_id}/result", json=own).status_code == 200
