@@ -173,7 +173,6 @@ class Replayer:
                     event.event_id,
                     passed=passed,
                     now=event.epoch,
-                    session_id=event.session_id,
                     acr=decision.required_acr,
                 )
                 self.outcomes_applied += 1

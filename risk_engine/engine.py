@@ -36,11 +36,11 @@ from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
 from risk_engine.geo import GeoLocator, Location, network_key
 from risk_engine.model.artifact import ModelArtifact, default_model_path, load_artifact
-from risk_engine.policy import Policy, PolicyTable, load_policy
+from risk_engine.policy import ClassPolicy, Policy, PolicyTable, load_policy
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.factory import open_store
-from risk_engine.profiles.learn import hold_pending, learn, resolve_pending
-from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.learn import hold_pending, learn, resolve_pending, unpassed_step_up
+from risk_engine.profiles.model import BurstCounts, DeviceRecord, Profile, SessionRecord
 from risk_engine.profiles.store import BurstNote, ProfileStore
 from risk_engine.reasons import explain
 from risk_engine.useragent import parse_user_agent
@@ -98,8 +98,8 @@ class ChallengeResult:
     acr: Acr | None
 
 
-def action_digest(event: Event) -> str:
-    """What a challenge is bound to: the action, its amount and payee."""
+def action_digest(event: Event | Observation) -> str:
+    """What a challenge is bound to: the action, its amount, currency and payee."""
     parts = f"{event.action}\x00{event.amount!r}\x00{event.currency or ''}\x00{event.payee or ''}"
     return hashlib.sha256(parts.encode()).hexdigest()[:32]
 
@@ -254,11 +254,24 @@ class Engine:
     ) -> Verdict:
         # One scorer for the whole decision: a reload mid-request must not mix models.
         verdict = self._score(scorer, profile, bursts, obs)
+        if verdict.outcome is Outcome.ALLOW and profile.challenged:
+            # Trying again is no answer to a challenge: whatever time or activity has
+            # changed in the score since, a step-up not passed is asked for again.
+            challenged_ts = unpassed_step_up(profile, obs)
+            if challenged_ts is not None:
+                verdict.outcome = Outcome.STEP_UP
+                minutes = max(obs.ts - challenged_ts, 0.0) / 60
+                verdict.reasons.insert(
+                    0,
+                    Reason(
+                        code="step_up_not_passed",
+                        detail=f"a step-up for {obs.action} on this device {minutes:.0f} min"
+                        " ago was not passed",
+                    ),
+                )
         if verdict.outcome is Outcome.STEP_UP:
             _, cls = scorer.table.class_of(obs.action)
-            assurance = self._session_assurance(
-                profile, obs, verdict, cls.required_acr, cls.max_age
-            )
+            assurance = self._use_assurance(profile, obs, verdict, cls)
             if assurance is not None:
                 verdict.outcome = Outcome.ALLOW
                 verdict.reasons.insert(0, assurance)
@@ -274,31 +287,67 @@ class Engine:
         return verdict
 
     @staticmethod
-    def _session_assurance(
-        profile: Profile, obs: Observation, verdict: Verdict, required: Acr, max_age: int
+    def _use_assurance(
+        profile: Profile, obs: Observation, verdict: Verdict, cls: ClassPolicy
     ) -> Reason | None:
-        """A passed step-up in this same, unchanged session covers the next action."""
-        if not obs.session_id:
-            return None
-        record = profile.sessions.get(obs.session_id)
-        if record is None or record.acr is None or record.auth_time is None:
+        """The reason a passed step-up covers this action, or None; uses up a linked one.
+
+        A step-up covers what comes next where it was passed: in the same, unchanged
+        session (same device and network); passed without a session, on the same
+        device and network, for events without a session. In a class with dynamic
+        linking it covers only the action it was passed for, once.
+        """
+        record: SessionRecord | DeviceRecord | None
+        network: str | None
+        if obs.session_id:
+            record = profile.sessions.get(obs.session_id)
+            # A hijacked session must not inherit the victim's assurance.
+            if record is None or record.device_key != obs.device_key:
+                return None
+            network, where = record.network, "in this session"
+        else:
+            record = profile.devices.get(obs.device_key) if obs.has_device else None
+            if record is None:
+                return None
+            network, where = record.auth_network, "on this device and network"
+        if record.acr is None or record.auth_time is None or network != obs.network:
             return None
         codes = {r.code for r in verdict.reasons}
-        # A hijacked session must not inherit the victim's assurance.
-        if record.device_key != obs.device_key or record.network != obs.network:
-            return None
         if codes & {"session_hijack", "impossible_travel", "session_device_changed"}:
             return None
         age = obs.ts - record.auth_time
         # The step-up is stamped by the server clock, the event by the application's:
         # allow a little skew, but an action from before the step-up is not covered.
-        if Acr(record.acr).rank < required.rank or not -CLOCK_SKEW_S <= age <= max_age:
+        if Acr(record.acr).rank < cls.required_acr.rank or not -CLOCK_SKEW_S <= age <= cls.max_age:
             return None
+        if cls.dynamic_linking:
+            if record.action_digest != action_digest(obs):
+                return None
+            record.action_digest = None
         age = max(age, 0.0)
         return Reason(
             code="session_assurance",
-            detail=f"{record.acr} step-up passed in this session {age / 60:.0f} min ago",
+            detail=f"{record.acr} step-up passed {where} {age / 60:.0f} min ago",
         )
+
+    @staticmethod
+    def _grant_assurance(
+        profile: Profile, obs: Observation, acr: Acr, now: float, digest: str
+    ) -> None:
+        """Raise the assurance of where a step-up was passed: its session, else its device."""
+        record: SessionRecord | DeviceRecord | None
+        if obs.session_id:
+            record = profile.sessions.get(obs.session_id)
+        else:
+            record = profile.devices.get(obs.device_key) if obs.has_device else None
+        if record is None:
+            return
+        if record.acr is None or Acr(record.acr).rank <= acr.rank:
+            record.acr = acr.value
+        record.auth_time = now
+        record.action_digest = digest
+        if isinstance(record, DeviceRecord):
+            record.auth_network = obs.network
 
     # -- training replay ----------------------------------------------------------------
 
@@ -338,10 +387,15 @@ class Engine:
         *,
         passed: bool,
         now: float,
-        session_id: str | None = None,
         acr: Acr | None = None,
+        digest: str | None = None,
     ) -> bool:
-        """Apply a step-up outcome to the held event; False if nothing was held for it."""
+        """Apply a step-up outcome to the held event; False if nothing was held for it.
+
+        A pass with ``acr`` raises the assurance where the held event happened (its
+        session, else its device and network), for the action ``digest`` names (the
+        challenge's; by default the held event's own).
+        """
         user_key = self.user_key(user_id)
 
         def apply(profile: Profile) -> bool:
@@ -350,12 +404,8 @@ class Engine:
             )
             if obs is None:
                 return False
-            sid = session_id or obs.session_id
-            if passed and acr is not None and sid and sid in profile.sessions:
-                record = profile.sessions[sid]
-                if record.acr is None or Acr(record.acr).rank <= acr.rank:
-                    record.acr = acr.value
-                record.auth_time = now
+            if passed and acr is not None:
+                self._grant_assurance(profile, obs, acr, now, digest or action_digest(obs))
             return True
 
         return self.store.update(user_key, apply)
@@ -397,14 +447,23 @@ class Engine:
         session_id: str | None,
         acr: Acr | None,
     ) -> ChallengeResult:
-        """Record a step-up result reported by the application; single use, session-bound."""
+        """Record a step-up result reported by the application; single use, session-bound.
+
+        A challenge issued without a session takes a result without one: its held
+        event's device and network are what its assurance is bound to.
+        """
         now = self.clock()
         raw = self.store.load_challenge(challenge_id, now)
         if raw is None:
             raise NotFoundError(f"challenge {challenge_id} is unknown or expired", field="id")
         record = orjson.loads(raw)
         bound = record.get("session_id")
-        if bound is not None and session_id != bound:
+        if bound is None and session_id is not None:
+            raise ConflictError(
+                "challenge was issued without a session: its result must name none",
+                field="session_id",
+            )
+        if session_id != bound:
             raise ConflictError(
                 "challenge result is for another session than the challenge", field="session_id"
             )
@@ -417,8 +476,8 @@ class Engine:
             record["event_id"],
             passed=satisfied,
             now=now,
-            session_id=bound,
             acr=(acr or required) if satisfied else None,
+            digest=record["action_digest"],
         )
         return ChallengeResult(
             challenge_id=challenge_id,

@@ -32,6 +32,9 @@ class ClassPolicy(BaseModel):
     required_acr: Acr = Acr.MFA
     max_age: Annotated[int, Field(gt=0, le=86400 * 30)] = 300
     fail_mode: Outcome = Outcome.STEP_UP
+    # Dynamic linking (PSD2): a passed step-up covers only the action it was for (the
+    # same amount, currency and payee), once, instead of the session's next actions.
+    dynamic_linking: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> ClassPolicy:

@@ -72,6 +72,7 @@ class Observation:
     hour_of_week: int
     tz_mismatch_h: float
     payee: str | None = None
+    currency: str | None = None
 
     @property
     def city_key(self) -> str:
@@ -164,4 +165,5 @@ def observe(event: Event, location: Location, hasher: Hasher, user_key: str) -> 
         hour_of_week=local.weekday() * 24 + local.hour,
         tz_mismatch_h=mismatch,
         payee=event.payee,
+        currency=event.currency,
     )

@@ -5,7 +5,8 @@ its own event. Only trusted events (allowed, or whose step-up passed) teach the
 profile where the user is and what the user uses; every event still counts
 towards velocity and failures. A device is remembered
 as untrusted only when its event was refused (denied, or its step-up failed): an
-unanswered step-up leaves no mark, so "untrusted device" means "seen attacking".
+unanswered step-up leaves no mark (no device, no session), so "untrusted device"
+means "seen attacking" and a retry finds the profile as the first try did.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def learn(
     ts = obs.ts
     profile.n_seen += 1
     profile.last_seen_ts = max(profile.last_seen_ts, ts)
-    if profile.pending:
+    if profile.pending or profile.challenged:
         _forget_stale_pending(profile, ts)
     push_bounded(profile.recent, ts, MAX_RECENT)
     if obs.action == "login" and not obs.success:
@@ -65,10 +66,8 @@ def learn(
         teach(profile, obs, device_trust_s=device_trust_s)
     elif refused:
         _remember_device(profile, obs, trusted=False, device_trust_s=device_trust_s)
-    elif obs.session_id:
-        # A pending step-up still continues its session: the next event of the same
-        # session from the same place and device is consistent, not a new session.
-        _remember_session(profile, obs)
+    # A pending step-up leaves its session as it was: a retry must not find the session
+    # continued from the challenged place and device, which would make it look familiar.
 
 
 def teach(
@@ -172,15 +171,35 @@ def _forget_stale_pending(profile: Profile, now: float) -> None:
     stale = [event_id for event_id, held in pending.items() if float(held["ts"]) < horizon]
     for event_id in stale:
         del pending[event_id]
+    challenged = profile.challenged
+    for key in [key for key, (_, ts) in challenged.items() if ts < horizon]:
+        del challenged[key]
+
+
+def _challenge_key(obs: Observation) -> str:
+    return f"{obs.action}\x00{obs.device_key}"
 
 
 def hold_pending(profile: Profile, obs: Observation) -> None:
-    """Keep an observation whose step-up is outstanding, to learn it if the step-up passes."""
+    """Keep an observation whose step-up is outstanding, to learn it if the step-up passes.
+
+    The action is also remembered as challenged on this device until a step-up for it
+    passes there: failed or never answered, it is challenged again when retried.
+    """
     pending = profile.pending
     if len(pending) >= MAX_PENDING:
         oldest = min(pending, key=lambda k: float(pending[k]["ts"]))
         del pending[oldest]
     pending[obs.event_id] = obs.to_dict()
+    bump(profile.challenged, _challenge_key(obs), obs.ts, MAX_PENDING)
+
+
+def unpassed_step_up(profile: Profile, obs: Observation) -> float | None:
+    """When this action was last stepped up on this device without a pass, if recently."""
+    entry = profile.challenged.get(_challenge_key(obs))
+    if entry is None or obs.ts - entry[1] > MAX_PENDING_AGE_S:
+        return None
+    return entry[1]
 
 
 def resolve_pending(
@@ -202,6 +221,7 @@ def resolve_pending(
     if passed:
         # Activity was counted when the event was scored; only its lessons remain.
         teach(profile, obs, device_trust_s=device_trust_s)
+        profile.challenged.pop(_challenge_key(obs), None)
     else:
         push_bounded(profile.failures, now, MAX_FAILURES)
         _remember_device(profile, obs, trusted=False, device_trust_s=device_trust_s)

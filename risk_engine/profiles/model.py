@@ -62,6 +62,12 @@ class DeviceRecord:
     count: int = 0
     trusted: bool = False
     trusted_until: float | None = None
+    # The assurance of a step-up passed without a session on this device: it covers
+    # this device on ``auth_network`` only (see Engine._assurance).
+    acr: str | None = None
+    auth_time: float | None = None
+    auth_network: str | None = None
+    action_digest: str | None = None
 
     def is_trusted(self, now: float) -> bool:
         """Trusted, and the trust (from a passed step-up) not yet expired."""
@@ -95,6 +101,8 @@ class SessionRecord:
     place: str = ""
     acr: str | None = None
     auth_time: float | None = None
+    # The action the last passed step-up was for: a money action covers only that one.
+    action_digest: str | None = None
 
 
 @dataclass
@@ -123,6 +131,9 @@ class Profile:
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
     # event_id -> the observation to learn if its step-up passes (see engine)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # action and device key -> [count, last_ts] of step-ups not passed (unanswered or
+    # failed), so that trying again is challenged again (see unpassed_step_up)
+    challenged: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def is_new(self) -> bool:
@@ -168,6 +179,8 @@ class Profile:
                 recent=data["recent"],
                 sessions={k: SessionRecord(**s) for k, s in data["sessions"].items()},
                 pending=data["pending"],
+                # Absent from profiles stored before step-ups were remembered.
+                challenged=data.get("challenged", {}),
             )
         except (KeyError, TypeError) as exc:
             raise ProfileStoreError(f"stored profile is malformed: {exc}") from exc

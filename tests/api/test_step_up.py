@@ -230,3 +230,60 @@ def test_a_challenge_that_cannot_be_saved_degrades_not_fails(
     assert body["decision"] == "step_up" and body["degraded"] is True
     assert body["reasons"][0]["code"] == "degraded" and "challenge" not in body
     assert "www-authenticate" not in response.headers
+
+
+def test_an_unanswered_step_up_is_not_lifted_by_retrying_the_login(
+    make_settings: Callable[..., Settings], make_event: EventFactory, api_key: str
+) -> None:
+    """Defect 1 end to end: a new user's challenged login, retried 5 s later, stays challenged."""
+    now = datetime.now(UTC)
+    stranger = {
+        "id": "d-2",
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        "timezone": "Asia/Tokyo",
+        "language": "ja",
+    }
+    with TestClient(
+        create_app(make_settings()), headers={"Authorization": f"Bearer {api_key}"}
+    ) as client:
+        # Someone else signed in from the address a minute ago: the new user's login is odd.
+        other = make_event(
+            ip="1.2.3.4", session_id="s-other", timestamp=stamp(now - timedelta(minutes=1))
+        )
+        assert client.post("/v1/decisions", json=other).status_code == 200
+        login = make_event(
+            user_id="u-newcomer",
+            ip="1.2.3.4",
+            session_id="s-new",
+            device=stranger,
+            timestamp=stamp(now - timedelta(seconds=10)),
+        )
+        first = client.post("/v1/decisions", json=login).json()
+        assert first["decision"] == "step_up", first
+        retry = {
+            **login,
+            "event_id": login["event_id"] + "-retry",
+            "timestamp": stamp(now - timedelta(seconds=5)),
+        }
+        again = client.post("/v1/decisions", json=retry).json()
+    assert again["decision"] in {"step_up", "deny"}, again
+
+
+def test_a_session_less_challenge_refuses_a_result_naming_a_session(
+    make_settings: Callable[..., Settings], make_event: EventFactory, tmp_path: Path, api_key: str
+) -> None:
+    policy = load_policy()
+    for cls in policy.classes.values():
+        cls.step_up, cls.deny = 1e-9, 1.0  # every event steps up
+    save_policy(policy, tmp_path / "always.toml")
+    app = create_app(make_settings(policy_path=tmp_path / "always.toml"))
+    with TestClient(app, headers={"Authorization": f"Bearer {api_key}"}) as client:
+        event = make_event()
+        del event["session_id"]
+        challenge_id = client.post("/v1/decisions", json=event).json()["challenge"]["id"]
+        foreign = {"passed": True, "method": "totp", "session_id": "s-attacker"}
+        refused = client.post(f"/v1/challenges/{challenge_id}/result", json=foreign)
+        assert refused.status_code == 409
+        assert refused.json()["field"] == "session_id"
+        own = {"passed": True, "method": "totp"}
+        assert client.post(f"/v1/challenges/{challenge_id}/result", json=own).status_code == 200

@@ -78,7 +78,6 @@ class Harness:
                 event.event_id,
                 passed=True,
                 now=event.epoch + 30.0,
-                session_id=event.session_id,
                 acr=decision.required_acr,
             )
         return decision

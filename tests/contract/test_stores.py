@@ -23,7 +23,7 @@ from risk_engine.profiles import (
     RedisStore,
     SessionRecord,
 )
-from risk_engine.profiles.model import MAX_ACTIONS, MAX_COUNTRIES, MAX_NETWORKS, bump
+from risk_engine.profiles.model import MAX_ACTIONS, MAX_COUNTRIES, MAX_NETWORKS, MAX_PENDING, bump
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote
 
 NOW = 1_700_000_000.0
@@ -58,6 +58,10 @@ def fill(profile: Profile) -> None:
         count=9,
         trusted=True,
         trusted_until=1_700_000_000.0,
+        acr="phr",
+        auth_time=1_690_000_095.0,
+        auth_network="203.0.113.0/24",
+        action_digest="d" * 32,
     )
     profile.devices["ua:abc"] = DeviceRecord(key="ua:abc", has_id=False, count=1)
     profile.hours[5] = 2.0
@@ -83,6 +87,7 @@ def fill(profile: Profile) -> None:
         place="home",
         acr="mfa",
         auth_time=1_690_000_090.0,
+        action_digest="a" * 32,
     )
     profile.sessions["s-2"] = SessionRecord(1_690_000_101.0, "ipk-2", "n", "ua:abc", "DE")
     profile.pending["evt-1"] = {
@@ -91,6 +96,7 @@ def fill(profile: Profile) -> None:
         "nested": {"places": [1, 2.5, "x"]},
         "none": None,
     }
+    bump(profile.challenged, "transfer\x00dev-1", 1_690_000_050.0, MAX_PENDING)
 
 
 def increment(profile: Profile) -> int:

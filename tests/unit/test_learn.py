@@ -13,7 +13,7 @@ from risk_engine.events import parse_event
 from risk_engine.features.observation import Observation, observe
 from risk_engine.geo import Location
 from risk_engine.privacy import Hasher
-from risk_engine.profiles.learn import hold_pending, learn, resolve_pending
+from risk_engine.profiles.learn import hold_pending, learn, resolve_pending, unpassed_step_up
 from risk_engine.profiles.model import (
     MAX_ACTIONS,
     MAX_AMOUNTS,
@@ -255,6 +255,45 @@ def test_a_continued_session_keeps_its_assurance_and_moves_on() -> None:
     assert (record.acr, record.auth_time) == ("phr", T0 + 5)
 
 
+def test_a_pending_step_up_leaves_its_session_as_it_was() -> None:
+    profile = Profile(user_key="user-key")
+    learn(profile, obs_at(T0), trusted=True)
+    before = replace(profile.sessions["s-1"])
+    # Challenged from elsewhere in the same session, not answered (yet).
+    learn(profile, obs_at(T0 + 60, LAGOS, ip="81.2.69.161"), trusted=False, refused=False)
+    assert profile.sessions["s-1"] == before
+    # Nor does a challenged event open a session of its own.
+    learn(profile, obs_at(T0 + 90, session_id="s-2"), trusted=False, refused=False)
+    assert "s-2" not in profile.sessions
+
+
+def test_a_step_up_not_passed_is_remembered_until_one_passes() -> None:
+    profile = Profile(user_key="user-key")
+    first = obs_at(T0, event_id="e-1")
+    learn(profile, first, trusted=False, refused=False)
+    hold_pending(profile, first)
+    retry = obs_at(T0 + 5, event_id="e-2")
+    assert unpassed_step_up(profile, retry) == T0
+    # Another action, or another device, is no retry.
+    assert unpassed_step_up(profile, obs_at(T0 + 5, action="transfer")) is None
+    assert unpassed_step_up(profile, obs_at(T0 + 5, device_id="d-phone")) is None
+    # A failure keeps it; a pass for the same action on the device clears it.
+    resolve_pending(profile, "e-1", passed=False, now=T0 + 10)
+    assert unpassed_step_up(profile, retry) == T0
+    hold_pending(profile, retry)
+    resolve_pending(profile, "e-2", passed=True, now=T0 + 20)
+    assert unpassed_step_up(profile, obs_at(T0 + 30)) is None
+
+
+def test_a_step_up_not_passed_is_forgotten_with_the_pending_ones() -> None:
+    profile = Profile(user_key="user-key")
+    hold_pending(profile, obs_at(T0, event_id="e-1"))
+    late = obs_at(T0 + MAX_PENDING_AGE_S + 60, event_id="e-2")
+    assert unpassed_step_up(profile, late) is None
+    learn(profile, late, trusted=True)
+    assert profile.challenged == {}
+
+
 # -- bounded whatever the history -------------------------------------------------------
 
 CAPS = {
@@ -270,6 +309,7 @@ CAPS = {
     "recent": MAX_RECENT,
     "sessions": MAX_SESSIONS,
     "pending": MAX_PENDING,
+    "challenged": MAX_PENDING,
 }
 
 
@@ -320,7 +360,7 @@ def churn(
             assert len(profile.hours) == 168
             sizes.append(len(profile.dumps()))
     for name, cap in CAPS.items():
-        if name != "pending" or pending:
+        if name not in ("pending", "challenged") or pending:
             assert len(getattr(profile, name)) == cap, f"{name} was never filled"
     assert Profile.loads(profile.dumps()).dumps() == profile.dumps()
     return sizes
