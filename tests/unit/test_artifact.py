@@ -149,3 +149,48 @@ def test_default_model_loads_for_this_feature_schema() -> None:
     assert artifact.schema_hash == SCHEMA_HASH
     assert artifact.feature_names == FEATURE_NAMES
     assert artifact.model_version
+
+
+# -- a model file that is code: issue 14, defect 5 ---------------------------------------
+
+
+class _Trap:
+    """Unpickling this creates ``marker``: what any code in a crafted pickle could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return Path.touch, (self.marker,)
+
+
+def crafted_pickle(path: Path, marker: Path) -> Path:
+    """A joblib file whose loading runs code, with its own matching checksum file."""
+    envelope = {"format": 1, "schema_hash": SCHEMA_HASH, "model": _Trap(marker)}
+    _write_with_checksum(path, envelope)
+    return path
+
+
+def test_a_crafted_pickle_with_a_matching_checksum_is_never_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = crafted_pickle(tmp_path / "evil.joblib", marker)
+    with pytest.raises(IncompatibleModelError) as caught:
+        load_artifact(evil)
+    assert not marker.exists()
+    message = caught.value.message
+    assert str(evil) in message
+    assert "risk-engine train" in message and "risk-engine model convert" in message
+
+
+def test_the_model_command_refuses_a_crafted_pickle_without_running_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from risk_engine.cli import app
+
+    marker = tmp_path / "pwned"
+    evil = crafted_pickle(tmp_path / "evil.joblib", marker)
+    result = CliRunner().invoke(app, ["model", str(evil)])
+    assert result.exit_code == 2
+    assert not marker.exists()
+    assert str(evil) in result.output and "risk-engine train" in result.output
+    assert "Traceback" not in result.output
