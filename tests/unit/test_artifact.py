@@ -179,7 +179,7 @@ def test_a_crafted_pickle_with_a_matching_checksum_is_never_unpickled(tmp_path: 
     assert not marker.exists()
     message = caught.value.message
     assert str(evil) in message
-    assert "risk-engine train" in message and "risk-engine model convert" in message
+    assert "risk-engine train" in message and "risk-engine convert-model --trusted-pickle" in message
 
 
 def test_the_model_command_refuses_a_crafted_pickle_without_running_it(tmp_path: Path) -> None:
