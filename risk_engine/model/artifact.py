@@ -220,7 +220,7 @@ def _parse(path: Path, data: bytes, schema_hash: str) -> ModelArtifact:
         if not isinstance(fields.get(name), kind):
             raise IncompatibleModelError(f"model {path} has an unexpected envelope field {name}")
     try:
-        model = RiskModel.from_arrays(envelope.get("model"), arrays, len(FEATURE_NAMES))
+        model = RiskModel.from_arrays(envelope.get("model", {}), arrays, len(FEATURE_NAMES))
     except ValueError as exc:
         raise IncompatibleModelError(f"model {path} is refused: {exc}") from exc
     fields["feature_names"] = tuple(fields.get("feature_names", ()))

@@ -118,7 +118,9 @@ class Calibration:
         return self._slope_list[j] * (raw - xs[j]) + ps[j]
 
     @classmethod
-    def from_arrays(cls, knots_x: FloatArray, knots_p: FloatArray, tail_scale: float) -> Calibration:
+    def from_arrays(
+        cls, knots_x: FloatArray, knots_p: FloatArray, tail_scale: float
+    ) -> Calibration:
         """A stored calibration, checked: ValueError unless it is a monotone map into [0, 1]."""
         problems = []
         for name, knots in (("knots_x", knots_x), ("knots_p", knots_p)):

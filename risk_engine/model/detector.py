@@ -183,7 +183,9 @@ class RiskModel:
         if not isinstance(meta, dict) or not isinstance(meta.get("tail_scales"), dict):
             raise ValueError("the model description is not a mapping with tail_scales")
         if meta.get("n_features") != n_features:
-            raise ValueError(f"the model reads {meta.get('n_features')!r} features, not {n_features}")
+            raise ValueError(
+                f"the model reads {meta.get('n_features')!r} features, not {n_features}"
+            )
         supervised = meta.get("kind") == "iforest+hgb"
         if meta.get("kind") not in ("iforest", "iforest+hgb"):
             raise ValueError(f"unknown model kind {meta.get('kind')!r}")
@@ -193,7 +195,9 @@ class RiskModel:
         wanted = {"unsupervised", "final", *strata} | ({"supervised"} if supervised else set())
         if set(scales) != wanted or not set(strata) <= known:
             raise ValueError(f"unexpected calibrations {sorted(scales)}")
-        expected = {f"calibration.{name}.{part}" for name in wanted for part in ("knots_x", "knots_p")}
+        expected = {
+            f"calibration.{name}.{part}" for name in wanted for part in ("knots_x", "knots_p")
+        }
         expected |= {"forest.words", "forest.reals"}
         if supervised:
             expected |= {"boosting.words", "boosting.reals"}
@@ -319,7 +323,9 @@ class RiskModel:
         boosting = None if self.supervised_calibration_ is None else self._raw_supervised(X)
         return self._combine(X, self._raw_unsupervised(X), boosting)
 
-    def _combine(self, X: FloatArray, forest: FloatArray, boosting: FloatArray | None) -> FloatArray:
+    def _combine(
+        self, X: FloatArray, forest: FloatArray, boosting: FloatArray | None
+    ) -> FloatArray:
         """Both parts calibrated and joined, from their raw scores on the rows of X."""
         u = self._unsupervised(X, forest)
         if self.supervised_calibration_ is None or boosting is None:
