@@ -45,4 +45,4 @@ clean:
 model: $(STAMP)
 	mkdir -p var/train
 	$(BIN)/risk-engine simulate --users 3000 --days 30 --seed 1 --out var/train/events.jsonl --labels var/train/labels.jsonl
-	$(BIN)/risk-engine train var/train/events.jsonl --labels var/train/labels.jsonl --seed 0 --out models/default.joblib
+	$(BIN)/risk-engine train var/train/events.jsonl --labels var/train/labels.jsonl --seed 0 --out models/default.npz

@@ -127,7 +127,7 @@ def train(
     events: Annotated[
         list[Path], typer.Argument(help="event logs: JSONL, JSONL.gz, Parquet, dirs")
     ],
-    out: Annotated[Path, typer.Option("--out", help="artifact to write, e.g. models/my.joblib")],
+    out: Annotated[Path, typer.Option("--out", help="artifact to write, e.g. models/my.npz")],
     labels: Annotated[
         list[Path] | None,
         typer.Option("--labels", help="label files (simulator labels, feedback, outcomes)"),
@@ -173,6 +173,40 @@ def model_info(
     summary = artifact.summary()
     summary.pop("feature_names")
     typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+
+
+@app.command("convert-model")
+def convert_model(
+    source: Annotated[Path, typer.Argument(help="a pickled (joblib) model of format 1")],
+    out: Annotated[Path, typer.Option("--out", help="the model archive to write, e.g. my.npz")],
+    trusted_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trusted-pickle",
+            help="required: SOURCE is unpickled, which runs any code it holds; its checksum"
+            " proves integrity, not who wrote it, so say you trust where it came from",
+        ),
+    ] = False,
+) -> None:
+    """UNPICKLES a trusted joblib model of an earlier version and writes it as data.
+
+    Reading SOURCE runs any code it holds: use this only on a model you trained
+    yourself or otherwise trust. The written archive holds only arrays and JSON,
+    scores as SOURCE's scikit-learn detectors did (checked before it is written)
+    and keeps its model version.
+    """
+    from risk_engine.model.legacy import convert_trusted_pickle
+
+    if not trusted_pickle:
+        fail(
+            f"{source} would be unpickled, which runs any code it holds: pass"
+            " --trusted-pickle if you trust it, or retrain with `risk-engine train`"
+        )
+    try:
+        artifact = convert_trusted_pickle(source, out, trusted=True)
+    except (RiskEngineError, ValueError) as exc:
+        fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
+    typer.echo(f"converted {artifact.model_version} -> {out}")
 
 
 @app.command()

@@ -113,5 +113,5 @@ def train(
     )
     fingerprint = repr((training, metrics, model.score(table.X[:256]).round(9).tolist()))
     artifact.model_version = make_version(model, fingerprint.encode())
-    save_artifact(artifact, out)
+    save_artifact(artifact, out, check_rows=table.X)
     return artifact, table

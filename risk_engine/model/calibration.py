@@ -117,6 +117,30 @@ class Calibration:
         j = bisect.bisect_right(xs, raw) - 1
         return self._slope_list[j] * (raw - xs[j]) + ps[j]
 
+    @classmethod
+    def from_arrays(
+        cls, knots_x: FloatArray, knots_p: FloatArray, tail_scale: float
+    ) -> Calibration:
+        """A stored calibration, checked: ValueError unless it is a monotone map into [0, 1]."""
+        problems = []
+        for name, knots in (("knots_x", knots_x), ("knots_p", knots_p)):
+            if knots.dtype != np.float64 or knots.ndim != 1 or knots.size == 0:
+                problems.append(f"{name} is not a non-empty float64 vector")
+            elif not np.all(np.isfinite(knots)):
+                problems.append(f"{name} holds a value that is not finite")
+        if not problems:
+            if knots_x.size != knots_p.size:
+                problems.append(f"{knots_x.size} knots_x for {knots_p.size} knots_p")
+            elif np.any(np.diff(knots_x) <= 0) or np.any(np.diff(knots_p) < 0):
+                problems.append("the knots are not increasing")
+            elif knots_p[0] < 0 or knots_p[-1] > 1:
+                problems.append("knots_p leave [0, 1]")
+        if not (math.isfinite(tail_scale) and tail_scale > 0):
+            problems.append(f"tail_scale {tail_scale!r} is not a positive number")
+        if problems:
+            raise ValueError(f"invalid calibration: {'; '.join(problems)}")
+        return cls(knots_x=knots_x, knots_p=knots_p, tail_scale=float(tail_scale))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "knots_x": self.knots_x.tolist(),

@@ -10,20 +10,31 @@ should be compared with other first logins. The two are joined by their maximum
 (either may raise the alarm; measured against a noisy-OR and log-odds mixes, the
 maximum ranked best) and the result is calibrated once more, so the final score
 keeps its meaning: "riskier than this share of normal activity".
+
+A fitted model is data: the fast path's arrays (``fastpath.py``) and the
+calibrations' knots, which ``to_arrays`` gives for the artifact and
+``from_arrays`` checks and scores from. The scikit-learn detectors (``detector_``,
+``supervised_``) exist only in the process that fitted them, where
+``check_against_sklearn`` holds the arrays to them; they are never saved, and a
+loaded model scores without scikit-learn (which it does not even import).
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 
 from risk_engine.features.registry import FEATURE_INDEX
 from risk_engine.model.calibration import Calibration
 from risk_engine.model.fastpath import FlatEnsemble, FlatGradientBoosting, FlatIsolationForest
+
+if TYPE_CHECKING:  # imported by fit(): training needs scikit-learn, scoring does not
+    from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 
 FloatArray = NDArray[np.float64]
 
@@ -68,6 +79,8 @@ class RiskModel:
 
     def fit(self, X: FloatArray, attack: NDArray[np.bool_] | None = None) -> RiskModel:
         """Fit on a feature matrix; ``attack`` marks rows known to be attacks (may be None)."""
+        from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+
         X = np.asarray(X, dtype=np.float64)
         is_attack = np.zeros(X.shape[0], dtype=bool) if attack is None else np.asarray(attack)
         legit = X[~is_attack]
@@ -108,14 +121,16 @@ class RiskModel:
 
     @property
     def kind(self) -> str:
-        return "iforest+hgb" if self.supervised_ is not None else "iforest"
+        return "iforest+hgb" if self._fast_boosting is not None else "iforest"
 
-    def prepare(self) -> None:
-        """Build the fast-path arrays (after unpickling; they are not stored) and compile them.
+    def flatten_fitted(self) -> None:
+        """Build the fast path from the scikit-learn detectors, and compile it.
 
-        The first model prepared in a process compiles the scoring kernels (3-4 s, or
-        0.3 s from numba's disk cache, see ``fastpath._enable_disk_cache``), so that
-        no request pays for it.
+        ``fit`` builds it as it goes; this is for a model whose detectors were
+        restored otherwise (a trusted pickle being converted to data). The first
+        model in a process compiles the scoring kernels (3-4 s, or 0.3 s from
+        numba's disk cache, see ``fastpath._enable_disk_cache``), so that no
+        request pays for it.
         """
         if self.detector_ is None:
             raise ValueError("the model is not fitted")
@@ -124,6 +139,158 @@ class RiskModel:
             None if self.supervised_ is None else FlatGradientBoosting(self.supervised_)
         )
         self._join_fast_paths()
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+        """(JSON-able description, named arrays): the whole fitted model, as data."""
+        forest, boosting, final = self._fast_forest, self._fast_boosting, self.final_calibration_
+        if forest is None or final is None or self.unsupervised_calibration_ is None:
+            raise ValueError("the model is not fitted")
+        arrays: dict[str, NDArray[Any]] = {}
+        arrays["forest.words"], arrays["forest.reals"] = forest.arrays()
+        if boosting is not None:
+            arrays["boosting.words"], arrays["boosting.reals"] = boosting.arrays()
+        scales: dict[str, float] = {}
+        for name, calibration in self._calibrations().items():
+            arrays[f"calibration.{name}.knots_x"] = calibration.knots_x
+            arrays[f"calibration.{name}.knots_p"] = calibration.knots_p
+            scales[name] = calibration.tail_scale
+        meta = {
+            "kind": self.kind,
+            "n_features": forest.n_features,
+            "params": asdict(self.params),
+            "tail_scales": scales,
+        }
+        return meta, arrays
+
+    def _calibrations(self) -> dict[str, Calibration]:
+        named: dict[str, Calibration | None] = {
+            "unsupervised": self.unsupervised_calibration_,
+            **{f"stratum_{k}": c for k, c in sorted(self.strata_calibration_.items())},
+            "supervised": self.supervised_calibration_,
+            "final": self.final_calibration_,
+        }
+        return {name: c for name, c in named.items() if c is not None}
+
+    @classmethod
+    def from_arrays(
+        cls, meta: dict[str, Any], arrays: dict[str, NDArray[Any]], n_features: int
+    ) -> RiskModel:
+        """The model ``to_arrays`` described, checked, compiled; ValueError naming any flaw.
+
+        Every array a kernel reads is checked against what it could read out of
+        bounds with; ``n_features`` is the row width of this engine's features.
+        """
+        if not isinstance(meta, dict) or not isinstance(meta.get("tail_scales"), dict):
+            raise ValueError("the model description is not a mapping with tail_scales")
+        if meta.get("n_features") != n_features:
+            raise ValueError(
+                f"the model reads {meta.get('n_features')!r} features, not {n_features}"
+            )
+        supervised = meta.get("kind") == "iforest+hgb"
+        if meta.get("kind") not in ("iforest", "iforest+hgb"):
+            raise ValueError(f"unknown model kind {meta.get('kind')!r}")
+        scales: dict[str, Any] = meta["tail_scales"]
+        strata = sorted(k for k in scales if k.startswith("stratum_"))
+        known = {f"stratum_{k}" for k in range(len(STRATA_EDGES) + 1)}
+        wanted = {"unsupervised", "final", *strata} | ({"supervised"} if supervised else set())
+        if set(scales) != wanted or not set(strata) <= known:
+            raise ValueError(f"unexpected calibrations {sorted(scales)}")
+        expected = {
+            f"calibration.{name}.{part}" for name in wanted for part in ("knots_x", "knots_p")
+        }
+        expected |= {"forest.words", "forest.reals"}
+        if supervised:
+            expected |= {"boosting.words", "boosting.reals"}
+        if set(arrays) != expected:
+            raise ValueError(
+                f"unexpected arrays: missing {sorted(expected - set(arrays))}, "
+                f"extra {sorted(set(arrays) - expected)}"
+            )
+
+        def calibration(name: str) -> Calibration:
+            scale = scales[name]
+            if not isinstance(scale, float | int) or isinstance(scale, bool):
+                raise ValueError(f"tail scale of {name} is not a number")
+            return Calibration.from_arrays(
+                arrays[f"calibration.{name}.knots_x"],
+                arrays[f"calibration.{name}.knots_p"],
+                float(scale),
+            )
+
+        try:
+            params = DetectorParams(**meta.get("params", {}))
+        except TypeError as exc:
+            raise ValueError(f"unexpected detector parameters: {exc}") from exc
+        model = cls(params)
+        model._fast_forest = FlatIsolationForest.from_arrays(
+            arrays["forest.words"], arrays["forest.reals"], n_features
+        )
+        if supervised:
+            model._fast_boosting = FlatGradientBoosting.from_arrays(
+                arrays["boosting.words"], arrays["boosting.reals"], n_features
+            )
+            model.supervised_calibration_ = calibration("supervised")
+        model.unsupervised_calibration_ = calibration("unsupervised")
+        model.strata_calibration_ = {int(k.split("_")[1]): calibration(k) for k in strata}
+        model.final_calibration_ = calibration("final")
+        model._join_fast_paths()
+        return model
+
+    def check_against_sklearn(self, X: FloatArray, atol: float = 1e-9) -> None:
+        """ValueError unless the fast path scores rows of X as the scikit-learn detectors do.
+
+        Run where the model was fitted (or a trusted pickle converted): each
+        detector's raw score, and the final score computed from scikit-learn's raw
+        scores, within ``atol``.
+        """
+        if self.detector_ is None:
+            raise ValueError("no scikit-learn detectors to check against (a loaded model)")
+        X = np.asarray(X, dtype=np.float64)
+        raw_u = -self.detector_.score_samples(X)
+        raw_s = None if self.supervised_ is None else self.supervised_.decision_function(X)
+        pairs = [("forest", self._raw_unsupervised(X), raw_u)]
+        if raw_s is not None:
+            pairs.append(("boosting", self._raw_supervised(X), raw_s))
+        assert self.final_calibration_ is not None
+        reference = self.final_calibration_(self._combine(X, raw_u, raw_s))
+        pairs.append(("score", self.score(X), reference))
+        for name, fast, slow in pairs:
+            worst = float(np.nanmax(np.abs(fast - slow), initial=0.0))
+            if not np.array_equal(np.isnan(fast), np.isnan(slow)) or not worst <= atol:
+                raise ValueError(
+                    f"the fast path's {name} differs from scikit-learn's by {worst:.3g} on"
+                    f" {X.shape[0]} rows (allowed: {atol:g})"
+                )
+
+    def probe_rows(self, n: int = 4096, seed: int = 0) -> FloatArray:
+        """Rows at, just below and just above the models' own splits, some NaN.
+
+        Rows drawn this way take both branches at the splits, so that two scorers
+        compared on them are compared on the paths through every tree.
+        """
+        parts = [m for m in (self._fast_forest, self._fast_boosting) if m is not None]
+        if not parts:
+            raise ValueError("the model is not fitted")
+        n_features = parts[0].n_features
+        features = np.concatenate([m.splits()[0] for m in parts])
+        thresholds = np.concatenate([m.splits()[1] for m in parts])
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(n, n_features))
+        for j in range(n_features):
+            values = thresholds[(features == j) & np.isfinite(thresholds)]
+            if values.size == 0:
+                continue
+            picked = rng.choice(values, size=n)
+            step = rng.integers(0, 4, size=n)
+            X[:, j] = np.select(
+                [step == 0, step == 1, step == 2],
+                [picked, np.nextafter(picked, -math.inf), np.nextafter(picked, math.inf)],
+                picked + rng.normal(scale=0.01 + np.abs(picked) * 0.01, size=n),
+            )
+        holes = rng.random(X.shape) < 0.02
+        holes[:, _HISTORY] = False
+        X[holes] = np.nan
+        return X
 
     def _join_fast_paths(self) -> None:
         """Both detectors in one kernel call per event, compiled now rather than on a request."""
@@ -140,10 +307,10 @@ class RiskModel:
         assert self._fast_boosting is not None
         return self._fast_boosting.decision_function(X)
 
-    def _unsupervised(self, X: FloatArray) -> FloatArray:
-        """Forest scores calibrated within each row's maturity stratum."""
+    def _unsupervised(self, X: FloatArray, raw: FloatArray | None = None) -> FloatArray:
+        """Forest scores (``raw``, or computed) calibrated within each row's maturity stratum."""
         assert self.unsupervised_calibration_ is not None
-        raw = self._raw_unsupervised(X)
+        raw = self._raw_unsupervised(X) if raw is None else raw
         out = self.unsupervised_calibration_(raw)
         strata = stratum_of(X[:, _HISTORY])
         for k, calibration in self.strata_calibration_.items():
@@ -153,11 +320,17 @@ class RiskModel:
         return out
 
     def _combined(self, X: FloatArray) -> FloatArray:
-        u = self._unsupervised(X)
-        if self.supervised_calibration_ is None:
+        boosting = None if self.supervised_calibration_ is None else self._raw_supervised(X)
+        return self._combine(X, self._raw_unsupervised(X), boosting)
+
+    def _combine(
+        self, X: FloatArray, forest: FloatArray, boosting: FloatArray | None
+    ) -> FloatArray:
+        """Both parts calibrated and joined, from their raw scores on the rows of X."""
+        u = self._unsupervised(X, forest)
+        if self.supervised_calibration_ is None or boosting is None:
             return u
-        s = self.supervised_calibration_(self._raw_supervised(X))
-        return np.maximum(u, s)
+        return np.maximum(u, self.supervised_calibration_(boosting))
 
     def score(self, X: FloatArray) -> FloatArray:
         """Calibrated risk in [0, 1] for each row (batch path)."""
@@ -190,10 +363,3 @@ class RiskModel:
         if boosting_raw is not None and self.supervised_calibration_ is not None:
             u = max(u, self.supervised_calibration_.one(boosting_raw))
         return final.one(u)
-
-    def __getstate__(self) -> dict[str, object]:
-        state = dict(self.__dict__)
-        state["_fast_forest"] = None
-        state["_fast_boosting"] = None
-        state["_fast_ensemble"] = None
-        return state

@@ -36,6 +36,9 @@ value is a float32, ``x <= t`` holds exactly when ``x <= t32``, t32 the largest
 float32 not above t, so its thresholds are float32 too (half the memory the
 walk reads). The boosting reads the float64 row with float64 thresholds.
 
+The two arrays are the whole model: a model artifact stores them (data, not code)
+and ``from_arrays`` rebuilds the scorer from them, checked, without scikit-learn.
+
 Compiling: the kernels compile on their first call, never at import;
 ``RiskModel.prepare()`` and ``fit()`` warm them up (``warm_up``) so the first
 request does not pay for it. See ``_enable_disk_cache`` for numba's cache. They
@@ -48,13 +51,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import numba
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
+
+if TYPE_CHECKING:  # scikit-learn is needed to flatten a fitted model, never to score one
+    from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
@@ -318,10 +322,61 @@ def _as_matrix(X: FloatArray, n_features: int) -> FloatArray:
 # -- the models ---------------------------------------------------------------------------
 
 
-class FlatIsolationForest:
+class _FlatTrees:
+    """Two checked arrays and the row width they read; built from a model or from storage."""
+
+    # Per-node entries past the nodes (words) and past the leaf values (reals).
+    _EXTRA_WORDS = 0
+    _EXTRA_REALS = 0
+
+    n_features: int
+    _words: WordArray
+    _reals: FloatArray
+    _shape: tuple[int]
+
+    def _adopt(self, words: WordArray, reals: FloatArray, n_features: int) -> None:
+        _check(
+            words, reals, n_features, extra_words=self._EXTRA_WORDS, extra_reals=self._EXTRA_REALS
+        )
+        self.n_features = n_features
+        self._words, self._reals = words, reals
+        self._shape = (n_features,)
+        _enable_disk_cache()  # before any kernel compiles (fit scores batches straight away)
+
+    @classmethod
+    def from_arrays(cls, words: WordArray, reals: FloatArray, n_features: int) -> Self:
+        """The model from its stored arrays; ValueError if a kernel could misread them."""
+        flat = cls.__new__(cls)
+        flat._adopt(words, reals, n_features)
+        return flat
+
+    def arrays(self) -> tuple[WordArray, FloatArray]:
+        """``(words, reals)``: everything the kernels read, for storage."""
+        return self._words, self._reals
+
+    def _nodes(self) -> WordArray:
+        n_trees, steps, n_nodes = (int(v) for v in self._words[:_HEADER])
+        start = _HEADER + steps + n_trees
+        return self._words[start : start + 4 * n_nodes].reshape(n_nodes, 4)
+
+    def _thresholds(self) -> FloatArray:
+        raise NotImplementedError
+
+    def splits(self) -> tuple[IndexArray, FloatArray]:
+        """(feature, threshold) of every split: the values where a row changes direction."""
+        nodes = self._nodes()
+        split = nodes[:, 1] != np.arange(nodes.shape[0])  # a leaf points at itself
+        return nodes[split, 0].astype(np.intp), self._thresholds()[split]
+
+
+class FlatIsolationForest(_FlatTrees):
     """An IsolationForest's trees as flat arrays; ``score_samples`` for one or many rows."""
 
+    _EXTRA_WORDS = 1  # the float32 threshold
+
     def __init__(self, forest: IsolationForest) -> None:
+        from sklearn.ensemble._iforest import _average_path_length
+
         trees = [est.tree_ for est in forest.estimators_]
         sizes = [int(t.node_count) for t in trees]
         offsets = np.concatenate(([0], np.cumsum(sizes[:-1]))).astype(np.intp)
@@ -355,12 +410,15 @@ class FlatIsolationForest:
         )
         thresholds = _float32_floor(np.concatenate(threshold)[old])
         denominator = float(len(trees) * _average_path_length([forest._max_samples])[0])
-        self.n_features = int(forest.n_features_in_)
-        self._words = np.concatenate((words, thresholds.view(np.uint32)))
-        self._reals = np.concatenate(([denominator], np.concatenate(leaf)[old])).astype(np.float64)
-        _check(self._words, self._reals, self.n_features, extra_words=1, extra_reals=0)
-        self._shape = (self.n_features,)
-        _enable_disk_cache()  # before any kernel compiles (fit scores batches straight away)
+        self._adopt(
+            np.concatenate((words, thresholds.view(np.uint32))),
+            np.concatenate(([denominator], np.concatenate(leaf)[old])).astype(np.float64),
+            int(forest.n_features_in_),
+        )
+
+    def _thresholds(self) -> FloatArray:
+        n_nodes = self._nodes().shape[0]
+        return self._words[-n_nodes:].view(np.float32).astype(np.float64)
 
     def score_samples(self, X: FloatArray) -> FloatArray:
         """Same as ``IsolationForest.score_samples`` (lower = more abnormal), rows of X."""
@@ -377,8 +435,10 @@ class FlatIsolationForest:
         self.score_samples(zeros)
 
 
-class FlatGradientBoosting:
+class FlatGradientBoosting(_FlatTrees):
     """A binary HistGradientBoostingClassifier's trees as flat arrays (numeric features)."""
+
+    _EXTRA_REALS = 1  # the float64 threshold
 
     def __init__(self, model: HistGradientBoostingClassifier) -> None:
         if model.n_trees_per_iteration_ != 1:
@@ -415,14 +475,14 @@ class FlatGradientBoosting:
             depths,
         )
         baseline = float(np.ravel(model._baseline_prediction)[0])
-        self.n_features = int(model.n_features_in_)
-        self._words = words
-        self._reals = np.concatenate(
+        reals = np.concatenate(
             ([baseline], np.concatenate(value)[old], np.concatenate(threshold)[old])
-        ).astype(np.float64)
-        _check(self._words, self._reals, self.n_features, extra_words=0, extra_reals=1)
-        self._shape = (self.n_features,)
-        _enable_disk_cache()  # before any kernel compiles (fit scores batches straight away)
+        )
+        self._adopt(words, reals.astype(np.float64), int(model.n_features_in_))
+
+    def _thresholds(self) -> FloatArray:
+        n_nodes = self._nodes().shape[0]
+        return self._reals[1 + n_nodes :]
 
     def decision_function(self, X: FloatArray) -> FloatArray:
         """Raw log-odds, as ``HistGradientBoostingClassifier.decision_function``."""

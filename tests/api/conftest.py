@@ -57,7 +57,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("model")
     events, labels = work / "events.jsonl", work / "labels.jsonl"
     write_simulation(SimulationConfig(users=30, days=7, seed=3), events, labels)
-    out = work / "model.joblib"
+    out = work / "model.npz"
     train([events], out, labels=[labels], params=DetectorParams(n_estimators=50, seed=0))
     return out
 

@@ -234,6 +234,17 @@ def test_model_single_row_path_equals_its_batch_and_sklearn(
         np.testing.assert_allclose(raw, expected, rtol=0, atol=1e-9)
     else:
         assert all(r is None for _, r in pairs)
+    # What an artifact stores: the arrays alone score the same, to the bit.
+    meta, arrays = model.to_arrays()
+    loaded = RiskModel.from_arrays(meta, arrays, len(FEATURE_NAMES))
+    assert loaded.kind == model.kind and loaded.detector_ is None
+    probes = model.probe_rows(3000)
+    for rows in (test, probes):
+        np.testing.assert_array_equal(loaded.score(rows), model.score(rows))
+        np.testing.assert_array_equal(
+            singles(loaded.score_one, rows[:500]), model.score(rows[:500])
+        )
+    model.check_against_sklearn(np.vstack([test, probes]))
 
 
 def test_rows_of_the_wrong_length_are_refused_before_any_read(
@@ -372,17 +383,18 @@ def test_default_model_single_row_path_equals_batch_on_the_sample(
     assert np.all((batch >= 0.0) & (batch <= 1.0))
 
 
-def test_default_model_fast_paths_equal_sklearn_on_the_sample(sample_rows: np.ndarray) -> None:
+def test_default_model_parts_score_one_row_as_their_batches_on_the_sample(
+    sample_rows: np.ndarray,
+) -> None:
+    """The shipped model holds no scikit-learn detectors: they were checked when it was saved."""
     model = load_artifact(default_model_path()).model
     assert model.kind == "iforest+hgb"
-    assert model.detector_ is not None and model.supervised_ is not None
+    assert model.detector_ is None and model.supervised_ is None
     assert model._fast_forest is not None and model._fast_boosting is not None
     forest, boosting = model._fast_forest, model._fast_boosting
-    expected = model.detector_.score_samples(sample_rows)
-    np.testing.assert_allclose(forest.score_samples(sample_rows), expected, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(singles(forest.score_one, sample_rows), expected, rtol=0, atol=1e-9)
-    expected = model.supervised_.decision_function(sample_rows)
-    np.testing.assert_allclose(boosting.decision_function(sample_rows), expected, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(
-        singles(boosting.decision_one, sample_rows), expected, rtol=0, atol=1e-9
+    np.testing.assert_array_equal(
+        singles(forest.score_one, sample_rows), forest.score_samples(sample_rows)
+    )
+    np.testing.assert_array_equal(
+        singles(boosting.decision_one, sample_rows), boosting.decision_function(sample_rows)
     )
