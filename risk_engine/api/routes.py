@@ -1,4 +1,4 @@
-"""The routes: /v1 (API key required) and the open operational ones.
+"""The routes: /v1 (an API key of the scope each needs), metrics, and the open probes.
 
 Each endpoint is one call into the Service plus its HTTP shape; the
 ``responses=`` tables declare every error status, so the OpenAPI document is true.
@@ -11,7 +11,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from risk_engine.api.deps import ApiKeyDep, ServiceDep
+from risk_engine.api.auth import granted_scopes
+from risk_engine.api.deps import (
+    AdminKeyDep,
+    BearerDep,
+    DecideKeyDep,
+    MetricsKeyDep,
+    ServiceDep,
+    SettingsDep,
+    bearer_key,
+)
 from risk_engine.api.responses import JSONBody
 from risk_engine.api.schemas import (
     ChallengeResultIn,
@@ -25,9 +34,11 @@ from risk_engine.api.schemas import (
 )
 from risk_engine.decision import Decision
 from risk_engine.events import Event
+from risk_engine.scopes import Scope
 
 _ERRORS: dict[int, str] = {
     401: "missing or invalid API key",
+    403: "the API key lacks the scope this call needs",
     404: "no such challenge, event or user",
     409: "challenge already used, or reported for another session",
     413: "request body too large",
@@ -46,14 +57,15 @@ EventId = Annotated[str, Path(min_length=1, max_length=128)]
 ChallengeId = Annotated[str, Path(min_length=1, max_length=128)]
 UserId = Annotated[str, Path(min_length=1, max_length=256)]
 
-v1 = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
+v1 = APIRouter(prefix="/v1")
 ops = APIRouter()
 
 
 @v1.post(
     "/decisions",
     response_model=Decision,
-    summary="Score one event and decide: allow, step_up or deny",
+    summary="Score one event and decide: allow, step_up or deny (scope decide)",
+    dependencies=[DecideKeyDep],
     responses={
         200: {
             "description": "the decision; with step_up, a challenge and an RFC 9470 "
@@ -65,7 +77,7 @@ ops = APIRouter()
                 }
             },
         },
-        **errors(401, 413, 422),
+        **errors(401, 403, 413, 422),
     },
 )
 def decide(event: Event, service: ServiceDep) -> Response:
@@ -78,8 +90,9 @@ def decide(event: Event, service: ServiceDep) -> Response:
 @v1.post(
     "/challenges/{challenge_id}/result",
     response_model=ChallengeResultOut,
-    summary="Report the result of a step-up challenge (single use, session-bound)",
-    responses=errors(401, 404, 409, 413, 422, 503),
+    summary="Report the result of a step-up challenge (single use, session-bound; scope decide)",
+    dependencies=[DecideKeyDep],
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
 )
 def challenge_result(
     challenge_id: ChallengeId, body: ChallengeResultIn, service: ServiceDep
@@ -90,8 +103,9 @@ def challenge_result(
 @v1.post(
     "/events/{event_id}/feedback",
     response_model=FeedbackOut,
-    summary="Label an event as confirmed fraud or confirmed legitimate (training feedback)",
-    responses=errors(401, 413, 422, 500),
+    summary="Label an event as confirmed fraud or confirmed legitimate (scope decide)",
+    dependencies=[DecideKeyDep],
+    responses=errors(401, 403, 413, 422, 500),
 )
 def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> FeedbackOut:
     return service.feedback(event_id, body)
@@ -100,8 +114,9 @@ def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> Feedba
 @v1.delete(
     "/users/{user_id}",
     status_code=204,
-    summary="Erase a user's behavioral profile",
-    responses=errors(401, 404, 422, 503),
+    summary="Erase a user's behavioral profile (scope admin)",
+    dependencies=[AdminKeyDep],
+    responses=errors(401, 403, 404, 422, 503),
 )
 def erase_user(user_id: UserId, service: ServiceDep) -> Response:
     service.erase(user_id)
@@ -111,8 +126,9 @@ def erase_user(user_id: UserId, service: ServiceDep) -> Response:
 @v1.get(
     "/model",
     response_model=ModelInfo,
-    summary="The live model, its policy thresholds, and the shadow pair",
-    responses=errors(401, 500),
+    summary="The live model, its policy thresholds, and the shadow pair (scope admin)",
+    dependencies=[AdminKeyDep],
+    responses=errors(401, 403, 500),
 )
 def model(service: ServiceDep) -> ModelInfo:
     return service.model_info()
@@ -121,8 +137,10 @@ def model(service: ServiceDep) -> ModelInfo:
 @v1.post(
     "/admin/reload",
     response_model=ModelInfo,
-    summary="Reload model and policy from their files; a bad file keeps the running one",
-    responses=errors(401, 500),
+    summary="Reload model and policy from their files; a bad file keeps the running one"
+    " (scope admin)",
+    dependencies=[AdminKeyDep],
+    responses=errors(401, 403, 500),
 )
 def reload(service: ServiceDep) -> ModelInfo:
     return service.reload()
@@ -136,20 +154,26 @@ def healthz() -> Health:
 @ops.get(
     "/readyz",
     response_model=Readiness,
-    summary="Ready: store, GeoIP and model usable",
+    summary="Ready: store, GeoIP and model usable; each check ok or failed (an admin key: why)",
     responses={503: {"model": Readiness, "description": "a dependency failed (named)"}},
 )
-def readyz(service: ServiceDep) -> Response:
-    readiness = service.readiness()
+def readyz(service: ServiceDep, settings: SettingsDep, credentials: BearerDep) -> Response:
+    # Probes need no key; what failed and why (addresses, errors) is for operators only.
+    detailed = Scope.ADMIN in granted_scopes(settings, bearer_key(credentials))
+    readiness = service.readiness(detailed=detailed)
     status = 200 if readiness.status == "ready" else 503
     return JSONBody(readiness.model_dump(), status_code=status)
 
 
 @ops.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (scope metrics or admin)",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    dependencies=[MetricsKeyDep],
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **errors(401, 403),
+    },
 )
 def metrics(service: ServiceDep) -> Response:
     return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

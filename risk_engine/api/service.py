@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from risk_engine.api.auth import current_caller
 from risk_engine.api.metrics import CountingStore, Metrics
 from risk_engine.api.schemas import (
     ChallengeResultIn,
@@ -118,9 +119,13 @@ class Service:
             self.engine.store.close()
 
     def audit(self, kind: RecordKind, fields: dict[str, Any]) -> None:
-        """Append an audit record; a failing disk is logged and counted, never a failed request."""
+        """Append an audit record; a failing disk is logged and counted, never a failed request.
+
+        The record names its ``caller``: the id of the API key the request came with
+        (set by the auth check for this request), or ``auth-disabled``.
+        """
         try:
-            self.audit_log.append(kind, fields)
+            self.audit_log.append(kind, {**fields, "caller": current_caller()})
         except OSError as exc:
             self.metrics.audit_errors.inc()
             log.error("audit record %s not written to %s: %s", kind, self.audit_log.path, exc)
@@ -237,8 +242,12 @@ class Service:
 
     # -- operations -----------------------------------------------------------------------
 
-    def readiness(self) -> Readiness:
-        """Store reachable, GeoIP answering, model loaded: each reported by name."""
+    def readiness(self, *, detailed: bool = False) -> Readiness:
+        """Store reachable, GeoIP answering, model loaded: each ``ok`` or ``failed``.
+
+        ``detailed`` (for operators) says what failed instead: store URLs and error
+        text are no business of an anonymous probe.
+        """
         checks: dict[str, str] = {}
         try:
             self.engine.store.ping()
@@ -252,6 +261,8 @@ class Service:
             checks["geoip"] = exc.message
         checks["model"] = "ok" if self.engine.scorer is not None else "no model is loaded"
         ready = all(v == "ok" for v in checks.values())
+        if not detailed:
+            checks = {name: "ok" if v == "ok" else "failed" for name, v in checks.items()}
         return Readiness(status="ready" if ready else "not_ready", checks=checks)
 
     def model_info(self) -> ModelInfo:
