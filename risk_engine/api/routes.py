@@ -155,7 +155,9 @@ def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     summary="Ready: store, GeoIP and model usable; each check ok or failed (an admin key: why)",
-    responses={503: {"model": Readiness, "description": "a dependency failed (named)"}},
+    responses={503: {"model": Readiness, "description": "a dependency failed"}},
+    # The key is optional here (probes send none): {} is the no-key alternative.
+    openapi_extra={"security": [{}]},
 )
 def readyz(service: ServiceDep, settings: SettingsDep, credentials: BearerDep) -> Response:
     # Probes need no key; what failed and why (addresses, errors) is for operators only.

@@ -191,6 +191,12 @@ def admin_api_key() -> str:
 
 
 @pytest.fixture
+def admin_auth() -> dict[str, str]:
+    """The Authorization header of ADMIN_API_KEY."""
+    return dict(ADMIN_AUTH)
+
+
+@pytest.fixture
 def secret() -> str:
     """The hashing secret of every app and server here (user keys are derived from it)."""
     return SECRET
