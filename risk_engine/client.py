@@ -15,11 +15,11 @@ protected app, not to this service's API.
 from __future__ import annotations
 
 import uuid
-from urllib.parse import quote
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import HTTPException, Request

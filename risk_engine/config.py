@@ -253,9 +253,19 @@ def _strong(secret: str, where: str) -> str:
 
 
 def private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) if absent; the directory itself ends up 0700."""
+    """Create ``path`` (and parents) if absent; the directory itself ends up 0700.
+
+    A shared directory (sticky or world-writable, such as /tmp) is refused, not
+    taken over: the var dir must be the engine's own.
+    """
     path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) != PRIVATE_DIR_MODE:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_ISVTX | stat.S_IWOTH):
+        raise ConfigurationError(
+            f"RISK_ENGINE_VAR_DIR {path} is a shared directory (mode {mode:o}): give the"
+            " engine a directory of its own"
+        )
+    if mode != PRIVATE_DIR_MODE:
         path.chmod(PRIVATE_DIR_MODE)
 
 

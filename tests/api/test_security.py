@@ -381,5 +381,16 @@ def test_the_var_dir_and_its_files_are_private(
         os.umask(old)
 
 
+def test_a_shared_var_dir_is_refused_not_taken_over(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "someone-elses").write_text("x")
+    (shared / "someone-elses").chmod(0o644)
+    with pytest.raises(ConfigurationError, match="RISK_ENGINE_VAR_DIR"):
+        Settings(var_dir=shared, store="memory://").secure_files()
+    assert mode(shared) == 0o1777 and mode(shared / "someone-elses") == 0o644
+
+
 def test_forbidden_error_is_403() -> None:
     assert ForbiddenError("x").status_code == 403
