@@ -10,6 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from risk_engine.errors import RiskEngineError
+from risk_engine.scopes import Scope
 
 app = typer.Typer(
     name="risk-engine",
@@ -257,10 +258,11 @@ def serve(
             " RISK_ENGINE_STORE (or --store) to redis://host:port/db (or SQLite, on one"
             " host); memory:// lives inside one process"
         )
-    if settings.store.startswith("sqlite:///"):
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
     try:
-        # Refuse a short key here, and create a missing one before the workers race to.
+        # Refused here, with one clear line, rather than in every worker's start-up; the
+        # audit key is created now, before the workers race to.
+        settings.secure_files()
+        settings.resolve_secret()
         settings.resolve_audit_key()
     except RiskEngineError as exc:
         fail(exc.message)
@@ -275,16 +277,33 @@ def serve(
 
 
 @app.command()
-def apikey() -> None:
-    """Generate an API key; print it and its sha256 for RISK_ENGINE_API_KEYS_SHA256."""
+def apikey(
+    scope: Annotated[
+        Scope,
+        typer.Option(
+            help="decide: decisions, step-up results, feedback (the application's key);"
+            " admin: erasure, reload, model, readiness details, metrics (the operator's);"
+            " metrics: /metrics only (the scraper's)",
+            case_sensitive=False,
+        ),
+    ],
+) -> None:
+    """Make an API key of one scope: print the key and the setting that accepts it.
+
+    The key is shown once and never stored: the setting holds its sha256. Each key
+    is a variable of its own, so the settings of several keys are added side by side.
+    """
     import hashlib
     import secrets
 
+    from risk_engine.config import KEY_VARIABLE_PREFIX
+
     key = "rek_" + secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
-    typer.echo(f"key:    {key}")
+    typer.echo(f"key: {key}")
     typer.echo(f"sha256: {digest}")
-    typer.echo(f"RISK_ENGINE_API_KEYS_SHA256='[\"{digest}\"]'")
+    name = f"{KEY_VARIABLE_PREFIX}{scope.value.upper()}_{digest[:12].upper()}"
+    typer.echo(f"{name}={scope.value}:{digest}")
 
 
 audit_app = typer.Typer(help="The audit log, chained under its key.", no_args_is_help=True)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import HTTPException, Request
@@ -28,6 +29,7 @@ from risk_engine.decision import Acr, Decision, Outcome, Reason
 from risk_engine.errors import (
     AuthenticationError,
     ConflictError,
+    ForbiddenError,
     InvalidEventError,
     NotFoundError,
     ProfileStoreError,
@@ -37,6 +39,7 @@ from risk_engine.events import Event
 
 _ERRORS: dict[int, type[RiskEngineError]] = {
     401: AuthenticationError,
+    403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
     422: InvalidEventError,
@@ -123,7 +126,7 @@ class RiskEngineClient:
             "acr": Acr(acr).value if acr is not None else None,
         }
         result: dict[str, Any] = self._request(
-            "POST", f"/v1/challenges/{challenge_id}/result", body
+            "POST", f"/v1/challenges/{segment(challenge_id)}/result", body
         ).json()
         return result
 
@@ -133,13 +136,28 @@ class RiskEngineClient:
         """POST /v1/events/{id}/feedback with ``confirmed_fraud`` or ``confirmed_legit``."""
         body = {"label": label, "user_id": user_id, "note": note}
         result: dict[str, Any] = self._request(
-            "POST", f"/v1/events/{event_id}/feedback", body
+            "POST", f"/v1/events/{segment(event_id)}/feedback", body
         ).json()
         return result
 
     def delete_user(self, user_id: str) -> None:
         """DELETE /v1/users/{id}; NotFoundError when no profile was kept."""
-        self._request("DELETE", f"/v1/users/{user_id}")
+        self._request("DELETE", f"/v1/users/{segment(user_id)}")
+
+
+def segment(value: str) -> str:
+    """``value`` as one URL path segment: every reserved character and every dot escaped.
+
+    An id is a name, never a path: ``a/../victim`` or ``victim?x=1`` must not
+    reach another resource. Dots too, since ``..`` as a segment would be
+    resolved away by the URL parser (httpx keeps ``%2E``).
+
+    >>> segment("mallory/../victim")
+    'mallory%2F%2E%2E%2Fvictim'
+    >>> segment("victim2?x=1")
+    'victim2%3Fx%3D1'
+    """
+    return quote(value, safe="").replace(".", "%2E")
 
 
 def event_from_request(

@@ -1,15 +1,72 @@
-"""Settings: built once at start-up from RISK_ENGINE_* variables, then injected."""
+"""Settings: built once at start-up from RISK_ENGINE_* variables, then injected.
+
+API keys have scopes. Each key is one variable, ``RISK_ENGINE_API_KEY_<NAME>=<scope>:<sha256>``
+(what ``risk-engine apikey --scope ...`` prints), so the settings of several keys
+combine line by line; the older list ``RISK_ENGINE_API_KEYS_SHA256`` grants ``decide``.
+"""
 
 from __future__ import annotations
 
+import os
 import secrets
+import stat
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from risk_engine.errors import ConfigurationError
+from risk_engine.scopes import GRANTS, Scope
+
+ENV_PREFIX = "RISK_ENGINE_"
+KEY_VARIABLE_PREFIX = ENV_PREFIX + "API_KEY_"
+# A generated secret has 64 hex characters; anything under 32 is guessable or a typo.
+MIN_SECRET_CHARS = 32
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def _is_sha256_hex(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())
+
+
+class ApiKey(BaseModel):
+    """One configured key: its scope and the sha256 of the key (never the key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: Scope
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _is_sha256_hex(value):
+            raise ValueError("expected the key's sha256 as 64 hex digits")
+        return value.lower()
+
+
+class _KeyVariables(PydanticBaseSettingsSource):
+    """``RISK_ENGINE_API_KEY_<NAME>`` variables, collected into ``api_keys`` by NAME."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        keys = {
+            name[len(KEY_VARIABLE_PREFIX) :].lower(): value
+            for name, value in os.environ.items()
+            if name.upper().startswith(KEY_VARIABLE_PREFIX) and len(name) > len(KEY_VARIABLE_PREFIX)
+        }
+        return {"api_keys": keys} if keys else {}
+
 
 if TYPE_CHECKING:
     from risk_engine.audit import AuditKey
@@ -18,7 +75,7 @@ if TYPE_CHECKING:
 class Settings(BaseSettings):
     """Everything the operator can set; defaults give the embedded setup."""
 
-    model_config = SettingsConfigDict(env_prefix="RISK_ENGINE_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     store: str = Field(
         default="sqlite:///var/profiles.db",
@@ -57,7 +114,12 @@ class Settings(BaseSettings):
         default=False, description="serve without API keys: for local development only"
     )
     api_keys_sha256: list[str] = Field(
-        default_factory=list, description="sha256 hex digests of the accepted API keys"
+        default_factory=list,
+        description="sha256 hex digests of API keys of scope decide (the older setting)",
+    )
+    api_keys: dict[str, ApiKey] = Field(
+        default_factory=dict,
+        description="scoped API keys by name: RISK_ENGINE_API_KEY_<NAME>=<scope>:<sha256>",
     )
     challenge_ttl_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
     device_trust_days: Annotated[float, Field(gt=0, le=3650)] = 90.0
@@ -67,19 +129,66 @@ class Settings(BaseSettings):
         default=False, description="echo per-feature values in every decision"
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            _KeyVariables(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
+
     @field_validator("api_keys_sha256")
     @classmethod
     def _hex_digests(cls, value: list[str]) -> list[str]:
         for digest in value:
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+            if not _is_sha256_hex(digest):
                 raise ValueError("each API key entry must be a sha256 hex digest")
         return [d.lower() for d in value]
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _scoped_keys(cls, value: Any) -> Any:
+        """``scope:sha256`` strings (the variables' form) into entries; errors name the variable."""
+        if not isinstance(value, dict):
+            return value
+        entries: dict[str, Any] = {}
+        for name, entry in value.items():
+            if isinstance(entry, str):
+                scope, _, digest = entry.strip().partition(":")
+                variable = KEY_VARIABLE_PREFIX + str(name).upper()
+                if scope not in set(Scope) or not _is_sha256_hex(digest):
+                    raise ValueError(
+                        f"{variable} must be <scope>:<sha256 of the key>, scope one of"
+                        f" {', '.join(Scope)}: `risk-engine apikey --scope ...` prints it"
+                    )
+                entry = {"scope": scope, "sha256": digest}
+            entries[str(name).lower()] = entry
+        return entries
 
     @model_validator(mode="after")
     def _auth(self) -> Settings:
         if self.host not in {"127.0.0.1", "localhost", "::1"} and self.auth_disabled:
             raise ValueError("auth_disabled is for local development: bind to 127.0.0.1")
         return self
+
+    @cached_property
+    def key_table(self) -> tuple[tuple[str, frozenset[Scope]], ...]:
+        """Every accepted digest with the scopes it grants (a digest listed twice: all of them)."""
+        table: dict[str, set[Scope]] = {}
+        for digest in self.api_keys_sha256:
+            table.setdefault(digest, set()).update(GRANTS[Scope.DECIDE])
+        for entry in self.api_keys.values():
+            table.setdefault(entry.sha256, set()).update(GRANTS[entry.scope])
+        return tuple((digest, frozenset(scopes)) for digest, scopes in table.items())
 
     @property
     def audit_path(self) -> Path:
@@ -96,18 +205,35 @@ class Settings(BaseSettings):
             return None
         return self.decision_log or f"sqlite:///{self.var_dir / 'decisions.db'}"
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite store's file when the store is one (the forms profiles.factory accepts)."""
+        scheme, sep, rest = self.store.partition("://")
+        if sep:
+            return Path(rest[1:]) if scheme.lower() == "sqlite" and len(rest) > 1 else None
+        bare = self.store.lower().endswith((".db", ".sqlite", ".sqlite3"))
+        return Path(self.store) if bare else None
+
     def resolve_secret(self) -> str:
-        """The hashing secret: configured, or generated once and kept in var/secret.key."""
+        """The hashing secret: configured, or generated once and kept in var/secret.key.
+
+        An empty or short secret is refused: the keyed hashes of ids and addresses
+        would be plain hashes anyone can recompute.
+        """
         if self.secret is not None:
-            return self.secret.get_secret_value()
+            return _strong(self.secret.get_secret_value().strip(), "RISK_ENGINE_SECRET")
         path = self.var_dir / "secret.key"
         try:
-            if path.is_file():
-                return path.read_text().strip()
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.var_dir)
+            try:
+                # O_EXCL: created once, private from its first byte, never overwritten.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+            except FileExistsError:
+                private_file(path)
+                return _strong(path.read_text().strip(), str(path))
             value = secrets.token_hex(32)
-            path.write_text(value + "\n")
-            path.chmod(0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value + "\n")
             return value
         except OSError as exc:
             raise ConfigurationError(f"cannot read or create the secret {path}: {exc}") from exc
@@ -130,3 +256,64 @@ class Settings(BaseSettings):
         except OSError as exc:
             raise ConfigurationError(f"cannot create the audit key {path}: {exc}") from exc
         return AuditKey.from_file(path)
+
+    def secure_files(self, *, logs: bool = True) -> None:
+        """Make the var dir 0700 and every file in it 0600, before anything writes there.
+
+        Creates (empty, 0600) the SQLite database and, with ``logs``, the audit and
+        feedback logs wherever they are configured, so that they are private from
+        the start: SQLite gives its -wal and -shm files the database's mode.
+        """
+        files = [self.audit_path, self.feedback_path] if logs else []
+        if self.sqlite_path is not None:
+            files.append(self.sqlite_path)
+        try:
+            private_dir(self.var_dir)
+            for existing in self.var_dir.iterdir():
+                if existing.is_file() and not existing.is_symlink():
+                    private_file(existing)
+            for path in files:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                private_file(path)
+        except OSError as exc:
+            where = exc.filename or self.var_dir
+            raise ConfigurationError(f"cannot make {where} private: {exc}") from exc
+
+
+def _strong(secret: str, where: str) -> str:
+    """``secret`` if long enough; else ConfigurationError naming the setting or file."""
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ConfigurationError(
+            f"the secret in {where} is {'empty' if not secret else 'too short'}: it needs at"
+            f" least {MIN_SECRET_CHARS} random characters (`python -c 'import secrets;"
+            " print(secrets.token_hex(32))'` makes one; profiles keyed by the old secret are"
+            " then not found again)"
+        )
+    return secret
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if absent; the directory itself ends up 0700.
+
+    A shared directory (sticky or world-writable, such as /tmp) is refused, not
+    taken over: the var dir must be the engine's own.
+    """
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_ISVTX | stat.S_IWOTH):
+        raise ConfigurationError(
+            f"RISK_ENGINE_VAR_DIR {path} is a shared directory (mode {mode:o}): give the"
+            " engine a directory of its own"
+        )
+    if mode != PRIVATE_DIR_MODE:
+        path.chmod(PRIVATE_DIR_MODE)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty if absent; either way it ends up 0600."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != PRIVATE_FILE_MODE:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)

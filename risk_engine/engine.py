@@ -506,8 +506,8 @@ def build_engine(
     with_model: bool = True,
 ) -> Engine:
     """Assemble the engine from settings: store, GeoIP, model, policy, shadow, secret."""
-    if settings.store.startswith("sqlite:///") and store is None:
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    if settings.sqlite_path is not None and store is None:
+        settings.secure_files(logs=False)
     scorer = load_scorer(settings.model_path, settings.policy_path) if with_model else None
     shadow = None
     if settings.shadow_model_path or settings.shadow_policy_path:

@@ -12,7 +12,8 @@ knows the HTTP status the API answers with, so one handler maps them all::
     ├── DecisionLogError (503)           the decision log failed or is unreachable
     ├── NotFoundError (404)              no such challenge, event or user
     ├── ConflictError (409)              a challenge already used, expired or bound elsewhere
-    └── AuthenticationError (401)        missing or wrong API key
+    ├── AuthenticationError (401)        missing or wrong API key
+    └── ForbiddenError (403)             a valid API key without the scope the call needs
 """
 
 from __future__ import annotations
@@ -119,3 +120,10 @@ class AuthenticationError(RiskEngineError):
 
     status_code = 401
     code = "unauthorized"
+
+
+class ForbiddenError(RiskEngineError):
+    """The API key is valid but lacks the scope the call needs."""
+
+    status_code = 403
+    code = "forbidden"

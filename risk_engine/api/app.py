@@ -1,8 +1,9 @@
 """The app factory: routes, handlers and middleware now; the engine once, in the lifespan.
 
 Nothing happens at import time. ``create_app`` wires the app; its lifespan
-builds the Engine (unless one is injected, as tests do), the audit and feedback
-logs, installs the SIGHUP reload and freezes the start-up heap out of the GC.
+makes the var directory and the files the service writes private, builds the
+Engine (unless one is injected, as tests do), the audit and feedback logs,
+installs the SIGHUP reload and freezes the start-up heap out of the GC.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(ops)
     install_docs(app)
     install_console(app)
-    if not settings.auth_disabled and not settings.api_keys_sha256:
+    if not settings.auth_disabled and not settings.key_table:
         log.warning("no API keys configured: every /v1 request will be refused (401)")
     return app
 
@@ -93,6 +94,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Build the engine once per process, serve, then release what was built."""
     settings: Settings = app.state.settings
     injected: Engine | None = app.state.injected_engine
+    # var/ 0700, its files 0600, before the store, the secret or the logs are written.
+    await run_in_threadpool(settings.secure_files)
     engine = injected if injected is not None else await run_in_threadpool(build_engine, settings)
     await run_in_threadpool(engine.warm_up)
     service = Service(settings, engine, metrics=app.state.metrics, owns_engine=injected is None)

@@ -1,18 +1,18 @@
-"""Dependencies of the routes, as ``Annotated`` aliases: the service, engine, settings, auth."""
+"""Dependencies of the routes, as ``Annotated`` aliases: the service, engine, settings, scopes."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from risk_engine.api.auth import authorize, use_caller
 from risk_engine.api.service import Service
 from risk_engine.config import Settings
 from risk_engine.engine import Engine
-from risk_engine.errors import AuthenticationError, ConfigurationError
+from risk_engine.errors import ConfigurationError
+from risk_engine.scopes import Scope
 
 
 def get_settings(request: Request) -> Settings:
@@ -40,31 +40,27 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 # auto_error=False: a missing key is our AuthenticationError (401), not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="an API key: `risk-engine apikey` makes one")
 
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
-def check_api_key(settings: Settings, key: str | None) -> None:
-    """Accept ``key`` when its sha256 is configured (or auth is off); else AuthenticationError.
 
-    Shared by the FastAPI dependency below and the plain decision endpoint.
+def bearer_key(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials if credentials is not None else None
+
+
+def require_scope(scope: Scope) -> Any:
+    """A dependency accepting only keys that hold ``scope`` (401 unknown key, 403 wrong scope).
+
+    It is async on purpose: it runs in the request's own context, so the caller it
+    names reaches the route and the audit records the route writes (a sync
+    dependency runs in a worker thread, whose context changes are lost).
     """
-    if settings.auth_disabled:
-        return
-    if not key:
-        raise AuthenticationError("an API key is required: send Authorization: Bearer <key>")
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    # Compare against every entry, without stopping early: timing tells nothing.
-    matched = False
-    for expected in settings.api_keys_sha256:
-        matched |= hmac.compare_digest(digest, expected)
-    if not matched:
-        raise AuthenticationError("the API key is not valid")
+
+    async def require(settings: SettingsDep, credentials: BearerDep) -> None:
+        use_caller(authorize(settings, bearer_key(credentials), scope))
+
+    return Depends(require)
 
 
-def require_api_key(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Accept the request when its bearer key's sha256 is configured (unless auth is off)."""
-    check_api_key(settings, credentials.credentials if credentials is not None else None)
-
-
-ApiKeyDep = Depends(require_api_key)
+DecideKeyDep = require_scope(Scope.DECIDE)
+AdminKeyDep = require_scope(Scope.ADMIN)
+MetricsKeyDep = require_scope(Scope.METRICS)

@@ -4,7 +4,7 @@ FastAPI's machinery for a route (dependency solving, request and response
 objects, the exception middleware) cost about 65 µs a request on the 2-core
 development machine, as much as the engine's whole decision on a warm profile.
 This endpoint answers the same requests with the same bodies straight from the
-ASGI messages: the API key, the body, the event's validation (the very pydantic
+ASGI messages: the API key and its scope, the body, the event's validation (the very pydantic
 model and error mapping of the route), the decision, its JSON.
 
 The FastAPI route in ``routes.py`` remains the declaration of record: it makes
@@ -32,11 +32,12 @@ from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from risk_engine.api.deps import check_api_key
+from risk_engine.api.auth import authorize, use_caller
 from risk_engine.api.errors import error_response, validation_body
 from risk_engine.api.service import Service
 from risk_engine.errors import ConfigurationError, InvalidEventError, RiskEngineError
 from risk_engine.events import Event
+from risk_engine.scopes import Scope as KeyScope
 
 PATH = "/v1/decisions"
 _JSON = b"application/json"
@@ -68,7 +69,8 @@ class DecisionEndpoint:
         """(status, headers, body) for one request, errors included."""
         try:
             service = self._service()
-            check_api_key(service.settings, _bearer_key(scope))
+            # The route's very check (scope decide); the caller names this request's records.
+            use_caller(authorize(service.settings, _bearer_key(scope), KeyScope.DECIDE))
             event = parse_request_event(body, _header(scope, b"content-type"))
             status = 200
             content, extra = service.render(service.decide(event))

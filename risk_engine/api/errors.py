@@ -15,7 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from risk_engine.api.responses import JSONBody
-from risk_engine.errors import AuthenticationError, InvalidEventError, RiskEngineError
+from risk_engine.errors import (
+    AuthenticationError,
+    ForbiddenError,
+    InvalidEventError,
+    RiskEngineError,
+)
 
 log = logging.getLogger("risk_engine.api")
 
@@ -68,6 +73,11 @@ def error_response(
     headers = []
     if isinstance(exc, AuthenticationError):
         headers.append(("WWW-Authenticate", 'Bearer realm="risk-engine"'))
+    elif isinstance(exc, ForbiddenError):
+        # RFC 6750: a valid token without the scope the resource needs.
+        headers.append(
+            ("WWW-Authenticate", 'Bearer realm="risk-engine", error="insufficient_scope"')
+        )
     return exc.status_code, headers, exc.to_dict()
 
 

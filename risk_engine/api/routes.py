@@ -1,4 +1,4 @@
-"""The routes: /v1 (API key required) and the open operational ones.
+"""The routes: /v1 (an API key of the scope each needs), metrics, and the open probes.
 
 Each endpoint is one call into the Service plus its HTTP shape; the
 ``responses=`` tables declare every error status, so the OpenAPI document is true.
@@ -12,7 +12,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from risk_engine.api.deps import ApiKeyDep, ServiceDep
+from risk_engine.api.auth import granted_scopes
+from risk_engine.api.deps import (
+    AdminKeyDep,
+    BearerDep,
+    DecideKeyDep,
+    MetricsKeyDep,
+    ServiceDep,
+    SettingsDep,
+    bearer_key,
+)
 from risk_engine.api.responses import JSONBody
 from risk_engine.api.schemas import (
     ChallengeResultIn,
@@ -30,9 +39,11 @@ from risk_engine.decision_log import DecisionFilter
 from risk_engine.decision_log.entries import Cursor
 from risk_engine.errors import InvalidEventError
 from risk_engine.events import Event
+from risk_engine.scopes import Scope
 
 _ERRORS: dict[int, str] = {
     401: "missing or invalid API key",
+    403: "the API key lacks the scope this call needs",
     404: "no such challenge, event or user",
     409: "challenge already used, or reported for another session",
     413: "request body too large",
@@ -51,14 +62,15 @@ EventId = Annotated[str, Path(min_length=1, max_length=128)]
 ChallengeId = Annotated[str, Path(min_length=1, max_length=128)]
 UserId = Annotated[str, Path(min_length=1, max_length=256)]
 
-v1 = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
+v1 = APIRouter(prefix="/v1")
 ops = APIRouter()
 
 
 @v1.post(
     "/decisions",
     response_model=Decision,
-    summary="Score one event and decide: allow, step_up or deny",
+    summary="Score one event and decide: allow, step_up or deny (scope decide)",
+    dependencies=[DecideKeyDep],
     responses={
         200: {
             "description": "the decision; with step_up, a challenge and an RFC 9470 "
@@ -70,7 +82,7 @@ ops = APIRouter()
                 }
             },
         },
-        **errors(401, 413, 422),
+        **errors(401, 403, 413, 422),
     },
 )
 def decide(event: Event, service: ServiceDep) -> Response:
@@ -83,8 +95,9 @@ def decide(event: Event, service: ServiceDep) -> Response:
 @v1.post(
     "/challenges/{challenge_id}/result",
     response_model=ChallengeResultOut,
-    summary="Report the result of a step-up challenge (single use, session-bound)",
-    responses=errors(401, 404, 409, 413, 422, 503),
+    summary="Report the result of a step-up challenge (single use, session-bound; scope decide)",
+    dependencies=[DecideKeyDep],
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
 )
 def challenge_result(
     challenge_id: ChallengeId, body: ChallengeResultIn, service: ServiceDep
@@ -95,8 +108,9 @@ def challenge_result(
 @v1.post(
     "/events/{event_id}/feedback",
     response_model=FeedbackOut,
-    summary="Label an event as confirmed fraud or confirmed legitimate (training feedback)",
-    responses=errors(401, 413, 422, 500),
+    summary="Label an event as confirmed fraud or confirmed legitimate (scope decide)",
+    dependencies=[DecideKeyDep],
+    responses=errors(401, 403, 413, 422, 500),
 )
 def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> FeedbackOut:
     return service.feedback(event_id, body)
@@ -105,8 +119,9 @@ def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> Feedba
 @v1.delete(
     "/users/{user_id}",
     status_code=204,
-    summary="Erase a user's behavioral profile",
-    responses=errors(401, 404, 422, 503),
+    summary="Erase a user's behavioral profile (scope admin)",
+    dependencies=[AdminKeyDep],
+    responses=errors(401, 403, 404, 422, 503),
 )
 def erase_user(user_id: UserId, service: ServiceDep) -> Response:
     service.erase(user_id)
@@ -116,8 +131,9 @@ def erase_user(user_id: UserId, service: ServiceDep) -> Response:
 @v1.get(
     "/model",
     response_model=ModelInfo,
-    summary="The live model, its policy thresholds, and the shadow pair",
-    responses=errors(401, 500),
+    summary="The live model, its policy thresholds, and the shadow pair (scope admin)",
+    dependencies=[AdminKeyDep],
+    responses=errors(401, 403, 500),
 )
 def model(service: ServiceDep) -> ModelInfo:
     return service.model_info()
@@ -126,8 +142,10 @@ def model(service: ServiceDep) -> ModelInfo:
 @v1.post(
     "/admin/reload",
     response_model=ModelInfo,
-    summary="Reload model and policy from their files; a bad file keeps the running one",
-    responses=errors(401, 500),
+    summary="Reload model and policy from their files; a bad file keeps the running one"
+    " (scope admin)",
+    dependencies=[AdminKeyDep],
+    responses=errors(401, 403, 500),
 )
 def reload(service: ServiceDep) -> ModelInfo:
     return service.reload()
@@ -159,8 +177,9 @@ CursorParam = Annotated[
     "/decisions",
     response_model=LogPage,
     summary="Query the decision log: filter by user, decision, class, reason, model and time",
-    responses=errors(401, 422, 500, 503),
+    responses=errors(401, 403, 422, 500, 503),
     dependencies=[
+        AdminKeyDep,
         only_known_query(
             "user_id",
             "decision",
@@ -171,7 +190,7 @@ CursorParam = Annotated[
             "until",
             "limit",
             "cursor",
-        )
+        ),
     ],
 )
 def query_decisions(
@@ -205,8 +224,8 @@ def query_decisions(
     "/users/{user_id}/timeline",
     response_model=LogPage,
     summary="A user's decisions newest first, with place, device, reasons, step-ups, feedback",
-    responses=errors(401, 422, 500, 503),
-    dependencies=[only_known_query("limit", "cursor")],
+    responses=errors(401, 403, 422, 500, 503),
+    dependencies=[AdminKeyDep, only_known_query("limit", "cursor")],
 )
 def timeline(
     user_id: UserId, service: ServiceDep, limit: Limit = 50, cursor: CursorParam = None
@@ -225,20 +244,28 @@ def healthz() -> Health:
 @ops.get(
     "/readyz",
     response_model=Readiness,
-    summary="Ready: store, GeoIP and model usable",
-    responses={503: {"model": Readiness, "description": "a dependency failed (named)"}},
+    summary="Ready: store, GeoIP and model usable; each check ok or failed (an admin key: why)",
+    responses={503: {"model": Readiness, "description": "a dependency failed"}},
+    # The key is optional here (probes send none): {} is the no-key alternative.
+    openapi_extra={"security": [{}]},
 )
-def readyz(service: ServiceDep) -> Response:
-    readiness = service.readiness()
+def readyz(service: ServiceDep, settings: SettingsDep, credentials: BearerDep) -> Response:
+    # Probes need no key; what failed and why (addresses, errors) is for operators only.
+    detailed = Scope.ADMIN in granted_scopes(settings, bearer_key(credentials))
+    readiness = service.readiness(detailed=detailed)
     status = 200 if readiness.status == "ready" else 503
     return JSONBody(readiness.model_dump(), status_code=status)
 
 
 @ops.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (scope metrics or admin)",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    dependencies=[MetricsKeyDep],
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **errors(401, 403),
+    },
 )
 def metrics(service: ServiceDep) -> Response:
     return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

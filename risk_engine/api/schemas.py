@@ -92,7 +92,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Readiness: each dependency's state ("ok" or what failed)."""
+    """Readiness: each dependency's state: "ok" or "failed" (for an admin key: what failed)."""
 
     status: Literal["ready", "not_ready"]
     checks: dict[str, str]

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from risk_engine.api.auth import current_caller
 from risk_engine.api.metrics import CountingStore, Metrics
 from risk_engine.api.schemas import (
     ChallengeResultIn,
@@ -41,6 +42,7 @@ from risk_engine.errors import (
 )
 from risk_engine.events import Event
 from risk_engine.profiles.model import Profile
+from risk_engine.scopes import Scope
 
 log = logging.getLogger("risk_engine.api")
 
@@ -132,9 +134,13 @@ class Service:
             self.engine.store.close()
 
     def audit(self, kind: RecordKind, fields: dict[str, Any]) -> None:
-        """Append an audit record; a failing disk is logged and counted, never a failed request."""
+        """Append an audit record; a failing disk is logged and counted, never a failed request.
+
+        The record names its ``caller``: the id of the API key the request came with
+        (set by the auth check for this request), or ``auth-disabled``.
+        """
         try:
-            self.audit_log.append(kind, fields)
+            self.audit_log.append(kind, {**fields, "caller": current_caller()})
         except OSError as exc:
             self.metrics.audit_errors.inc()
             log.error("audit record %s not written to %s: %s", kind, self.audit_log.path, exc)
@@ -276,15 +282,17 @@ class Service:
             )
         return self.decision_log
 
-    def key_allowed(self, key_sha256: str, scope: str) -> bool:
-        """Whether the key with this digest may act in ``scope`` (any key when auth is off)."""
+    def key_allowed(self, key_sha256: str, scope: Scope) -> bool:
+        """Whether the key with this digest holds ``scope`` (any key when auth is off)."""
         settings = self.settings
         if settings.auth_disabled:
             return True
-        matched = False
-        for expected in settings.api_keys_sha256:
-            matched |= hmac.compare_digest(key_sha256, expected)
-        return matched
+        granted: frozenset[Scope] = frozenset()
+        # Compare against every entry, without stopping early: timing tells nothing.
+        for expected, scopes in settings.key_table:
+            if hmac.compare_digest(key_sha256, expected):
+                granted |= scopes
+        return scope in granted
 
     def note_console(self, what: str, key_id: str | None) -> None:
         """Audit a console sign-in, refusal or sign-out."""
@@ -340,8 +348,12 @@ class Service:
 
     # -- operations -----------------------------------------------------------------------
 
-    def readiness(self) -> Readiness:
-        """Store reachable, GeoIP answering, model loaded: each reported by name."""
+    def readiness(self, *, detailed: bool = False) -> Readiness:
+        """Store reachable, GeoIP answering, model loaded: each ``ok`` or ``failed``.
+
+        ``detailed`` (for operators) says what failed instead: store URLs and error
+        text are no business of an anonymous probe.
+        """
         checks: dict[str, str] = {}
         try:
             self.engine.store.ping()
@@ -355,6 +367,8 @@ class Service:
             checks["geoip"] = exc.message
         checks["model"] = "ok" if self.engine.scorer is not None else "no model is loaded"
         ready = all(v == "ok" for v in checks.values())
+        if not detailed:
+            checks = {name: "ok" if v == "ok" else "failed" for name, v in checks.items()}
         return Readiness(status="ready" if ready else "not_ready", checks=checks)
 
     def model_info(self) -> ModelInfo:

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from risk_engine.api.auth import use_caller
 from risk_engine.api.deps import ServiceDep
 from risk_engine.api.schemas import FeedbackIn, FeedbackLabel
 from risk_engine.api.service import Service
@@ -36,6 +37,7 @@ from risk_engine.console.session import (
 from risk_engine.decision_log import DecisionFilter
 from risk_engine.decision_log.entries import Cursor
 from risk_engine.errors import AuthenticationError, RiskEngineError
+from risk_engine.scopes import Scope
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 STATIC_PATH = "/console/static"
@@ -64,8 +66,10 @@ def current_session(request: Request, service: Service) -> ConsoleSession:
     """The signed-in session, or SignInRequired; a key removed since signs the session out."""
     value = request.cookies.get(COOKIE)
     session = unseal(value, session_key(service)) if value else None
-    if session is None or not service.key_allowed(session.key_sha256, "admin"):
+    if session is None or not service.key_allowed(session.key_sha256, Scope.ADMIN):
         raise SignInRequired(request.url.path)
+    # The operator's actions are audited under the key that signed in.
+    use_caller(session.key_id)
     return session
 
 
@@ -133,7 +137,7 @@ def sign_in(
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
     digest = hashlib.sha256(api_key.encode()).hexdigest()
-    if not api_key or not service.key_allowed(digest, "admin"):
+    if not api_key or not service.key_allowed(digest, Scope.ADMIN):
         service.note_console("sign_in_refused", None)
         return page(
             request,

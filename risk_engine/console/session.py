@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from risk_engine.scopes import key_id
+
 COOKIE = "risk_engine_console"
 LIFETIME_S = 8 * 3600
 
@@ -32,7 +34,7 @@ class ConsoleSession:
 
     @property
     def key_id(self) -> str:
-        return "k-" + self.key_sha256[:12]
+        return key_id(self.key_sha256)
 
 
 def new_session(key_sha256: str, *, now: float | None = None) -> ConsoleSession:

@@ -30,6 +30,10 @@ from risk_engine.model.artifact import default_model_path, load_artifact
 API_KEY = "rek_test-key-for-the-api-tests"
 API_KEY_SHA256 = hashlib.sha256(API_KEY.encode()).hexdigest()
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# The operator's key (scope admin): erasure, reload, model, metrics. API_KEY decides.
+ADMIN_API_KEY = "rek_test-admin-key-for-the-api-tests"
+ADMIN_API_KEY_SHA256 = hashlib.sha256(ADMIN_API_KEY.encode()).hexdigest()
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_API_KEY}"}
 SECRET = "api-tests-secret-" + "0" * 32
 
 # Addresses the bundled GeoLite2 City database places (checked in test_step_up).
@@ -64,7 +68,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_settings(tmp_path: Path, model_path: Path) -> Callable[..., Settings]:
-    """Settings on tmp_path (SQLite store, audit, feedback), auth on with API_KEY."""
+    """Settings on tmp_path (SQLite store, audit, feedback), auth on: API_KEY, ADMIN_API_KEY."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -73,6 +77,7 @@ def make_settings(tmp_path: Path, model_path: Path) -> Callable[..., Settings]:
             "model_path": model_path,
             "secret": SECRET,
             "api_keys_sha256": [API_KEY_SHA256],
+            "api_keys": {"ops": f"admin:{ADMIN_API_KEY_SHA256}"},
         }
         values.update(overrides)
         return Settings(**values)
@@ -180,6 +185,18 @@ def api_key() -> str:
 
 
 @pytest.fixture
+def admin_api_key() -> str:
+    """A key of scope admin (configured beside API_KEY, which has scope decide)."""
+    return ADMIN_API_KEY
+
+
+@pytest.fixture
+def admin_auth() -> dict[str, str]:
+    """The Authorization header of ADMIN_API_KEY."""
+    return dict(ADMIN_AUTH)
+
+
+@pytest.fixture
 def secret() -> str:
     """The hashing secret of every app and server here (user keys are derived from it)."""
     return SECRET
@@ -248,6 +265,7 @@ def serve(tmp_path: Path, model_path: Path) -> Iterator[Callable[..., Server]]:
             RISK_ENGINE_MODEL_PATH=str(model_path),
             RISK_ENGINE_SECRET=SECRET,
             RISK_ENGINE_API_KEYS_SHA256=f'["{API_KEY_SHA256}"]',
+            RISK_ENGINE_API_KEY_OPS=f"admin:{ADMIN_API_KEY_SHA256}",
         )
         for name, value in env_overrides.items():
             if value is None:

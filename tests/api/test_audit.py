@@ -25,6 +25,7 @@ from risk_engine.cli import app as cli
 from risk_engine.config import Settings
 from risk_engine.errors import ConfigurationError
 from risk_engine.logs import LogReport, read_events
+from risk_engine.scopes import Scope
 
 EventFactory = Callable[..., dict[str, Any]]
 KEY = AuditKey("k3y-0f-the-audit-chain-for-tests-0123456789", source="test")
@@ -431,10 +432,14 @@ def test_cli_audit_verify_takes_key_files_and_the_variable(
 
 
 def test_cli_apikey_prints_a_key_and_its_digest() -> None:
-    result = CliRunner().invoke(cli, ["apikey"])
+    result = CliRunner().invoke(cli, ["apikey", "--scope", "metrics"])
     assert result.exit_code == 0
     lines = dict(line.split(":", 1) for line in result.output.splitlines()[:2])
     key, digest = lines["key"].strip(), lines["sha256"].strip()
     assert hashlib.sha256(key.encode()).hexdigest() == digest
-    assert f"RISK_ENGINE_API_KEYS_SHA256='[\"{digest}\"]'" in result.output
-    Settings(api_keys_sha256=[digest])  # accepted as configuration
+    name, value = result.output.splitlines()[2].split("=", 1)
+    assert name.startswith("RISK_ENGINE_API_KEY_") and value == f"metrics:{digest}"
+    # Accepted as configuration: the key, with its scope.
+    assert Settings(api_keys={name[len("RISK_ENGINE_API_KEY_") :]: value}).key_table == (
+        (digest, frozenset({Scope.METRICS})),
+    )

@@ -15,7 +15,12 @@ from fastapi.testclient import TestClient
 
 from risk_engine.client import RiskEngineClient, RiskEngineUnavailable
 from risk_engine.decision import Outcome
-from risk_engine.errors import AuthenticationError, ConflictError, InvalidEventError
+from risk_engine.errors import (
+    AuthenticationError,
+    ConflictError,
+    ForbiddenError,
+    InvalidEventError,
+)
 from risk_engine.events import Event
 from risk_engine.policy import load_policy, save_policy
 
@@ -50,7 +55,9 @@ def engine_url(serve: Callable[..., Any], tmp_path: Path) -> str:
     return str(server.base_url)
 
 
-def test_the_client_speaks_the_api(engine_url: str, api_key: str, make_event: EventFactory) -> None:
+def test_the_client_speaks_the_api(
+    engine_url: str, api_key: str, admin_api_key: str, make_event: EventFactory
+) -> None:
     with RiskEngineClient(engine_url, api_key=api_key) as client:
         decision = client.decide(make_event(action="login"))
         assert decision.decision in set(Outcome) and 0 <= decision.score <= 1
@@ -62,7 +69,10 @@ def test_the_client_speaks_the_api(engine_url: str, api_key: str, make_event: Ev
         feedback = client.feedback(decision.event_id, "confirmed_legit", note="ok")
         assert feedback["label"] == "confirmed_legit"
         client.decide(make_event(user_id="u-gone"))
-        client.delete_user("u-gone")
+        with pytest.raises(ForbiddenError):  # erasure is the operator's (scope admin)
+            client.delete_user("u-gone")
+    with RiskEngineClient(engine_url, api_key=admin_api_key) as admin:
+        admin.delete_user("u-gone")
     with (
         RiskEngineClient(engine_url, api_key="wrong") as client,
         pytest.raises(AuthenticationError),

@@ -55,21 +55,24 @@ def test_signed_out_pages_redirect_to_sign_in(console: TestClient, path: str) ->
 
 
 def test_a_wrong_key_is_refused_and_a_right_one_gets_a_strict_cookie(
-    console: TestClient, api_key: str
+    console: TestClient, api_key: str, admin_api_key: str
 ) -> None:
-    refused = console.post("/console/sign-in", data={"api_key": "rek_wrong"})
-    assert refused.status_code == 401 and "not an admin key" in refused.text
-    assert COOKIE not in console.cookies
-    accepted = console.post("/console/sign-in", data={"api_key": api_key, "next": "//evil.example"})
+    for wrong in ("rek_wrong", api_key):  # unknown, and a key of scope decide
+        refused = console.post("/console/sign-in", data={"api_key": wrong})
+        assert refused.status_code == 401 and "not an admin key" in refused.text
+        assert COOKIE not in console.cookies
+    accepted = console.post(
+        "/console/sign-in", data={"api_key": admin_api_key, "next": "//evil.example"}
+    )
     assert accepted.status_code == 303
     assert accepted.headers["location"] == "/console/overview"  # no open redirect
     cookie = accepted.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
-    assert api_key not in accepted.headers["set-cookie"]
+    assert admin_api_key not in accepted.headers["set-cookie"]
 
 
-def test_a_forged_cookie_is_not_a_session(console: TestClient, api_key: str) -> None:
-    sign_in(console, api_key)
+def test_a_forged_cookie_is_not_a_session(console: TestClient, admin_api_key: str) -> None:
+    sign_in(console, admin_api_key)
     value = console.cookies[COOKIE]
     payload, _, mac = value.partition(".")
     console.cookies.clear()
@@ -78,7 +81,11 @@ def test_a_forged_cookie_is_not_a_session(console: TestClient, api_key: str) -> 
 
 
 def test_pages_render_what_the_log_holds(
-    console: TestClient, api_key: str, make_event: EventFactory, make_history: Callable[..., Any]
+    console: TestClient,
+    api_key: str,
+    admin_api_key: str,
+    make_event: EventFactory,
+    make_history: Callable[..., Any],
 ) -> None:
     history = make_history("alice", days=3)
     foreign = make_event(
@@ -86,7 +93,7 @@ def test_pages_render_what_the_log_holds(
     )
     decisions = decide(console, api_key, [*history, foreign])
     assert decisions[-1]["decision"] == "step_up"
-    sign_in(console, api_key)
+    sign_in(console, admin_api_key)
     overview = console.get("/console/overview", params={"range": "7d"})
     assert overview.status_code == 200
     assert "default-src 'none'" in overview.headers["content-security-policy"]
@@ -102,11 +109,15 @@ def test_pages_render_what_the_log_holds(
 
 
 def test_feedback_untrust_and_erase_need_the_csrf_token(
-    console: TestClient, api_key: str, make_event: EventFactory, make_history: Callable[..., Any]
+    console: TestClient,
+    api_key: str,
+    admin_api_key: str,
+    make_event: EventFactory,
+    make_history: Callable[..., Any],
 ) -> None:
     events = make_history("bob", days=2)
     decide(console, api_key, events)
-    csrf = sign_in(console, api_key)
+    csrf = sign_in(console, admin_api_key)
     target = events[-1]["event_id"]
     forged = console.post(
         f"/console/events/{target}/feedback",
@@ -139,8 +150,8 @@ def test_feedback_untrust_and_erase_need_the_csrf_token(
     assert "No profile is kept" in console.get("/console/users/bob").text
 
 
-def test_sign_out_ends_the_session(console: TestClient, api_key: str) -> None:
-    csrf = sign_in(console, api_key)
+def test_sign_out_ends_the_session(console: TestClient, admin_api_key: str) -> None:
+    csrf = sign_in(console, admin_api_key)
     out = console.post("/console/sign-out", data={"csrf": csrf})
     assert out.status_code == 303 and out.headers["location"] == "/console/sign-in"
     assert console.get("/console/overview").status_code == 303
@@ -181,7 +192,7 @@ def test_console_in_a_browser(
     # Keyboard only: the key field has focus, Enter submits.
     active = driver.switch_to.active_element
     assert active.get_attribute("id") == "api_key"
-    active.send_keys(api_key + Keys.ENTER)
+    active.send_keys(admin_api_key + Keys.ENTER)
     assert browser.wait_for("return location.pathname === '/console/overview';")
     browser.screenshot("console-overview")
     assert driver.find_element(By.ID, "total").text.strip() != ""

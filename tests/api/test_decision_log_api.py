@@ -120,10 +120,13 @@ def test_bad_query_parameters_are_a_422_naming_the_field(
     assert response.json()["field"] == field
 
 
-def test_the_query_api_needs_a_key(settings: Settings) -> None:
+def test_the_query_api_needs_an_admin_key(settings: Settings, api_key: str) -> None:
     with TestClient(create_app(settings)) as client:
         assert client.get("/v1/decisions").status_code == 401
         assert client.get("/v1/users/x/timeline").status_code == 401
+        decide_only = {"Authorization": f"Bearer {api_key}"}
+        assert client.get("/v1/decisions", headers=decide_only).status_code == 403
+        assert client.get("/v1/users/x/timeline", headers=decide_only).status_code == 403
 
 
 def test_decision_log_off_is_said_not_500(

@@ -222,13 +222,14 @@ def test_v1_needs_a_valid_api_key(
             ("GET", "/v1/model"),
             ("POST", "/v1/admin/reload"),
             ("DELETE", "/v1/users/u-1"),
+            ("GET", "/metrics"),
         ):
             response = anonymous.request(method, path, json=make_event())
             assert response.status_code == 401, (path, response.text)
             assert response.json()["error"] == "unauthorized"
             assert response.headers["www-authenticate"].startswith("Bearer")
-        # The operational endpoints stay open.
-        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+        # The probes and the documents stay open.
+        for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
             assert anonymous.get(path).status_code == 200, path
 
 

@@ -45,22 +45,26 @@ def test_health_and_readiness(client: TestClient) -> None:
     }
 
 
-def test_metrics_count_decisions(client: TestClient, make_event: EventFactory) -> None:
+def test_metrics_count_decisions(
+    client: TestClient, make_event: EventFactory, admin_auth: dict[str, str]
+) -> None:
     for action in ("login", "login", "view_account"):
         assert client.post("/v1/decisions", json=make_event(action=action)).status_code == 200
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=admin_auth).text
     found = samples(text)
     total = sum(v for (name, _), v in found.items() if name == "risk_engine_decisions_total")
     assert total == 3
     assert found[("risk_engine_decision_seconds_count", ())] == 3
     assert found[("risk_engine_degraded_decisions_total", ())] == 0
-    model = client.get("/v1/model").json()
+    model = client.get("/v1/model", headers=admin_auth).json()
     info = [k for k in found if k[0] == "risk_engine_model_info"]
     assert ("model_version", model["model_version"]) in info[0][1]
 
 
-def test_model_info_shows_version_thresholds_and_training(client: TestClient) -> None:
-    body = client.get("/v1/model").json()
+def test_model_info_shows_version_thresholds_and_training(
+    client: TestClient, admin_auth: dict[str, str]
+) -> None:
+    body = client.get("/v1/model", headers=admin_auth).json()
     assert body["model_version"] and body["kind"] and len(body["schema_hash"]) == 16
     assert body["policy_version"]
     login = body["thresholds"]["login"]
@@ -82,11 +86,12 @@ def test_reload_swaps_the_model_and_a_bad_file_keeps_the_old_one(
     model_path: Path,
     tmp_path: Path,
     api_key: str,
+    admin_auth: dict[str, str],
     make_event: EventFactory,
 ) -> None:
     live = copy_model(model_path, tmp_path / "live")
     settings = make_settings(model_path=live)
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {api_key}"}) as c:
+    with TestClient(create_app(settings), headers=admin_auth) as c:
         before = c.get("/v1/model").json()["model_version"]
         response = c.post("/v1/admin/reload")
         assert response.status_code == 200, response.text
@@ -98,7 +103,8 @@ def test_reload_swaps_the_model_and_a_bad_file_keeps_the_old_one(
         assert "reload refused" in response.json()["message"]
         assert "checksum" in response.json()["message"]
         assert c.get("/v1/model").json()["model_version"] == before
-        assert c.post("/v1/decisions", json=make_event()).status_code == 200
+        app_key = {"Authorization": f"Bearer {api_key}"}
+        assert c.post("/v1/decisions", json=make_event(), headers=app_key).status_code == 200
         metrics = samples(c.get("/metrics").text)
         assert metrics[("risk_engine_reloads_total", (("result", "failed"),))] == 1
         assert metrics[("risk_engine_reloads_total", (("result", "ok"),))] == 1
@@ -108,6 +114,7 @@ def test_shadow_verdict_is_audited_not_enforced(
     make_settings: Callable[..., Settings],
     tmp_path: Path,
     api_key: str,
+    admin_auth: dict[str, str],
     make_event: EventFactory,
 ) -> None:
     strict = load_policy()
@@ -120,7 +127,8 @@ def test_shadow_verdict_is_audited_not_enforced(
         event = make_event(action="view_account")
         body = c.post("/v1/decisions", json=event).json()
         assert body["decision"] != "deny" and "shadow" not in body
-        assert c.get("/v1/model").json()["shadow"]["policy_version"] == "shadow-strict"
+        shadow = c.get("/v1/model", headers=admin_auth).json()["shadow"]
+        assert shadow["policy_version"] == "shadow-strict"
     record = audit_records(settings)[-1]
     assert record["event_id"] == event["event_id"]
     assert record["shadow"]["decision"] == "deny"
@@ -147,11 +155,11 @@ def test_feedback_is_a_training_label_and_audited(client: TestClient, settings: 
 
 
 def test_erasure_deletes_the_profile(
-    client: TestClient, settings: Settings, make_event: EventFactory
+    client: TestClient, settings: Settings, make_event: EventFactory, admin_auth: dict[str, str]
 ) -> None:
     client.post("/v1/decisions", json=make_event(user_id="u-forget-me"))
-    assert client.delete("/v1/users/u-forget-me").status_code == 204
-    assert client.delete("/v1/users/u-forget-me").status_code == 404
+    assert client.delete("/v1/users/u-forget-me", headers=admin_auth).status_code == 204
+    assert client.delete("/v1/users/u-forget-me", headers=admin_auth).status_code == 404
     erasures = [r for r in audit_records(settings) if r["record"] == "erasure"]
     assert [r["outcome"] for r in erasures] == ["erased", "absent"]
     assert "u-forget-me" not in str(erasures)  # keyed, not the raw id
