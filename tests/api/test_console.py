@@ -165,6 +165,7 @@ def test_console_in_a_browser(
     serve: Serve,
     browser: Any,
     api_key: str,
+    admin_api_key: str,
     make_event: EventFactory,
     make_history: Callable[..., Any],
 ) -> None:
