@@ -26,6 +26,7 @@ from risk_engine.decision_log.entries import (
     Page,
     rfc3339,
 )
+from risk_engine.config import private_file
 from risk_engine.errors import ConfigurationError, DecisionLogError
 
 HOUR_S = 3600.0
@@ -185,6 +186,8 @@ class DecisionLog:
                 )
             self.path: Path | None = Path(url.removeprefix("sqlite:///"))
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Private from the first byte; SQLite gives its -wal and -shm the same mode.
+            private_file(self.path)
         else:
             self.path = None
         self._local = threading.local()

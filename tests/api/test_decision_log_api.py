@@ -14,20 +14,39 @@ from risk_engine.config import Settings
 EventFactory = Callable[..., dict[str, Any]]
 
 
+class SplitKeys:
+    """POSTs with the decide key, GETs and DELETEs with the admin key, as deployments split them."""
+
+    def __init__(self, client: TestClient, decide_key: str, admin_key: str) -> None:
+        self.app = client.app
+        self._client = client
+        self._decide = {"Authorization": f"Bearer {decide_key}"}
+        self._admin = {"Authorization": f"Bearer {admin_key}"}
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self._client.post(url, headers=self._decide, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self._client.get(url, headers=self._admin, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> Any:
+        return self._client.delete(url, headers=self._admin, **kwargs)
+
+
 @pytest.fixture
-def app_client(settings: Settings, api_key: str) -> Iterator[TestClient]:
+def app_client(settings: Settings, api_key: str, admin_api_key: str) -> Iterator[SplitKeys]:
     """The app with an engine of its own (its own decision log in tmp_path)."""
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {api_key}"}) as client:
-        yield client
+    with TestClient(create_app(settings)) as client:
+        yield SplitKeys(client, api_key, admin_api_key)
 
 
-def flush(client: TestClient) -> None:
+def flush(client: Any) -> None:
     writer = client.app.state.service.decision_log  # type: ignore[attr-defined]
     assert writer.flush()
 
 
 def test_decisions_are_queryable_by_user_decision_and_page(
-    app_client: TestClient, make_event: EventFactory, make_history: Callable[..., Any]
+    app_client: Any, make_event: EventFactory, make_history: Callable[..., Any]
 ) -> None:
     for event in make_history("alice", days=3):
         assert app_client.post("/v1/decisions", json=event).status_code == 200
@@ -71,7 +90,7 @@ def test_decisions_are_queryable_by_user_decision_and_page(
 
 
 def test_timeline_shows_step_up_results_and_feedback(
-    app_client: TestClient, make_event: EventFactory, make_history: Callable[..., Any]
+    app_client: Any, make_event: EventFactory, make_history: Callable[..., Any]
 ) -> None:
     for past in make_history("carol", days=3):
         app_client.post("/v1/decisions", json=past)
@@ -92,9 +111,7 @@ def test_timeline_shows_step_up_results_and_feedback(
     assert [f["outcome"] for f in items[0]["feedback"]] == ["confirmed_legit"]
 
 
-def test_erasure_empties_the_users_decision_log(
-    app_client: TestClient, make_event: EventFactory
-) -> None:
+def test_erasure_empties_the_users_decision_log(app_client: Any, make_event: EventFactory) -> None:
     for _ in range(3):
         app_client.post("/v1/decisions", json=make_event(user_id="dave"))
     app_client.post("/v1/decisions", json=make_event(user_id="erin"))
@@ -113,7 +130,7 @@ def test_erasure_empties_the_users_decision_log(
     ],
 )
 def test_bad_query_parameters_are_a_422_naming_the_field(
-    app_client: TestClient, params: dict[str, Any], field: str
+    app_client: Any, params: dict[str, Any], field: str
 ) -> None:
     response = app_client.get("/v1/decisions", params=params)
     assert response.status_code == 422
@@ -130,16 +147,18 @@ def test_the_query_api_needs_an_admin_key(settings: Settings, api_key: str) -> N
 
 
 def test_decision_log_off_is_said_not_500(
-    make_settings: Callable[..., Settings], api_key: str
+    make_settings: Callable[..., Settings], admin_api_key: str
 ) -> None:
     settings = make_settings(decision_log="off")
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {api_key}"}) as c:
+    with TestClient(
+        create_app(settings), headers={"Authorization": f"Bearer {admin_api_key}"}
+    ) as c:
         response = c.get("/v1/decisions")
     assert response.status_code == 500
     assert "decision log is off" in response.json()["message"]
 
 
-def test_a_misspelt_filter_is_refused_not_ignored(app_client: TestClient) -> None:
+def test_a_misspelt_filter_is_refused_not_ignored(app_client: Any) -> None:
     response = app_client.get("/v1/decisions", params={"decison": "deny"})
     assert response.status_code == 422
     assert response.json()["field"] == "decison"

@@ -28,14 +28,19 @@ class _Trap:
 
 
 def test_reload_of_a_crafted_pickle_runs_nothing_and_keeps_the_model(
-    serve: Serve, model_path: Path, tmp_path: Path, api_key: str, make_event: EventFactory
+    serve: Serve,
+    model_path: Path,
+    tmp_path: Path,
+    api_key: str,
+    admin_api_key: str,
+    make_event: EventFactory,
 ) -> None:
     live = tmp_path / "live" / model_path.name
     live.parent.mkdir()
     shutil.copy(model_path, live)
     shutil.copy(model_path.with_name(model_path.name + ".sha256"), live.parent)
     server = serve(RISK_ENGINE_MODEL_PATH=str(live))
-    headers = {"Authorization": f"Bearer {api_key}"}
+    headers = {"Authorization": f"Bearer {admin_api_key}"}
     url = server.base_url
     before = httpx.get(url + "/v1/model", headers=headers).json()["model_version"]
 
@@ -53,6 +58,7 @@ def test_reload_of_a_crafted_pickle_runs_nothing_and_keeps_the_model(
     assert "reload refused, the running model is kept" in message
     assert str(live) in message and "risk-engine train" in message
     assert httpx.get(url + "/v1/model", headers=headers).json()["model_version"] == before
-    decided = httpx.post(url + "/v1/decisions", json=make_event(), headers=headers)
+    decide = {"Authorization": f"Bearer {api_key}"}
+    decided = httpx.post(url + "/v1/decisions", json=make_event(), headers=decide)
     assert decided.status_code == 200, decided.text
     assert decided.json()["model_version"] == before
