@@ -65,7 +65,6 @@ from typing import Any
 import orjson
 
 from risk_engine.errors import ConfigurationError
-from risk_engine.events import Event
 from risk_engine.features.observation import zone
 from risk_engine.geo import GeoLocator
 from risk_engine.logs import LogReport
@@ -160,7 +159,8 @@ class SynthesisConfig:
         bad = set(self.knowledge) - set(KNOWLEDGE)
         if bad or not self.knowledge:
             raise ConfigurationError(
-                f"attacker knowledge must be among {', '.join(KNOWLEDGE)}, got {list(self.knowledge)}"
+                f"attacker knowledge must be among {', '.join(KNOWLEDGE)},"
+                f" got {list(self.knowledge)}"
             )
         if not self.kinds:
             raise ConfigurationError("the mix and knowledge leave no attack kind to synthesize")
@@ -336,7 +336,7 @@ class Victim:
             countries={s.country for s in history if s.country},
             cities=Counter((s.country, s.city) for s in history if s.city),
             networks={s.network for s in history},
-            agents={s.device["user_agent"] for s in history if s.device and "user_agent" in s.device},
+            agents={s.device.get("user_agent", "") for s in history if s.device is not None},
             hours=Counter(s.local_hour for s in history),
             primary=primary,
             home=home,
@@ -645,9 +645,7 @@ class Synthesizer:
         if owner is None or device is None:
             return None
         plan = self.rng.choice(TAKEOVER_PLANS)
-        events = self._emit(
-            victim, at, owner.ip, device, plan, fail_first=self.rng.random() < 0.2
-        )
+        events = self._emit(victim, at, owner.ip, device, plan, fail_first=self.rng.random() < 0.2)
         return self._episode("new_country_takeover", victim, events, country=country)
 
     def _vpn_takeover(self) -> Episode | None:
@@ -661,9 +659,7 @@ class Synthesizer:
         if owner is None or device is None:
             return None
         plan = self.rng.choice(TAKEOVER_PLANS)
-        events = self._emit(
-            victim, at, owner.ip, device, plan, fail_first=self.rng.random() < 0.2
-        )
+        events = self._emit(victim, at, owner.ip, device, plan, fail_first=self.rng.random() < 0.2)
         return self._episode("vpn_takeover", victim, events, country=country)
 
     def _targeted_takeover(self) -> Episode | None:
@@ -748,7 +744,8 @@ class Synthesizer:
         ips = self.rng.sample(network, k=min(len(network), self.rng.choice((1, 1, 2, 3))))
         count = min(len(known), self.rng.randint(10, 40))
         targets = self.rng.sample(known, count)
-        hits = set(self.rng.sample(range(count), k=max(1, round(count * self.rng.uniform(0.03, 0.1)))))
+        share = self.rng.uniform(0.03, 0.1)
+        hits = set(self.rng.sample(range(count), k=max(1, round(count * share))))
         events: list[dict[str, Any]] = []
         ts = at
         for i, user in enumerate(targets):
@@ -764,9 +761,7 @@ class Synthesizer:
         start = at
         for user in targets:
             self._claim(user, start)
-        return Episode(
-            "credential_stuffing", targets, start, events, {"network": source.network}
-        )
+        return Episode("credential_stuffing", targets, start, events, {"network": source.network})
 
     def _compromised_device(self) -> Episode | None:
         at = self._moment()
