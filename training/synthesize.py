@@ -469,7 +469,7 @@ class Synthesizer:
             # One episode of every kind first, then the mix until the rate is met.
             queue = list(kinds)
             failures = 0
-            while injected < target and failures < 50:
+            while (queue or injected < target) and failures < 50:
                 kind = queue.pop(0) if queue else self.rng.choices(kinds, weights)[0]
                 episode = self.episode(kind)
                 if episode is None:
