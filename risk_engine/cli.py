@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from risk_engine.errors import RiskEngineError
 from risk_engine.scopes import Scope
+
+if TYPE_CHECKING:
+    from training.synthesize import SynthesisConfig
 
 app = typer.Typer(
     name="risk-engine",
@@ -123,6 +126,28 @@ def simulate(
     typer.echo(f"{summary.events} events, {summary.attacks} attack events ({kinds}) -> {out}")
 
 
+_ATTACK_KINDS = (
+    "new_country_takeover",
+    "vpn_takeover",
+    "targeted_takeover",
+    "session_hijack",
+    "credential_stuffing",
+    "compromised_device",
+)
+
+
+def _synthesis_config(seed: int, rate: float, mix: str | None, knowledge: str) -> SynthesisConfig:
+    """The attack synthesis options as a validated configuration."""
+    from training.synthesize import DEFAULT_MIX, SynthesisConfig, parse_mix
+
+    return SynthesisConfig(
+        seed=seed,
+        rate=rate,
+        mix=parse_mix(mix) if mix else dict(DEFAULT_MIX),
+        knowledge=tuple(k.strip() for k in knowledge.split(",") if k.strip()),
+    )
+
+
 @app.command()
 def train(
     events: Annotated[
@@ -138,6 +163,29 @@ def train(
     supervised: Annotated[
         bool, typer.Option(help="add the supervised model where labels exist")
     ] = True,
+    synthesize_attacks: Annotated[
+        bool | None,
+        typer.Option(
+            "--synthesize-attacks/--no-synthesize-attacks",
+            help="inject labelled attacks built from the log's own users (default: on when"
+            " the labels hold too few attacks)",
+            show_default=False,
+        ),
+    ] = None,
+    attack_rate: Annotated[
+        float, typer.Option(min=0.0001, max=0.5, help="injected events per real event")
+    ] = 0.01,
+    attack_mix: Annotated[
+        str | None,
+        typer.Option(help="kind=weight,... (" + ", ".join(_ATTACK_KINDS) + "; default: all)"),
+    ] = None,
+    attack_knowledge: Annotated[
+        str,
+        typer.Option(help="what the attackers know, comma-separated: naive, vpn, targeted, device"),
+    ] = "naive,vpn,targeted,device",
+    attack_seed: Annotated[
+        int | None, typer.Option(help="seed of the synthesized attacks (default: --seed)")
+    ] = None,
 ) -> None:
     """Replay logs through the feature pipeline and fit the risk model."""
     from risk_engine.model.detector import DetectorParams
@@ -145,11 +193,29 @@ def train(
 
     params = DetectorParams(n_estimators=trees, supervised=supervised, seed=seed)
     try:
-        artifact, table = run_training(events, out, labels=labels, params=params)
+        synthesis = _synthesis_config(
+            seed if attack_seed is None else attack_seed, attack_rate, attack_mix, attack_knowledge
+        )
+        artifact, table = run_training(
+            events,
+            out,
+            labels=labels,
+            params=params,
+            synthesize=synthesize_attacks,
+            synthesis=synthesis,
+        )
     except (RiskEngineError, ValueError) as exc:
         fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
     for problem in table.report.problems[:20]:
         typer.echo(f"skipped {problem}", err=True)
+    injected = artifact.training.get("synthesis", {})
+    if injected.get("enabled"):
+        kinds = ", ".join(f"{k} {v}" for k, v in injected["events_by_kind"].items())
+        typer.echo(
+            f"synthesized attacks: {injected['reason']}; {injected['injected_events']} events"
+            f" in {sum(injected['episodes_by_kind'].values())} episodes ({kinds}),"
+            f" seed {injected['seed']}"
+        )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in artifact.metrics.items() if isinstance(v, float))
     typer.echo(
         f"trained {artifact.model_version} on {table.X.shape[0]} events "
@@ -365,7 +431,10 @@ def audit_verify(
 @app.command()
 def evaluate(
     events: Annotated[Path, typer.Argument(help="labelled evaluation log (a later/other log)")],
-    labels: Annotated[Path, typer.Option("--labels", help="labels of EVENTS")],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="labels of EVENTS (optional with --synthesize-attacks)"),
+    ] = None,
     decisions: Annotated[
         Path | None, typer.Option(help="decisions of a backtest of EVENTS (default: run one)")
     ] = None,
@@ -384,6 +453,25 @@ def evaluate(
         float, typer.Option("--rate", min=0.0, max=1.0, help="the fixed challenge rate")
     ] = 0.02,
     json_out: Annotated[Path | None, typer.Option("--json", help="write all figures")] = None,
+    synthesize_attacks: Annotated[
+        bool,
+        typer.Option(
+            "--synthesize-attacks",
+            help="also report catch per kind of attacks synthesized on EVENTS' own users"
+            " (beside the labels' own figures, which stay the independent judge)",
+        ),
+    ] = False,
+    attack_rate: Annotated[
+        float, typer.Option(min=0.0001, max=0.5, help="injected events per real event")
+    ] = 0.01,
+    attack_mix: Annotated[
+        str | None, typer.Option(help="kind=weight,... (default: every kind)")
+    ] = None,
+    attack_knowledge: Annotated[
+        str,
+        typer.Option(help="what the attackers know, comma-separated: naive, vpn, targeted, device"),
+    ] = "naive,vpn,targeted,device",
+    attack_seed: Annotated[int, typer.Option(help="seed of the synthesized attacks")] = 1,
 ) -> None:
     """Engine against the Freeman et al. baseline: AUC, AP, friction and catch per type."""
     from rich.console import Console
@@ -391,6 +479,39 @@ def evaluate(
     from training.evaluate import evaluate as run_evaluation
     from training.evaluate import render, write_json
 
+    # Off a terminal (a log, a report), do not squeeze the table into 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    if synthesize_attacks:
+        from training.synthetic_eval import evaluate_with_synthesis
+
+        if decisions is not None or outcomes is not None:
+            fail("--decisions and --outcomes cannot be combined with --synthesize-attacks")
+        try:
+            config = _synthesis_config(attack_seed, attack_rate, attack_mix, attack_knowledge)
+            reports = evaluate_with_synthesis(
+                events,
+                labels,
+                config,
+                model_path=model,
+                policy_path=policy,
+                baseline_train=baseline_train,
+                fixed_rate=rate,
+            )
+        except RiskEngineError as exc:
+            fail(exc.message)
+        titles = {
+            "independent": "Independent judge: the log's own labels",
+            "synthesized": "Synthesized attacks on the log's own users (kinds synthetic:*)",
+        }
+        for name, report in reports.items():
+            console.rule(titles[name])
+            render(report, console)
+        if json_out is not None:
+            write_json(reports, json_out)
+            typer.echo(f"figures -> {json_out}", err=True)
+        return
+    if labels is None:
+        fail("--labels is required (or --synthesize-attacks, for a log without labels)")
     try:
         report, _ = run_evaluation(
             events,
@@ -404,8 +525,7 @@ def evaluate(
         )
     except RiskEngineError as exc:
         fail(exc.message)
-    # Off a terminal (a log, a report), do not squeeze the table into 80 columns.
-    render(report, Console(width=None if sys.stdout.isatty() else 110))
+    render(report, console)
     if json_out is not None:
         write_json(report, json_out)
         typer.echo(f"figures -> {json_out}", err=True)

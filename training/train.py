@@ -27,6 +27,7 @@ from risk_engine.model.detector import DetectorParams, RiskModel
 from risk_engine.policy import load_policy
 from training.labels import load_labels
 from training.replay import FeatureTable, replay
+from training.synthesize import SynthesisConfig, auto_synthesis, injected_log
 
 HOLDOUT_SHARE = 0.2
 TARGET_CHALLENGE = 0.02
@@ -84,14 +85,34 @@ def train(
     labels: list[Path] | None = None,
     params: DetectorParams | None = None,
     geo: GeoLocator | None = None,
+    synthesize: bool | None = None,
+    synthesis: SynthesisConfig | None = None,
 ) -> tuple[ModelArtifact, FeatureTable]:
-    """Replay, fit, measure and save; returns the artifact and the replayed table."""
+    """Replay, fit, measure and save; returns the artifact and the replayed table.
+
+    ``synthesize``: inject attacks built from the log's own users (training/synthesize.py);
+    None turns it on when the labels hold too few attacks for the supervised model.
+    """
     params = params or DetectorParams()
     label_map = load_labels(labels or [])
-    table = replay(events, label_map, geo=geo)
+    wanted, why = auto_synthesis(label_map, synthesize, params.supervised_min_attacks)
+    injected: dict[str, Any] = {"enabled": False, "reason": why}
+    if wanted:
+        geo = geo or GeoLocator()
+        with injected_log(events, synthesis or SynthesisConfig(seed=params.seed), geo=geo) as (
+            path,
+            synthesized,
+        ):
+            table = replay([*events, path], {**label_map, **synthesized.labels}, geo=geo)
+        injected = {**synthesized.summary(), "reason": why}
+    else:
+        table = replay(events, label_map, geo=geo)
     if table.X.shape[0] < 50:
         raise ValueError(f"too few valid events to train on ({table.X.shape[0]})")
-    metrics = holdout_metrics(table, params) if label_map else {}
+    metrics = holdout_metrics(table, params) if label_map or wanted else {}
+    if wanted:
+        # The synthesizer judging its own kinds: not an independent test of the model.
+        metrics["holdout_includes_synthesized"] = True
     model = RiskModel(params).fit(table.X, table.attack)
     training = {
         "files": [str(p) for p in events],
@@ -102,6 +123,7 @@ def train(
         "bad_lines": table.report.bad,
         "window": [_iso(float(table.timestamps.min())), _iso(float(table.timestamps.max()))],
         "params": asdict(params),
+        "synthesis": injected,
     }
     artifact = ModelArtifact(
         model=model,

@@ -1,0 +1,104 @@
+"""Catch per attack kind on a bank's own log, before it goes live: synthesized attacks.
+
+The log (unlabelled, or labelled) gets the synthesizer's attacks (training/synthesize.py)
+interleaved by timestamp, and the usual evaluation (training/evaluate.py) runs on
+the result. These attacks come from the synthesizer a model may have been trained
+on, so they are never the only judge: where the log has labels of its own (the
+simulator's attack generators, confirmed fraud), the independent evaluation on the
+log as it is comes first, and both are reported.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from risk_engine.errors import RiskEngineError
+from risk_engine.geo import GeoLocator
+from risk_engine.logs import LogReport
+from training.evaluate import FIXED_RATE, Figures, evaluate
+from training.labels import load_labels
+from training.replay import merged_events
+from training.synthesize import SynthesisConfig, synthesize
+
+
+def write_merged(paths: list[Path], out: Path) -> Path:
+    """The events of ``paths`` as one JSON Lines log in time order (ties: path order)."""
+    with out.open("wb") as handle:
+        for event in merged_events(paths, LogReport()):
+            data = event.model_dump(mode="json", exclude_none=True)
+            handle.write(orjson.dumps(data) + b"\n")
+    return out
+
+
+def _model_warnings(
+    events_path: Path, model_path: Path | None, config: SynthesisConfig
+) -> list[str]:
+    """An in-sample model, or one trained on this synthesizer's attacks with the same seed."""
+    from risk_engine.model.artifact import default_model_path, load_artifact
+
+    try:
+        artifact = load_artifact(model_path or default_model_path())
+    except RiskEngineError:
+        return []  # the backtest reports an unusable model itself
+    warnings = []
+    files = [Path(str(f)).resolve() for f in artifact.training.get("files", [])]
+    if events_path.resolve() in files:
+        warnings.append(
+            f"the model {artifact.model_version} was trained on {events_path}: in-sample"
+        )
+    injected = artifact.training.get("synthesis") or {}
+    if injected.get("enabled"):
+        warnings.append(
+            f"the model {artifact.model_version} was trained on synthesized attacks"
+            + (" with this same seed" if injected.get("seed") == config.seed else "")
+            + ": these figures are the synthesizer judging its own kinds, not an independent test"
+        )
+    return warnings
+
+
+def evaluate_with_synthesis(
+    events_path: Path,
+    labels_path: Path | None,
+    config: SynthesisConfig,
+    *,
+    model_path: Path | None = None,
+    policy_path: Path | None = None,
+    baseline_train: list[Path] | None = None,
+    fixed_rate: float = FIXED_RATE,
+    geo: GeoLocator | None = None,
+) -> dict[str, Figures]:
+    """``independent`` (the log's own labels, when given) and ``synthesized`` figures."""
+    geo = geo or GeoLocator()
+    reports: dict[str, Figures] = {}
+    options: dict[str, Any] = {
+        "model_path": model_path,
+        "policy_path": policy_path,
+        "baseline_train": baseline_train,
+        "fixed_rate": fixed_rate,
+        "geo": geo,
+    }
+    if labels_path is not None:
+        reports["independent"], _ = evaluate(events_path, labels_path, **options)
+    synthesis = synthesize([events_path], config, geo=geo)
+    own = load_labels([labels_path]) if labels_path is not None else {}
+    with tempfile.TemporaryDirectory(prefix="risk-engine-synthetic-eval-") as tmp:
+        root = Path(tmp)
+        injected = synthesis.write_events(root / "injected.jsonl")
+        merged = write_merged([events_path, injected], root / "with_attacks.jsonl")
+        labels = synthesis.write_labels(root / "labels.jsonl", also=own)
+        report, _ = evaluate(merged, labels, **options)
+    report["synthesis"] = synthesis.summary()
+    inputs = report["inputs"]
+    inputs["events"] = f"{events_path} with synthesized attacks"
+    inputs["labels"] = str(labels_path) if labels_path else "(none: synthesized only)"
+    inputs["warnings"] = [
+        *_model_warnings(events_path, model_path, config),
+        # Without labels the log's own events are taken as legitimate: that is the premise.
+        *(w for w in inputs["warnings"] if labels_path is not None or "have no label" not in w),
+    ]
+    reports["synthesized"] = report
+    return reports
