@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from risk_engine.config import private_file
 from risk_engine.decision_log.entries import (
     SCORE_BINS,
     Cursor,
@@ -26,7 +27,6 @@ from risk_engine.decision_log.entries import (
     Page,
     rfc3339,
 )
-from risk_engine.config import private_file
 from risk_engine.errors import ConfigurationError, DecisionLogError
 
 HOUR_S = 3600.0
