@@ -1,7 +1,8 @@
 """Labels for training and evaluation, from the simulator or from feedback.
 
 Accepted lines (JSON Lines): the simulator's ``{"event_id", "is_attack", "attack_type",
-"scenario"}``, the service's feedback ``{"event_id", "label": "confirmed_fraud" |
+"scenario", "context"}`` (``context``, optional, says where a legitimate event happened:
+home, cellular, vpn, corporate, ...), the service's feedback ``{"event_id", "label": "confirmed_fraud" |
 "confirmed_legit"}``, and the backtest outcomes ``{"event_id", "step_up": "failed"}``
 (a failed step-up counts as an attack label, a passed one as legitimate).
 """
@@ -21,16 +22,19 @@ class Label:
     is_attack: bool
     attack_type: str | None = None
     scenario: str | None = None
+    context: str | None = None
 
 
 def _label_of(record: dict[str, object]) -> Label | None:
     if isinstance(record.get("is_attack"), bool):
         attack_type = record.get("attack_type")
         scenario = record.get("scenario")
+        context = record.get("context")
         return Label(
             bool(record["is_attack"]),
             attack_type if isinstance(attack_type, str) else None,
             scenario if isinstance(scenario, str) else None,
+            context if isinstance(context, str) else None,
         )
     label = record.get("label")
     if label in ("confirmed_fraud", "confirmed_legit"):

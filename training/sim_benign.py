@@ -107,11 +107,13 @@ def _flight_seconds(rng: random.Random, km: float) -> int:
 
 
 def _make_trip(
-    rng: random.Random, pool: CityPool, clock: Clock, user: User, domestic: float
+    rng: random.Random, pool: CityPool, clock: Clock, user: User, world: World
 ) -> Trip | None:
     if clock.days < 8:
         return None
-    dest = pool.far_city(rng, user.home, min_km=1000.0, same_country=rng.random() < domestic)
+    domestic = rng.random() < world.domestic_trip_share
+    far = world.domestic_trip_km if domestic else 1000.0
+    dest = pool.far_city(rng, user.home, min_km=far, same_country=domestic)
     if dest is None:
         dest = pool.far_city(rng, user.home, min_km=1000.0, same_country=False)
     if dest is None:
@@ -206,7 +208,7 @@ def _apply(
         user.p_phone = max(user.p_phone, 0.6)
         user.p_wifi = min(user.p_wifi, 0.3)
     elif scenario == "plane_trip":
-        trip = _make_trip(rng, pool, clock, user, world.domestic_trip_share)
+        trip = _make_trip(rng, pool, clock, user, world)
         if trip is None:
             return False
         user.trip = trip

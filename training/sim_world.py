@@ -86,6 +86,8 @@ class World:
     # Users with a plane trip in the period, and the share of those trips in-country.
     trip_share: float = 0.03
     domestic_trip_share: float = 0.3
+    # How far a trip goes at least; in-country trips of a small country need less.
+    domestic_trip_km: float = 1000.0
     # Users who now and then log in on someone else's device (family, a friend, a kiosk).
     borrowed_share: float = 0.0
     attack_mix: tuple[tuple[str, float], ...] = DEFAULT_ATTACK_MIX
@@ -110,6 +112,8 @@ class World:
             raise ConfigurationError(
                 f"world {self.name}: cellular, VPN and corporate shares add up to more than 1"
             )
+        if not 50.0 <= self.domestic_trip_km <= 5000.0:
+            raise ConfigurationError(f"world {self.name}: domestic_trip_km must be in [50, 5000]")
         if not isinstance(self.office_size, int) or self.office_size < 2:
             raise ConfigurationError(f"world {self.name}: office_size must be an integer >= 2")
         if self.attacker_skill not in SKILLS:
@@ -153,6 +157,7 @@ WORLDS: dict[str, World] = {
         office_size=40,
         trip_share=0.08,
         domestic_trip_share=0.5,
+        domestic_trip_km=250.0,
         borrowed_share=0.03,
         attack_mix=_mix(
             foreign_takeover=0.2,
@@ -174,6 +179,7 @@ WORLDS: dict[str, World] = {
         office_size=150,
         trip_share=0.12,
         domestic_trip_share=0.4,
+        domestic_trip_km=250.0,
         borrowed_share=0.01,
         attack_mix=_mix(
             foreign_takeover=0.1,
@@ -195,6 +201,7 @@ WORLDS: dict[str, World] = {
         office_size=30,
         trip_share=0.06,
         domestic_trip_share=0.6,
+        domestic_trip_km=250.0,
         borrowed_share=0.06,
         attack_mix=_mix(
             foreign_takeover=0.25,
@@ -211,6 +218,7 @@ WORLDS: dict[str, World] = {
 }
 
 _FLOATS = (
+    "domestic_trip_km",
     "cellular_share",
     "vpn_share",
     "corporate_share",
