@@ -108,10 +108,9 @@ def simulate(
     ] = None,
 ) -> None:
     """Write a seeded, realistic event stream and its labels (with each event's context)."""
-    from dataclasses import replace
     from datetime import UTC
 
-    from training.sim_world import load_world
+    from training.sim_world import load_world, with_settings
     from training.simulate import SimulationConfig, write_simulation
 
     try:
@@ -126,8 +125,8 @@ def simulate(
         "attacker_skill": attacker_skill,
     }
     try:
-        chosen = load_world(world)
-        chosen = replace(chosen, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        chosen = with_settings(load_world(world), given, "the command line")
     except RiskEngineError as exc:
         fail(exc.message)
     config = SimulationConfig(

@@ -300,6 +300,7 @@ def calibrate_log(
     """
     labels = load_labels([labels_path]) if labels_path is not None else {}
     feedback = load_labels(feedback_paths or [])
+    used_outcomes: Path | None = outcomes_path
     with tempfile.TemporaryDirectory(prefix="risk-engine-calibrate-") as tmp:
         if decisions_path is None:
             decisions_path, used_outcomes, _ = labelled_backtest(
@@ -311,8 +312,6 @@ def calibrate_log(
                 policy_path=policy_path,
                 geo=geo,
             )
-        else:
-            used_outcomes = outcomes_path
         if labels_path is None:
             labels = observed_labels(decisions_path, used_outcomes, feedback)
         else:

@@ -72,10 +72,27 @@ TARGETS = (
     Target("  cellular", ("contexts", "cellular", "challenged"), 0.04, False),
     Target("  vpn", ("contexts", "vpn", "challenged"), 0.04, False),
     Target("  corporate", ("contexts", "corporate", "challenged"), 0.04, False),
-    Target("caught: foreign_takeover", ("judged", "engine", "catch_by_type", "foreign_takeover"), 1.0, True),
-    Target("caught: vpn_takeover", ("judged", "engine", "catch_by_type", "vpn_takeover"), 0.95, True),
-    Target("caught: targeted_takeover", ("judged", "engine", "catch_by_type", "targeted_takeover"), 0.8, True),
-    Target("caught: session_hijack", ("judged", "engine", "catch_by_type", "session_hijack"), 0.99, True),
+    Target(
+        "caught: foreign_takeover",
+        ("judged", "engine", "catch_by_type", "foreign_takeover"),
+        1.0,
+        True,
+    ),
+    Target(
+        "caught: vpn_takeover", ("judged", "engine", "catch_by_type", "vpn_takeover"), 0.95, True
+    ),
+    Target(
+        "caught: targeted_takeover",
+        ("judged", "engine", "catch_by_type", "targeted_takeover"),
+        0.8,
+        True,
+    ),
+    Target(
+        "caught: session_hijack",
+        ("judged", "engine", "catch_by_type", "session_hijack"),
+        0.99,
+        True,
+    ),
     Target(
         "caught: credential_stuffing",
         ("judged", "engine", "catch_by_type", "credential_stuffing"),
@@ -148,8 +165,9 @@ def target_checks(report: Figures) -> list[dict[str, Any]]:
         if value is not None:
             met = value >= target.bound if target.at_least else value <= target.bound
         sign = ">=" if target.at_least else "<="
-        out.append({"target": target.name, "goal": f"{sign} {target.bound:g}", "value": value,
-                    "met": met})
+        out.append(
+            {"target": target.name, "goal": f"{sign} {target.bound:g}", "value": value, "met": met}
+        )
     return out
 
 
@@ -219,7 +237,10 @@ def evaluate_deployment(
     report: Figures = {
         "flow": {
             "split_days": split_days,
-            "shadow": [utc_from_epoch(split.start).isoformat(), utc_from_epoch(split.cut).isoformat()],
+            "shadow": [
+                utc_from_epoch(split.start).isoformat(),
+                utc_from_epoch(split.cut).isoformat(),
+            ],
             "shadow_events": split.first_events,
             "judged_events": int(judged.sum()),
             "failed_step_ups_in_shadow": sum(1 for lab in observed.values() if lab.is_attack),
@@ -275,7 +296,9 @@ def render_deployment(report: Figures, rows: list[ClassCalibration], console: Co
         table.add_row("legit denied", _pct(scope["engine"].get("legit_deny_rate")), "")
         table.add_row(f"caught: all ({scope['attacks']})", *(_pct(c["catch_rate"]) for c in cells))
         for kind, count in scope["attacks_by_type"].items():
-            table.add_row(f"  {kind} ({count})", *(_pct(c["catch_by_type"].get(kind)) for c in cells))
+            table.add_row(
+                f"  {kind} ({count})", *(_pct(c["catch_by_type"].get(kind)) for c in cells)
+            )
         console.print(table)
     if "contexts" in report:
         render_contexts(report["contexts"], console, "judged days: legitimate events by context")
@@ -284,7 +307,9 @@ def render_deployment(report: Figures, rows: list[ClassCalibration], console: Co
         table.add_column(head, justify="left" if head == "target" else "right")
     for check in report["targets"]:
         value = check["value"]
-        shown = "-" if value is None else (f"{value:.4f}" if "AUC" in check["target"] else _pct(value))
+        shown = (
+            "-" if value is None else (f"{value:.4f}" if "AUC" in check["target"] else _pct(value))
+        )
         met = {True: "yes", False: "NO", None: "-"}[check["met"]]
         table.add_row(check["target"], check["goal"], shown, met)
     console.print(table)

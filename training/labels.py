@@ -1,10 +1,11 @@
 """Labels for training and evaluation, from the simulator or from feedback.
 
 Accepted lines (JSON Lines): the simulator's ``{"event_id", "is_attack", "attack_type",
-"scenario", "context"}`` (``context``, optional, says where a legitimate event happened:
-home, cellular, vpn, corporate, ...), the service's feedback ``{"event_id", "label": "confirmed_fraud" |
-"confirmed_legit"}``, and the backtest outcomes ``{"event_id", "step_up": "failed"}``
-(a failed step-up counts as an attack label, a passed one as legitimate).
+"scenario", "context"}`` (``context``, optional, says where a legitimate event
+happened: home, cellular, vpn, corporate, ...), the service's feedback ``{"event_id",
+"label": "confirmed_fraud" | "confirmed_legit"}``, and the backtest outcomes
+``{"event_id", "step_up": "failed"}`` (a failed step-up counts as an attack label, a
+passed one as legitimate).
 """
 
 from __future__ import annotations

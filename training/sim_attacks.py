@@ -447,7 +447,11 @@ class AttackPlanner:
         odd = victim.odd_hours()
         night: list[int] = [h for h in (2, 3, 4) if h in odd] or list(odd)
         by_day = self.craft.malware_by_day > 0 and rng.random() < self.craft.malware_by_day
-        ts = self._usual_time(victim, day) if by_day else self._at_hour(victim, day, rng.choice(night))
+        ts = (
+            self._usual_time(victim, day)
+            if by_day
+            else self._at_hour(victim, day, rng.choice(night))
+        )
         if not self.clock.inside(ts, HOUR):
             return 0
         phone = victim.phone

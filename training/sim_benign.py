@@ -12,7 +12,13 @@ from dataclasses import dataclass, field, replace
 
 from training.sim_core import DAY, HOUR, Clock, Emitter, body, hex_id, poisson
 from training.sim_geo import City, CityPool
-from training.sim_networks import AT_OFFICE, CARRIER_AWAY_SHARE, OFFICE_END, OFFICE_START, borrowed_device
+from training.sim_networks import (
+    AT_OFFICE,
+    CARRIER_AWAY_SHARE,
+    OFFICE_END,
+    OFFICE_START,
+    borrowed_device,
+)
 from training.sim_profiles import COUNTRIES, Device, User, phone_device
 from training.sim_world import World
 
@@ -323,7 +329,9 @@ class DayGenerator:
             context = "trip_domestic" if city.country == user.country else "trip_abroad"
         elif user.borrow_rate and rng.random() < user.borrow_rate:
             device = borrowed_device(rng, user)
-            ip = user.home_ip(rng) if rng.random() < 0.5 else user.home.random_network(rng).host(rng)
+            ip = (
+                user.home_ip(rng) if rng.random() < 0.5 else user.home.random_network(rng).host(rng)
+            )
             context = "borrowed_device"
         elif user.vpn_always:
             device, on_phone = user.primary, False

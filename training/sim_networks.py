@@ -91,7 +91,9 @@ class SharedNetworks:
             rng = self.rng
             city = self.pool.city_in(rng, country)
             net = city.random_network(rng)
-            found = self._vpn[key] = Exit(city, tuple(net.host(rng) for _ in range(rng.randint(2, 6))))
+            found = self._vpn[key] = Exit(
+                city, tuple(net.host(rng) for _ in range(rng.randint(2, 6)))
+            )
         return found
 
 
@@ -121,8 +123,9 @@ def _offices(
 
 def _work_device(rng: random.Random, user: User, office: Office) -> Device:
     """The office's standard desktop, with the user's own id and language."""
-    base = desktop_device(rng, kind="desktop", zone=user.home.time_zone, language=user.language,
-                          mac_share=0.0)
+    base = desktop_device(
+        rng, kind="desktop", zone=user.home.time_zone, language=user.language, mac_share=0.0
+    )
     return Device(
         base.id,
         "desktop",

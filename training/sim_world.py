@@ -213,7 +213,7 @@ WORLDS: dict[str, World] = {
             vpn_takeover=0.15,
         ),
         attacker_skill="naive",
-        description="a mobile-first bank: most on carrier networks, borrowed phones, naive attackers",
+        description="a mobile-first bank: carrier networks, borrowed phones, naive attackers",
     ),
 }
 
@@ -234,7 +234,11 @@ def world_from_dict(data: dict[str, Any], source: str) -> World:
     base_name = data.pop("base", "default")
     if base_name not in WORLDS:
         raise ConfigurationError(f"{source}: base must be one of {', '.join(WORLDS)}")
-    world = WORLDS[str(base_name)]
+    return with_settings(WORLDS[str(base_name)], data, source)
+
+
+def with_settings(world: World, data: dict[str, Any], source: str) -> World:
+    """``world`` with the settings in ``data`` changed, each checked as a world file's."""
     changes: dict[str, Any] = {}
     for key, value in data.items():
         if key in _FLOATS:
