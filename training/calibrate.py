@@ -41,7 +41,7 @@ from training.evaluate import (
     load_decisions,
     threshold_for_count,
 )
-from training.labels import Label, load_labels
+from training.labels import Label, audit_labels, load_labels
 
 DECIMALS = 6  # decisions carry scores rounded to 6 decimals; thresholds sit on that grid
 STEP = 10.0**-DECIMALS
@@ -296,7 +296,8 @@ def calibrate_log(
     """Backtest (unless decisions are given), calibrate, write and validate the policy.
 
     Without ``labels_path`` the labels are those a deployment observes: failed
-    step-ups (from ``outcomes_path``) and the feedback files.
+    step-ups (from ``outcomes_path``, and the challenge results of an audit log given
+    as ``events_path``) and feedback (the feedback files, the audit log's records).
     """
     labels = load_labels([labels_path]) if labels_path is not None else {}
     feedback = load_labels(feedback_paths or [])
@@ -313,7 +314,8 @@ def calibrate_log(
                 geo=geo,
             )
         if labels_path is None:
-            labels = observed_labels(decisions_path, used_outcomes, feedback)
+            labels = audit_labels([events_path])
+            labels.update(observed_labels(decisions_path, used_outcomes, feedback))
         else:
             labels.update(feedback)
         run = build_run(events_path, labels, decisions_path)

@@ -77,3 +77,39 @@ def load_labels(paths: list[Path]) -> dict[str, Label]:
                     )
                 labels[record["event_id"]] = label
     return labels
+
+
+def audit_labels(paths: list[Path]) -> dict[str, Label]:
+    """The labels an audit log holds: failed and passed step-ups, and feedback.
+
+    A plain event log has none of these records and gives no labels; a decision
+    record is an event, not a label. Later records override earlier ones.
+    """
+    labels: dict[str, Label] = {}
+    for path in paths:
+        if not path.is_file() or path.name.endswith((".gz", ".parquet")):
+            continue
+        with path.open("rb") as handle:
+            for raw in handle:
+                if b'"prev_hash"' not in raw or (
+                    b'"challenge_result"' not in raw and b'"feedback"' not in raw
+                ):
+                    continue
+                try:
+                    record = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue  # a torn line: `risk-engine audit verify` reports it
+                event_id = record.get("event_id") if isinstance(record, dict) else None
+                if not isinstance(event_id, str):
+                    continue
+                if record.get("record") == "challenge_result":
+                    outcome = record.get("outcome")
+                    if outcome in ("passed", "failed"):
+                        labels[event_id] = Label(
+                            outcome == "failed", "failed_step_up" if outcome == "failed" else None
+                        )
+                elif record.get("record") == "feedback":
+                    label = _label_of(record)
+                    if label is not None:
+                        labels[event_id] = label
+    return labels

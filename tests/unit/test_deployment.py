@@ -14,12 +14,13 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from risk_engine.audit import AuditLog, RecordKind
 from risk_engine.cli import app
 from risk_engine.errors import ConfigurationError
 from risk_engine.policy import load_policy
 from training.calibrate import observed_labels
 from training.deployment import DAY, split_log
-from training.labels import load_labels
+from training.labels import audit_labels, load_labels
 
 runner = CliRunner()
 TARGET = 0.08
@@ -99,6 +100,19 @@ def test_observed_labels_are_failed_step_ups_the_engine_asked_for_and_feedback(
     labels = observed_labels(decisions, outcomes, load_labels([feedback]))
     assert {k for k, v in labels.items() if v.is_attack} == {"a", "e"}
     assert observed_labels(decisions, None) == {}
+
+
+def test_an_audit_log_gives_its_failed_step_ups_and_feedback(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.append(RecordKind.CHALLENGE_RESULT, {"event_id": "e-1", "outcome": "failed"})
+    log.append(RecordKind.CHALLENGE_RESULT, {"event_id": "e-2", "outcome": "passed"})
+    log.append(RecordKind.CHALLENGE_RESULT, {"outcome": "expired", "error": "challenge_expired"})
+    log.append(RecordKind.FEEDBACK, {"event_id": "e-3", "label": "confirmed_fraud"})
+    log.append(RecordKind.FEEDBACK, {"event_id": "e-1", "label": "confirmed_legit"})
+    labels = audit_labels([path])
+    assert {k for k, v in labels.items() if v.is_attack} == {"e-3"}
+    assert set(labels) == {"e-1", "e-2", "e-3"}
 
 
 def test_go_live_flow_without_labels_meets_the_target_later(
