@@ -10,7 +10,9 @@ from typing import Any
 
 import geoip2.database
 import pytest
+from typer.testing import CliRunner
 
+from risk_engine.cli import app
 from risk_engine.errors import ConfigurationError
 from training.sim_geo import geolite2_path
 from training.sim_world import ATTACK_TYPES, CONTEXTS, WORLDS, World, load_world
@@ -170,3 +172,20 @@ def test_worlds_change_the_stream_but_a_world_repeats_itself() -> None:
     first, again = list(simulate(small)), list(simulate(small))
     assert first == again
     assert first != list(simulate(replace(small, world=WORLDS["default"])))
+
+
+def test_simulate_command_takes_a_world_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["simulate", "--users", "12", "--days", "3", "--seed", "4"]
+    files = ["--out", str(tmp_path / "e.jsonl"), "--labels", str(tmp_path / "l.jsonl")]
+    done = runner.invoke(app, [*base, *files, "--world", "mobile-heavy", "--vpn-share", "0.3"])
+    assert done.exit_code == 0, done.output
+    assert "world mobile-heavy" in done.output
+    for flags, message in (
+        (["--world", "mars"], "neither a preset"),
+        (["--attacker-skill", "elite"], "attacker_skill"),
+        (["--cellular-share", "0.7", "--vpn-share", "0.5"], "add up"),
+    ):
+        refused = runner.invoke(app, [*base, *files, *flags])
+        assert refused.exit_code == 2, flags
+        assert message in refused.output
