@@ -280,7 +280,8 @@ def render_deployment(report: Figures, rows: list[ClassCalibration], console: Co
         f"{flow['judged_events']:,} later events"
     )
     render_calibration(rows, flow["policy_version"], console)
-    for key, title in (("judged", "judged days"), ("judged_established", "judged, established")):
+    # The judged days' users are nearly all established: their own table would repeat this.
+    for key, title in (("judged", "judged days"),):
         scope = report[key]
         table = Table(
             title=f"{title}: {scope['events']:,} events, {scope['legit']:,} legitimate, "
