@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,12 +135,6 @@ class World:
         """The mix's weights in ``ATTACK_TYPES`` order."""
         mix = dict(self.attack_mix)
         return tuple(float(mix[k]) for k in ATTACK_TYPES)
-
-    def summary(self) -> dict[str, Any]:
-        """The world's settings as plain data (for reports)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "description"}
-        data["attack_mix"] = dict(self.attack_mix)
-        return data
 
 
 def _mix(**weights: float) -> tuple[tuple[str, float], ...]:
