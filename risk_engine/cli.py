@@ -108,22 +108,65 @@ def simulate(
     attack_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.5, help="share of events that are attacks")
     ] = 0.01,
+    world: Annotated[
+        str,
+        typer.Option(
+            help="who the users and attackers are: a preset (default, retail, corporate,"
+            " mobile-heavy) or a TOML world file"
+        ),
+    ] = "default",
+    cellular_share: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="users mostly on carrier networks")
+    ] = None,
+    vpn_share: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="users always behind a VPN")
+    ] = None,
+    corporate_share: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="users in offices shared by many")
+    ] = None,
+    trip_share: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="users who take a trip")
+    ] = None,
+    attacker_skill: Annotated[
+        str | None, typer.Option(help="naive, mixed or skilled attackers")
+    ] = None,
 ) -> None:
-    """Write a seeded, realistic event stream and its labels."""
+    """Write a seeded, realistic event stream and its labels (with each event's context)."""
     from datetime import UTC
 
+    from training.sim_world import load_world, with_settings
     from training.simulate import SimulationConfig, write_simulation
 
     try:
         first = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         fail(f"--start must be YYYY-MM-DD, got {start!r}")
+    overrides = {
+        "cellular_share": cellular_share,
+        "vpn_share": vpn_share,
+        "corporate_share": corporate_share,
+        "trip_share": trip_share,
+        "attacker_skill": attacker_skill,
+    }
+    try:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        chosen = with_settings(load_world(world), given, "the command line")
+    except RiskEngineError as exc:
+        fail(exc.message)
     config = SimulationConfig(
-        users=users, days=days, seed=seed, start=first, attack_fraction=attack_fraction
+        users=users,
+        days=days,
+        seed=seed,
+        start=first,
+        attack_fraction=attack_fraction,
+        world=chosen,
     )
     summary = write_simulation(config, out, labels, outcomes)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_attack_type.items()))
-    typer.echo(f"{summary.events} events, {summary.attacks} attack events ({kinds}) -> {out}")
+    typer.echo(
+        f"{summary.events} events, {summary.attacks} attack events ({kinds}) -> {out}"
+        f" (world {chosen.name})"
+    )
 
 
 _ATTACK_KINDS = (
@@ -472,15 +515,69 @@ def evaluate(
         typer.Option(help="what the attackers know, comma-separated: naive, vpn, targeted, device"),
     ] = "naive,vpn,targeted,device",
     attack_seed: Annotated[int, typer.Option(help="seed of the synthesized attacks")] = 1,
+    split_days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="the deployment flow: train and calibrate WITHOUT labels on the first N"
+            " days of EVENTS, judge the rest (no --model, --decisions, --baseline-train)",
+        ),
+    ] = None,
+    target_challenge: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="with --split-days: calibration target")
+    ] = 0.02,
+    trees: Annotated[
+        int, typer.Option(min=10, max=2000, help="with --split-days: isolation trees")
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="with --split-days: the detectors' seed")] = 0,
+    save_model: Annotated[
+        Path | None, typer.Option(help="with --split-days: keep the trained model here")
+    ] = None,
+    save_policy: Annotated[
+        Path | None, typer.Option(help="with --split-days: keep the calibrated policy here")
+    ] = None,
 ) -> None:
-    """Engine against the Freeman et al. baseline: AUC, AP, friction and catch per type."""
+    """Engine against the Freeman et al. baseline: AUC, AP, friction and catch per type.
+
+    With --split-days N, the deployment flow instead: shadow days 1..N (train and
+    calibrate without labels), then ROC AUC, friction overall and per context, and
+    catch per attack type on the later days, against the project's targets.
+    """
     from rich.console import Console
 
     from training.evaluate import evaluate as run_evaluation
     from training.evaluate import render, write_json
 
     # Off a terminal (a log, a report), do not squeeze the table into 80 columns.
-    console = Console(width=None if sys.stdout.isatty() else 110)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if split_days is not None:
+        from risk_engine.model.detector import DetectorParams
+        from training.deployment import evaluate_deployment, render_deployment
+
+        if model is not None or decisions is not None or baseline_train:
+            fail("--split-days trains its own model: drop --model, --decisions, --baseline-train")
+        if labels is None:
+            fail("--split-days judges the later days against --labels: give them")
+        try:
+            report, rows = evaluate_deployment(
+                events,
+                labels,
+                split_days=split_days,
+                outcomes_path=outcomes,
+                policy_path=policy,
+                params=DetectorParams(n_estimators=trees, seed=seed),
+                target_challenge=target_challenge,
+                fixed_rate=rate,
+                model_out=save_model,
+                policy_out=save_policy,
+            )
+        except (RiskEngineError, ValueError) as exc:
+            fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
+        render_deployment(report, rows, console)
+        if json_out is not None:
+            write_json(report, json_out)
+            typer.echo(f"figures -> {json_out}", err=True)
+        return
     if synthesize_attacks:
         from training.synthetic_eval import evaluate_with_synthesis
 
@@ -533,9 +630,20 @@ def evaluate(
 
 @app.command()
 def calibrate(
-    events: Annotated[Path, typer.Argument(help="labelled log to calibrate on")],
-    labels: Annotated[Path, typer.Option("--labels", help="labels of EVENTS")],
+    events: Annotated[Path, typer.Argument(help="log to calibrate on (e.g. the shadow days)")],
     out: Annotated[Path, typer.Option("--out", help="policy TOML to write")],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="labels of EVENTS (default: none; events count as legitimate unless a"
+            " step-up the engine asked for failed (--outcomes) or --feedback says fraud)",
+        ),
+    ] = None,
+    feedback: Annotated[
+        list[Path] | None,
+        typer.Option("--feedback", help="feedback log(s) of /v1/events/{id}/feedback"),
+    ] = None,
     decisions: Annotated[
         Path | None, typer.Option(help="decisions of a backtest of EVENTS (default: run one)")
     ] = None,
@@ -566,6 +674,7 @@ def calibrate(
             events,
             labels,
             out,
+            feedback_paths=feedback,
             decisions_path=decisions,
             outcomes_path=outcomes,
             model_path=model,

@@ -8,6 +8,11 @@ legitimate events to measure the rate keeps its thresholds; its deny threshold
 is only moved when the deny target leaves as many legitimate events to measure as
 the step-up target does at ``min_legit`` (4,000 at the defaults). The result is
 written as a new policy version and read back through the validating loader.
+
+Labels are optional. A bank going live has none: then an event counts as
+legitimate unless the user failed the step-up the engine asked for (the step-up
+outcomes) or feedback confirmed it as fraud, which is what a shadow period of
+the service gives (see ``observed_labels``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,14 @@ from risk_engine.decision import Outcome
 from risk_engine.errors import ConfigurationError
 from risk_engine.geo import GeoLocator
 from risk_engine.policy import Policy, load_policy, parse_policy, save_policy
-from training.evaluate import LabelledRun, build_run, labelled_backtest, threshold_for_count
-from training.labels import load_labels
+from training.evaluate import (
+    LabelledRun,
+    build_run,
+    labelled_backtest,
+    load_decisions,
+    threshold_for_count,
+)
+from training.labels import Label, audit_labels, load_labels
 
 DECIMALS = 6  # decisions carry scores rounded to 6 decimals; thresholds sit on that grid
 STEP = 10.0**-DECIMALS
@@ -221,6 +232,25 @@ def write_policy(policy: Policy, path: Path) -> Policy:
     return loaded
 
 
+def observed_labels(
+    decisions_path: Path, outcomes_path: Path | None, feedback: dict[str, Label] | None = None
+) -> dict[str, Label]:
+    """The labels a deployment has: failed step-ups of challenged events, and feedback.
+
+    A failed outcome counts only where the engine did step the event up (a
+    challenge nobody was asked to pass says nothing); feedback overrides both ways.
+    """
+    labels: dict[str, Label] = {}
+    if outcomes_path is not None:
+        decisions = load_decisions(decisions_path)
+        for event_id, label in load_labels([outcomes_path]).items():
+            decided = decisions.get(event_id)
+            if label.is_attack and decided is not None and decided[1] == 1:
+                labels[event_id] = label
+    labels.update(feedback or {})
+    return labels
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100.0 * value:.2f}%"
 
@@ -250,9 +280,10 @@ def render_calibration(rows: list[ClassCalibration], version: str, console: Cons
 
 def calibrate_log(
     events_path: Path,
-    labels_path: Path,
+    labels_path: Path | None,
     out_path: Path,
     *,
+    feedback_paths: list[Path] | None = None,
     decisions_path: Path | None = None,
     outcomes_path: Path | None = None,
     model_path: Path | None = None,
@@ -262,11 +293,18 @@ def calibrate_log(
     min_legit: int = MIN_LEGIT,
     geo: GeoLocator | None = None,
 ) -> tuple[Policy, list[ClassCalibration]]:
-    """Backtest (unless decisions are given), calibrate, write and validate the policy."""
-    labels = load_labels([labels_path])
+    """Backtest (unless decisions are given), calibrate, write and validate the policy.
+
+    Without ``labels_path`` the labels are those a deployment observes: failed
+    step-ups (from ``outcomes_path``, and the challenge results of an audit log given
+    as ``events_path``) and feedback (the feedback files, the audit log's records).
+    """
+    labels = load_labels([labels_path]) if labels_path is not None else {}
+    feedback = load_labels(feedback_paths or [])
+    used_outcomes: Path | None = outcomes_path
     with tempfile.TemporaryDirectory(prefix="risk-engine-calibrate-") as tmp:
         if decisions_path is None:
-            decisions_path, _, _ = labelled_backtest(
+            decisions_path, used_outcomes, _ = labelled_backtest(
                 events_path,
                 labels,
                 Path(tmp),
@@ -275,6 +313,11 @@ def calibrate_log(
                 policy_path=policy_path,
                 geo=geo,
             )
+        if labels_path is None:
+            labels = audit_labels([events_path])
+            labels.update(observed_labels(decisions_path, used_outcomes, feedback))
+        else:
+            labels.update(feedback)
         run = build_run(events_path, labels, decisions_path)
     policy, report = calibrate_policy(
         run,

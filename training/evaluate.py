@@ -33,6 +33,7 @@ from risk_engine.errors import ConfigurationError, RiskEngineError
 from risk_engine.events import utc_from_epoch
 from risk_engine.geo import GeoLocator
 from risk_engine.logs import LogReport, events_in_time_order
+from training.contexts import context_figures, contexts_of, render_contexts
 from training.freeman import freeman_backtest
 from training.labels import Label, load_labels
 
@@ -341,6 +342,9 @@ def evaluate(
     if run.undecided:
         warnings.append(f"{run.undecided} events have no decision and are left out")
     report = figures(run, fixed_rate)
+    contexts = contexts_of(run, labels)
+    if contexts is not None:
+        report["contexts"] = context_figures(run, contexts)
     report["inputs"] = {
         "events": str(events_path),
         "labels": str(labels_path),
@@ -395,6 +399,8 @@ def render(report: Figures, console: Console) -> None:
                 f"  {kind} ({count})", *(_pct(c["catch_by_type"].get(kind)) for c in cells)
             )
         console.print(table)
+    if "contexts" in report:
+        render_contexts(report["contexts"], console, "legitimate events by context")
     for warning in report.get("inputs", {}).get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
 

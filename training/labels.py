@@ -1,9 +1,11 @@
 """Labels for training and evaluation, from the simulator or from feedback.
 
 Accepted lines (JSON Lines): the simulator's ``{"event_id", "is_attack", "attack_type",
-"scenario"}``, the service's feedback ``{"event_id", "label": "confirmed_fraud" |
-"confirmed_legit"}``, and the backtest outcomes ``{"event_id", "step_up": "failed"}``
-(a failed step-up counts as an attack label, a passed one as legitimate).
+"scenario", "context"}`` (``context``, optional, says where a legitimate event
+happened: home, cellular, vpn, corporate, ...), the service's feedback ``{"event_id",
+"label": "confirmed_fraud" | "confirmed_legit"}``, and the backtest outcomes
+``{"event_id", "step_up": "failed"}`` (a failed step-up counts as an attack label, a
+passed one as legitimate).
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ class Label:
     is_attack: bool
     attack_type: str | None = None
     scenario: str | None = None
+    context: str | None = None
 
 
 def _label_of(record: dict[str, object]) -> Label | None:
     if isinstance(record.get("is_attack"), bool):
         attack_type = record.get("attack_type")
         scenario = record.get("scenario")
+        context = record.get("context")
         return Label(
             bool(record["is_attack"]),
             attack_type if isinstance(attack_type, str) else None,
             scenario if isinstance(scenario, str) else None,
+            context if isinstance(context, str) else None,
         )
     label = record.get("label")
     if label in ("confirmed_fraud", "confirmed_legit"):
@@ -71,4 +76,40 @@ def load_labels(paths: list[Path]) -> dict[str, Label]:
                         line=number,
                     )
                 labels[record["event_id"]] = label
+    return labels
+
+
+def audit_labels(paths: list[Path]) -> dict[str, Label]:
+    """The labels an audit log holds: failed and passed step-ups, and feedback.
+
+    A plain event log has none of these records and gives no labels; a decision
+    record is an event, not a label. Later records override earlier ones.
+    """
+    labels: dict[str, Label] = {}
+    for path in paths:
+        if not path.is_file() or path.name.endswith((".gz", ".parquet")):
+            continue
+        with path.open("rb") as handle:
+            for raw in handle:
+                if b'"prev_hash"' not in raw or (
+                    b'"challenge_result"' not in raw and b'"feedback"' not in raw
+                ):
+                    continue
+                try:
+                    record = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue  # a torn line: `risk-engine audit verify` reports it
+                event_id = record.get("event_id") if isinstance(record, dict) else None
+                if not isinstance(event_id, str):
+                    continue
+                if record.get("record") == "challenge_result":
+                    outcome = record.get("outcome")
+                    if outcome in ("passed", "failed"):
+                        labels[event_id] = Label(
+                            outcome == "failed", "failed_step_up" if outcome == "failed" else None
+                        )
+                elif record.get("record") == "feedback":
+                    label = _label_of(record)
+                    if label is not None:
+                        labels[event_id] = label
     return labels

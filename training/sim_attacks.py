@@ -2,16 +2,20 @@
 
 Each episode is a short burst of events labelled with its attack type on every event.
 Attacks start after the first week so that victims have a history to deviate from.
+The world sets the mix of episode types and the attackers' skill: how well they
+copy the victim's time zone, language, browser and hours.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from training.sim_benign import SessionRecord
 from training.sim_core import DAY, HOUR, Clock, Emitter, body, hex_id
 from training.sim_geo import City, CityPool, Network
+from training.sim_networks import VPN_PROVIDERS, SharedNetworks
 from training.sim_profiles import (
     SCREENS,
     Device,
@@ -21,17 +25,9 @@ from training.sim_profiles import (
     pick,
     user_agent,
 )
+from training.sim_world import ATTACK_TYPES, World
 
-ATTACK_TYPES = (
-    "foreign_takeover",
-    "in_country_takeover",
-    "targeted_takeover",
-    "session_hijack",
-    "credential_stuffing",
-    "compromised_device",
-)
-# Episode mix and typical events per episode (used to meet the attack fraction).
-EPISODE_WEIGHTS = (0.24, 0.16, 0.16, 0.16, 0.05, 0.23)
+# Typical events per episode (used to meet the attack fraction).
 EXPECTED_SIZE = {
     "foreign_takeover": 3.6,
     "in_country_takeover": 3.6,
@@ -39,6 +35,24 @@ EXPECTED_SIZE = {
     "session_hijack": 1.9,
     "credential_stuffing": 32.0,
     "compromised_device": 2.9,
+    "vpn_takeover": 3.6,
+}
+
+
+@dataclass(frozen=True)
+class Tradecraft:
+    """What an attacker of a skill level gets right (``mixed`` is the original simulator)."""
+
+    odd_hours: float  # share of takeovers at the victim's least active hours
+    locale: tuple[float, float, float]  # weights: attacker's place, victim's, UTC / en-US
+    copies_browser: bool  # a targeted attacker matches version and screen exactly
+    malware_by_day: float  # share of compromised-device episodes at usual hours
+
+
+TRADECRAFT = {
+    "naive": Tradecraft(0.85, (70.0, 10.0, 20.0), False, 0.0),
+    "mixed": Tradecraft(0.6, (45.0, 35.0, 20.0), False, 0.0),
+    "skilled": Tradecraft(0.2, (10.0, 85.0, 5.0), True, 0.5),
 }
 ATTACKS_START_DAY = 7
 STUFFING_MIN_ACCOUNTS = 10
@@ -108,9 +122,15 @@ class AttackPlanner:
         *,
         fraction: float,
         benign_per_day: float,
+        world: World | None = None,
+        networks: SharedNetworks | None = None,
     ) -> None:
         self.rng, self.pool, self.clock, self.emitter = rng, pool, clock, emitter
         self.users = users
+        world = world or World()
+        self.weights = world.attack_weights()
+        self.craft = TRADECRAFT[world.attacker_skill]
+        self.networks = networks
         days = clock.days
         # After the first week; a shorter run keeps its first half free of attacks.
         self.first_day = ATTACKS_START_DAY if days > ATTACKS_START_DAY else max(1, days // 2)
@@ -121,7 +141,7 @@ class AttackPlanner:
             share = fraction / (1.0 - fraction)
             self.daily_budget = share * benign_per_day * days / attack_days
             # One episode of every type first, spread over the attack period.
-            order = list(ATTACK_TYPES)
+            order = [k for k, w in zip(ATTACK_TYPES, self.weights, strict=True) if w > 0]
             rng.shuffle(order)
             for i, kind in enumerate(order):
                 day = self.first_day + i * attack_days // len(order)
@@ -131,7 +151,7 @@ class AttackPlanner:
         self.attacked_today: set[int] = set()
 
     def _draw(self) -> str:
-        return self.rng.choices(ATTACK_TYPES, weights=EPISODE_WEIGHTS)[0]
+        return self.rng.choices(ATTACK_TYPES, weights=self.weights)[0]
 
     def run_day(self, day: int, sessions: Sequence[SessionRecord]) -> None:
         """Generate the day's attack episodes."""
@@ -159,6 +179,8 @@ class AttackPlanner:
             return self._compromised_device(day)
         if kind == "targeted_takeover":
             return self._targeted_takeover(day)
+        if kind == "vpn_takeover":
+            return self._vpn_takeover(day)
         return self._takeover(kind, day)
 
     # -- helpers -------------------------------------------------------------------
@@ -261,14 +283,18 @@ class AttackPlanner:
             city = self.pool.far_city(rng, victim.home, min_km=150.0, same_country=True)
         if city is None:
             return 0
-        ts = self._odd_time(victim, day) if rng.random() < 0.6 else self._usual_time(victim, day)
+        craft = self.craft
+        odd = rng.random() < craft.odd_hours
+        ts = self._odd_time(victim, day) if odd else self._usual_time(victim, day)
         if not self.clock.inside(ts, HOUR):
             return 0
         if foreign:
-            zone = rng.choices((city.time_zone, victim.home.time_zone, "UTC"), (45, 35, 20))[0]
+            zone = rng.choices((city.time_zone, victim.home.time_zone, "UTC"), craft.locale)[0]
             language = rng.choices(
-                (language_of(city.country, rng), victim.language, "en-US"), (45, 35, 20)
+                (language_of(city.country, rng), victim.language, "en-US"), craft.locale
             )[0]
+        elif craft.copies_browser:
+            zone, language = victim.home.time_zone, victim.language
         else:
             zone, language = city.time_zone, language_of(city.country, rng)
         device = self._stranger_device(victim, zone, language, with_id=rng.random() < 0.7)
@@ -304,11 +330,14 @@ class AttackPlanner:
         if net is None or not self.clock.inside(ts, HOUR):
             return 0
         real = victim.primary
-        if real.family == "safari":
-            major, minor = real.major, max(0, real.minor + rng.choice((0, -1, 1)))
+        if self.craft.copies_browser:
+            major, minor, screen = real.major, real.minor, real.screen
         else:
-            major, minor = real.major + rng.choice((0, 0, -1, 1, -2)), real.minor
-        screen = real.screen if rng.random() < 0.5 else pick(rng, SCREENS[real.system])
+            if real.family == "safari":
+                major, minor = real.major, max(0, real.minor + rng.choice((0, -1, 1)))
+            else:
+                major, minor = real.major + rng.choice((0, 0, -1, 1, -2)), real.minor
+            screen = real.screen if rng.random() < 0.5 else pick(rng, SCREENS[real.system])
         look_alike = Device(
             hex_id(rng) if rng.random() < 0.5 else None,
             "desktop",
@@ -417,7 +446,12 @@ class AttackPlanner:
             return 0
         odd = victim.odd_hours()
         night: list[int] = [h for h in (2, 3, 4) if h in odd] or list(odd)
-        ts = self._at_hour(victim, day, rng.choice(night))
+        by_day = self.craft.malware_by_day > 0 and rng.random() < self.craft.malware_by_day
+        ts = (
+            self._usual_time(victim, day)
+            if by_day
+            else self._at_hour(victim, day, rng.choice(night))
+        )
         if not self.clock.inside(ts, HOUR):
             return 0
         phone = victim.phone
@@ -430,4 +464,40 @@ class AttackPlanner:
             device.payload(),
             rng.choice(MALWARE_PLANS),
             amount_range=(20.0, 80.0),
+        )
+
+    def _vpn_takeover(self, day: int) -> int:
+        """Stolen credentials used through a VPN exit in the victim's own country.
+
+        Where the world has commercial VPNs the attacker takes one of their exits,
+        which benign VPN users share; otherwise a network of a city of the country.
+        """
+        rng = self.rng
+        victim = self._victim(day)
+        if victim is None:
+            return 0
+        exit_ip: str | None = None
+        if self.networks is not None:
+            found = self.networks.vpn_exit(rng.randrange(VPN_PROVIDERS), victim.country)
+            exit_ip = rng.choice(found.ips) if found is not None else None
+        if exit_ip is None:
+            city = self.pool.city_in(rng, victim.country)
+            exit_ip = city.random_network(rng).host(rng)
+        craft = self.craft
+        odd = rng.random() < craft.odd_hours
+        ts = self._odd_time(victim, day) if odd else self._usual_time(victim, day)
+        if not self.clock.inside(ts, HOUR):
+            return 0
+        zone, language = rng.choices(
+            (
+                ("UTC", "en-US"),
+                (victim.home.time_zone, victim.language),
+                ("UTC", victim.language),
+            ),
+            craft.locale,
+        )[0]
+        device = self._stranger_device(victim, zone, language, with_id=rng.random() < 0.6)
+        plan = rng.choice(TAKEOVER_PLANS)
+        return self._emit_plan(
+            "vpn_takeover", victim, ts, exit_ip, device, plan, fail_first=rng.random() < 0.2
         )

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field, replace
 
 from training.sim_core import DAY, HOUR, Clock, Emitter, body, hex_id, poisson
 from training.sim_geo import City, CityPool
+from training.sim_networks import (
+    AT_OFFICE,
+    CARRIER_AWAY_SHARE,
+    OFFICE_END,
+    OFFICE_START,
+    borrowed_device,
+)
 from training.sim_profiles import COUNTRIES, Device, User, phone_device
+from training.sim_world import World
 
 BENIGN_SCENARIOS = (
     "browser_upgrade",
@@ -104,10 +112,14 @@ def _flight_seconds(rng: random.Random, km: float) -> int:
     return int((km / rng.uniform(650.0, 800.0) + rng.uniform(2.0, 3.5)) * HOUR)
 
 
-def _make_trip(rng: random.Random, pool: CityPool, clock: Clock, user: User) -> Trip | None:
+def _make_trip(
+    rng: random.Random, pool: CityPool, clock: Clock, user: User, world: World
+) -> Trip | None:
     if clock.days < 8:
         return None
-    dest = pool.far_city(rng, user.home, min_km=1000.0, same_country=rng.random() < 0.3)
+    domestic = rng.random() < world.domestic_trip_share
+    far = world.domestic_trip_km if domestic else 1000.0
+    dest = pool.far_city(rng, user.home, min_km=far, same_country=domestic)
     if dest is None:
         dest = pool.far_city(rng, user.home, min_km=1000.0, same_country=False)
     if dest is None:
@@ -149,21 +161,27 @@ def _quota(rng: random.Random, users: int, share: float) -> int:
     return sum(rng.random() < share for _ in range(users))
 
 
-def assign_scenarios(rng: random.Random, pool: CityPool, clock: Clock, users: list[User]) -> None:
-    """Give each benign scenario to its share of users (disjoint where possible)."""
+def assign_scenarios(
+    rng: random.Random, pool: CityPool, clock: Clock, users: list[User], world: World
+) -> None:
+    """Give each benign scenario to its share of users (disjoint where possible).
+
+    The world sets the share of travellers and of their trips that stay in-country.
+    """
     order = list(range(len(users)))
     rng.shuffle(order)
     taken: set[int] = set()
     change_days = (min(2, clock.days - 1), max(min(2, clock.days - 1), clock.days - 3))
     for scenario in BENIGN_SCENARIOS:
-        want = _quota(rng, len(users), SCENARIO_SHARE[scenario])
+        share = world.trip_share if scenario == "plane_trip" else SCENARIO_SHARE[scenario]
+        want = _quota(rng, len(users), share)
         for index in order:
             if want <= 0:
                 break
             user = users[index]
             if index in taken or not _suits(user, scenario):
                 continue
-            if not _apply(rng, pool, clock, user, scenario, change_days):
+            if not _apply(rng, pool, clock, user, scenario, change_days, world):
                 continue
             user.rate = max(user.rate, 1.5)  # so the scenario actually shows up
             taken.add(index)
@@ -185,6 +203,7 @@ def _apply(
     user: User,
     scenario: str,
     change_days: tuple[int, int],
+    world: World,
 ) -> bool:
     if scenario in ("browser_upgrade", "new_phone", "cleared_cookies"):
         user.change = Change(scenario, rng.randint(*change_days))
@@ -195,7 +214,7 @@ def _apply(
         user.p_phone = max(user.p_phone, 0.6)
         user.p_wifi = min(user.p_wifi, 0.3)
     elif scenario == "plane_trip":
-        trip = _make_trip(rng, pool, clock, user)
+        trip = _make_trip(rng, pool, clock, user, world)
         if trip is None:
             return False
         user.trip = trip
@@ -234,6 +253,16 @@ def _apply_change(rng: random.Random, user: User) -> None:
             if new.user_agent != old.user_agent:
                 break
         user.phone = new
+
+
+def _carrier_address(rng: random.Random, user: User) -> tuple[City, str]:
+    """A fresh carrier address for this session, often placed in a nearby town."""
+    pool = user.carrier_pool
+    if rng.random() >= CARRIER_AWAY_SHARE:
+        at_home = [entry for entry in pool if entry[0] is user.home]
+        if at_home:
+            return rng.choice(at_home)
+    return rng.choice(pool)
 
 
 def _action(rng: random.Random, admin: bool) -> str:
@@ -290,11 +319,38 @@ class DayGenerator:
             return
         phone = user.phone
         on_phone = False
+        context = "home"
+        hour = (ts - midnight) / HOUR
         if trip is not None and where == "away":
             device = rng.choice(trip.devices)
             ip = rng.choice(trip.ips)
             city = trip.dest
             scenario = "plane_trip"
+            context = "trip_domestic" if city.country == user.country else "trip_abroad"
+        elif user.borrow_rate and rng.random() < user.borrow_rate:
+            device = borrowed_device(rng, user)
+            ip = (
+                user.home_ip(rng) if rng.random() < 0.5 else user.home.random_network(rng).host(rng)
+            )
+            context = "borrowed_device"
+        elif user.vpn_always:
+            device, on_phone = user.primary, False
+            if phone is not None and rng.random() < user.p_phone:
+                device, on_phone = phone, True
+            city, ips = rng.choice(user.vpn_exits)
+            ip = rng.choice(ips)
+            context = "vpn"
+        elif (
+            user.office is not None
+            and not weekend
+            and OFFICE_START <= hour < OFFICE_END
+            and rng.random() < AT_OFFICE
+        ):
+            device = user.work_device or user.primary
+            if phone is not None and rng.random() < 0.3:
+                device, on_phone = phone, True
+            city, ip = user.office.egress.city, rng.choice(user.office.egress.ips)
+            context = "corporate"
         elif phone is not None and rng.random() < user.p_phone:
             device, on_phone = phone, True
             if rng.random() < user.p_wifi:
@@ -304,17 +360,23 @@ class DayGenerator:
                 city = rng.choices(user.churn_cities, weights=weights)[0]
                 ip = city.random_network(rng).host(rng)
                 scenario = "mobile_ip_churn"
+                context = "cellular"
+            elif user.carrier_pool:
+                city, ip = _carrier_address(rng, user)
+                context = "cellular"
             else:
                 ip = rng.choice(user.carrier_nets).host(rng)
+                context = "cellular"
         else:
             device = user.primary
-            hour = (ts - midnight) / HOUR
             if user.vpn_exits and rng.random() < user.vpn_rate:
                 city, ips = rng.choice(user.vpn_exits)
                 ip = rng.choice(ips)
                 scenario = "vpn_user"
+                context = "vpn"
             elif user.work_ip and not weekend and 9 <= hour < 17.5 and rng.random() < 0.7:
                 ip = user.work_ip
+                context = "work"
             else:
                 ip = user.home_ip(rng)
         back_home = trip is not None and where == "home" and ts >= trip.arrive_back
@@ -331,10 +393,18 @@ class DayGenerator:
                 scenario = change.kind
                 if on_phone:  # the new phone is first set up at home
                     ip = user.home_ip(rng)
-        self._emit_session(user, ts, device, ip, city, scenario)
+                    city, context = user.home, "home"
+        self._emit_session(user, ts, device, ip, city, scenario, context)
 
     def _emit_session(
-        self, user: User, ts: int, device: Device, ip: str, city: City, scenario: str | None
+        self,
+        user: User,
+        ts: int,
+        device: Device,
+        ip: str,
+        city: City,
+        scenario: str | None,
+        context: str,
     ) -> None:
         rng, add = self.rng, self.emitter.add
         uid = user.uid
@@ -343,7 +413,7 @@ class DayGenerator:
         if scenario is None and rng.random() < user.typo_rate:
             failed = body(uid, "login", ip, None, dict(payload))
             failed["success"] = False
-            add(ts, failed, None, "typo")
+            add(ts, failed, None, "typo", context)
             ts += rng.randint(4, 55)
             emitted += 1
             scenario = "typo"
@@ -353,7 +423,7 @@ class DayGenerator:
         session_id = f"s-{hex_id(rng)}"
         login = body(uid, "login", ip, session_id, dict(payload))
         login["success"] = True
-        add(ts, login, None, login_scenario)
+        add(ts, login, None, login_scenario, context)
         emitted += 1
         action_scenario = None if scenario == "typo" else scenario
         n_actions = rng.choices(range(6), weights=ACTION_COUNTS)[0]
@@ -366,7 +436,7 @@ class DayGenerator:
             if action == "transfer":
                 event["amount"] = user.amount(rng)
                 event["currency"] = user.currency
-            add(ts, event, None, action_scenario)
+            add(ts, event, None, action_scenario, context)
             emitted += 1
         user.events += emitted
         user.last_ts = ts

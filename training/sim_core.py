@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 DAY = 86_400
 HOUR = 3_600
 
-# (timestamp, sequence, event body, attack type, scenario): the sequence keeps the
-# sort stable and deterministic when two events share a second.
-Pending = tuple[int, int, dict[str, Any], str | None, str | None]
+# (timestamp, sequence, event body, attack type, scenario, context): the sequence keeps
+# the sort stable and deterministic when two events share a second.
+Pending = tuple[int, int, dict[str, Any], str | None, str | None, str | None]
 
 
 class Clock:
@@ -76,10 +76,15 @@ class Emitter:
         body: dict[str, Any],
         attack: str | None = None,
         scenario: str | None = None,
+        context: str | None = None,
     ) -> None:
-        """Queue one event body (without id and timestamp, filled in on release)."""
+        """Queue one event body (without id and timestamp, filled in on release).
+
+        ``context`` says where and how a legitimate event happened (home, cellular,
+        vpn, ...: ``training.sim_world.CONTEXTS``); attacks have none.
+        """
         self.seq += 1
-        self.pending.append((ts, self.seq, body, attack, scenario))
+        self.pending.append((ts, self.seq, body, attack, scenario, context))
 
     def release(self, before: int | None) -> list[Pending]:
         """Sorted events with a timestamp before `before` (all when None); keeps the rest."""

@@ -12,6 +12,7 @@ from training.sim_geo import City, CityPool, Network
 
 if TYPE_CHECKING:
     from training.sim_benign import Change, Trip
+    from training.sim_networks import Office
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +309,12 @@ class User:
     churn_cities: tuple[City, ...] = ()
     trip: Trip | None = None
     change: Change | None = None
+    # World habits (set by training.sim_networks.assign_world).
+    carrier_pool: tuple[tuple[City, str], ...] = ()
+    vpn_always: bool = False
+    office: Office | None = None
+    work_device: Device | None = None
+    borrow_rate: float = 0.0
     # Running state.
     events: int = 0
     last_ts: int = 0

@@ -5,6 +5,12 @@ devices and daily rhythms, benign noise (travel, new phones, VPNs, ...) looks be
 to a careful behavioral model, and attacks look like real attacks. Geography is the
 real GeoLite2 City database: every emitted IP resolves to the intended city.
 
+A ``World`` (``training/sim_world.py``) sets who the users are and who attacks them:
+cellular, VPN and office users, travel, borrowed devices, the attack mix and the
+attackers' skill. Every legitimate event's label says its ``context`` (home, work,
+corporate, cellular, vpn, trip_domestic, trip_abroad, borrowed_device), so friction
+can be measured where it falls.
+
 Generation is streaming: users' days are generated one simulation day at a time,
 sorted and released, so a million events never sit in memory at once.
 """
@@ -23,18 +29,23 @@ from typing import Any
 
 import orjson
 
-from training.sim_attacks import ATTACK_TYPES, AttackPlanner
+from training.sim_attacks import AttackPlanner
 from training.sim_benign import BENIGN_SCENARIOS, DayGenerator
 from training.sim_benign import assign_scenarios as _assign_scenarios
 from training.sim_core import HOUR, Clock, Emitter, Pending
 from training.sim_geo import CityPool, build_city_pool
+from training.sim_networks import SharedNetworks, assign_world
 from training.sim_profiles import COUNTRIES, User, make_user
+from training.sim_world import ATTACK_TYPES, CONTEXTS, WORLDS, World
 
 __all__ = [
     "ATTACK_TYPES",
     "BENIGN_SCENARIOS",
+    "CONTEXTS",
+    "WORLDS",
     "SimulationConfig",
     "SimulationSummary",
+    "World",
     "simulate",
     "write_simulation",
 ]
@@ -46,13 +57,14 @@ _RELEASE_MARGIN = 15 * HOUR
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """What to simulate: how many users over how many days, from which seed."""
+    """What to simulate: how many users over how many days, from which seed, in which world."""
 
     users: int = 200
     days: int = 30
     seed: int = 7
     start: datetime = datetime(2026, 1, 5, tzinfo=UTC)
     attack_fraction: float = 0.01  # roughly the share of events that are attacks
+    world: World = WORLDS["default"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class SimulationSummary:
     attacks: int
     by_attack_type: dict[str, int]
     by_scenario: dict[str, int]  # attack scenarios and benign ones
+    by_context: dict[str, int]  # legitimate events by context
 
 
 def _validate(config: SimulationConfig) -> None:
@@ -84,12 +97,17 @@ def _home_countries(pool: CityPool) -> list[str]:
     return usable
 
 
-def _make_users(config: SimulationConfig, pool: CityPool, clock: Clock) -> list[User]:
+def _make_users(
+    config: SimulationConfig, pool: CityPool, clock: Clock
+) -> tuple[list[User], SharedNetworks | None]:
     rng = random.Random(f"{config.seed}/users")
     countries = _home_countries(pool)
     users = [make_user(rng, pool, i, countries) for i in range(config.users)]
-    _assign_scenarios(random.Random(f"{config.seed}/scenarios"), pool, clock, users)
-    return users
+    scenarios = random.Random(f"{config.seed}/scenarios")
+    _assign_scenarios(scenarios, pool, clock, users, config.world)
+    # A stream of its own, so a world without these habits leaves the others untouched.
+    networks = assign_world(random.Random(f"{config.seed}/world"), pool, users, config.world)
+    return users, networks
 
 
 def _stamp(ts: int) -> str:
@@ -100,7 +118,7 @@ def _finish(
     ready: list[Pending], counter: list[int]
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     n = counter[0]
-    for ts, _seq, event, attack, scenario in ready:
+    for ts, _seq, event, attack, scenario, context in ready:
         n += 1
         event_id = f"e-{n:08d}"
         event["event_id"] = event_id
@@ -110,6 +128,7 @@ def _finish(
             "is_attack": attack is not None,
             "attack_type": attack,
             "scenario": scenario,
+            "context": None if attack is not None else context,
         }
         yield event, label
     counter[0] = n
@@ -119,12 +138,12 @@ def simulate(config: SimulationConfig) -> Iterator[tuple[dict[str, Any], dict[st
     """Yield (event, label) pairs in timestamp order.
 
     The same config always gives the same stream. Events follow section 1 of the
-    contract; labels are ``{"event_id", "is_attack", "attack_type", "scenario"}``.
+    contract; labels are ``{"event_id", "is_attack", "attack_type", "scenario", "context"}``.
     """
     _validate(config)
     pool = build_city_pool(config.seed)
     clock = Clock(config.start, config.days)
-    users = _make_users(config, pool, clock)
+    users, networks = _make_users(config, pool, clock)
     emitter = Emitter()
     days = DayGenerator(random.Random(f"{config.seed}/days"), clock, emitter)
     benign_per_day = sum(u.rate for u in users)
@@ -136,6 +155,8 @@ def simulate(config: SimulationConfig) -> Iterator[tuple[dict[str, Any], dict[st
         users,
         fraction=config.attack_fraction,
         benign_per_day=benign_per_day,
+        world=config.world,
+        networks=networks,
     )
     counter = [0]
     for day in range(config.days):
@@ -163,6 +184,7 @@ def write_simulation(
     events = attacks = 0
     by_attack: Counter[str] = Counter()
     by_scenario: Counter[str] = Counter()
+    by_context: Counter[str] = Counter()
     with ExitStack() as stack:
         ev_out = stack.enter_context(Path(events_path).open("wb", buffering=1 << 20))
         lab_out = stack.enter_context(Path(labels_path).open("wb", buffering=1 << 20))
@@ -179,6 +201,8 @@ def write_simulation(
                 by_attack[attack] += 1
             if label["scenario"] is not None:
                 by_scenario[label["scenario"]] += 1
+            if label["context"] is not None:
+                by_context[label["context"]] += 1
             if out_file is not None:
                 outcome = {
                     "event_id": label["event_id"],
@@ -190,4 +214,5 @@ def write_simulation(
         attacks=attacks,
         by_attack_type=dict(sorted(by_attack.items())),
         by_scenario=dict(sorted(by_scenario.items())),
+        by_context=dict(sorted(by_context.items())),
     )

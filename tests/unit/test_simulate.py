@@ -117,8 +117,9 @@ def test_sorted_unique_and_fully_labelled(stream: list[Pair]) -> None:
     assert len(set(ids)) == len(ids)
     for event, label in stream:
         assert label["event_id"] == event["event_id"]
-        assert set(label) == {"event_id", "is_attack", "attack_type", "scenario"}
+        assert set(label) == {"event_id", "is_attack", "attack_type", "scenario", "context"}
         assert label["is_attack"] == (label["attack_type"] is not None)
+        assert (label["context"] is None) == label["is_attack"]
         if label["is_attack"]:
             assert label["scenario"] == label["attack_type"]
 
@@ -126,7 +127,8 @@ def test_sorted_unique_and_fully_labelled(stream: list[Pair]) -> None:
 def test_every_attack_type_and_benign_scenario_appears(stream: list[Pair]) -> None:
     attacks = Counter(label["attack_type"] for _, label in stream if label["is_attack"])
     scenarios = Counter(label["scenario"] for _, label in stream if not label["is_attack"])
-    assert set(attacks) == set(ATTACK_TYPES)
+    mixed = {kind for kind, weight in SimulationConfig().world.attack_mix if weight > 0}
+    assert set(attacks) == mixed == set(ATTACK_TYPES) - {"vpn_takeover"}
     assert set(BENIGN_SCENARIOS) <= set(scenarios)
     first_attack = min(_seconds(e) for e, label in stream if label["is_attack"])
     assert first_attack - _seconds(stream[0][0]) >= 6 * 86_400  # victims have a history
