@@ -194,7 +194,7 @@ def evaluate_deployment(
         work = Path(tmp)
         first = work / "shadow.jsonl"
         split = split_log(events_path, split_days, first)
-        model_path = model_out or work / "model.joblib"
+        model_path = model_out or work / "model.npz"
         artifact, _ = train([first], model_path, labels=None, params=params, geo=geo)
         # Step-up results are what a shadow period reports; without a file, the labels
         # stand in for the users (legitimate ones pass, attackers fail).
