@@ -174,13 +174,19 @@ def _forget_stale_pending(profile: Profile, now: float) -> None:
         del pending[event_id]
 
 
-def hold_pending(profile: Profile, obs: Observation) -> None:
-    """Keep an observation whose step-up is outstanding, to learn it if the step-up passes."""
+def hold_pending(profile: Profile, obs: Observation, challenge_id: str | None = None) -> None:
+    """Keep an observation whose step-up is outstanding, to learn it if the step-up passes.
+
+    ``challenge_id`` names the step-up's challenge, so that erasing the user finds it.
+    """
     pending = profile.pending
     if len(pending) >= MAX_PENDING:
         oldest = min(pending, key=lambda k: float(pending[k]["ts"]))
         del pending[oldest]
-    pending[obs.event_id] = obs.to_dict()
+    held = obs.to_dict()
+    if challenge_id is not None:
+        held["challenge_id"] = challenge_id
+    pending[obs.event_id] = held
 
 
 def resolve_pending(
@@ -198,6 +204,7 @@ def resolve_pending(
     data = profile.pending.pop(event_id, None)
     if data is None:
         return None
+    data.pop("challenge_id", None)
     obs = Observation.from_dict(data)
     if passed:
         # Activity was counted when the event was scored; only its lessons remain.
