@@ -90,8 +90,10 @@ def challenge_result(
 @v1.post(
     "/events/{event_id}/feedback",
     response_model=FeedbackOut,
-    summary="Label an event as confirmed fraud or confirmed legitimate (training feedback)",
-    responses=errors(401, 413, 422, 500),
+    summary="Label a decided event as confirmed fraud or legitimate (training feedback)",
+    description="404 for an event the service did not decide (or no longer keeps); 409 for"
+    " another label than the event has already; the same label again changes nothing.",
+    responses=errors(401, 404, 409, 413, 422, 500, 503),
 )
 def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> FeedbackOut:
     return service.feedback(event_id, body)
@@ -100,7 +102,9 @@ def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> Feedba
 @v1.delete(
     "/users/{user_id}",
     status_code=204,
-    summary="Erase a user's behavioral profile",
+    summary="Erase a user: profile, burst entries, pending challenges, decided events",
+    description="The user's personal fields in the audit and feedback logs were sealed under"
+    " a key kept in the profile: erasure destroys it, and with it what they said.",
     responses=errors(401, 404, 422, 503),
 )
 def erase_user(user_id: UserId, service: ServiceDep) -> Response:

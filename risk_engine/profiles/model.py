@@ -129,8 +129,9 @@ class Profile:
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
     # A random pseudonym and AES key, made with the profile and erased with it: audit and
     # feedback lines name the ref and seal their personal fields under the key (sealing.py).
-    ref: str = field(default_factory=new_ref)
-    data_key: str = field(default_factory=new_data_key)
+    # Random, so left out of equality: two profiles of the same history are equal.
+    ref: str = field(default_factory=new_ref, compare=False)
+    data_key: str = field(default_factory=new_data_key, compare=False, repr=False)
     # Burst window ("ip:..." / "net:...") -> last event time noted there: where erasure
     # removes the user's entries, without a scan of every window.
     windows: dict[str, float] = field(default_factory=dict)
