@@ -117,18 +117,38 @@ def train(
     supervised: Annotated[
         bool, typer.Option(help="add the supervised model where labels exist")
     ] = True,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="the service's profile store (URL as RISK_ENGINE_STORE): its keys open the"
+            " audit log's sealed decision records; erased users' records stay sealed"
+        ),
+    ] = None,
 ) -> None:
     """Replay logs through the feature pipeline and fit the risk model."""
     from risk_engine.model.detector import DetectorParams
+    from risk_engine.profiles.factory import open_store
     from training.train import train as run_training
 
     params = DetectorParams(n_estimators=trees, supervised=supervised, seed=seed)
     try:
-        artifact, table = run_training(events, out, labels=labels, params=params)
+        keys = None
+        if store is not None:
+            opened = open_store(store)
+            try:
+                keys = opened.sealing_keys()
+            finally:
+                opened.close()
+        artifact, table = run_training(events, out, labels=labels, params=params, keys=keys)
     except (RiskEngineError, ValueError) as exc:
         fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
     for problem in table.report.problems[:20]:
         typer.echo(f"skipped {problem}", err=True)
+    if table.report.sealed:
+        typer.echo(
+            f"skipped {table.report.sealed} sealed audit decisions (erased users, or no --store)",
+            err=True,
+        )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in artifact.metrics.items() if isinstance(v, float))
     typer.echo(
         f"trained {artifact.model_version} on {table.X.shape[0]} events "

@@ -8,6 +8,7 @@ events, measure on the latest 20%; the shipped model is then fitted on all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,11 +85,15 @@ def train(
     labels: list[Path] | None = None,
     params: DetectorParams | None = None,
     geo: GeoLocator | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> tuple[ModelArtifact, FeatureTable]:
-    """Replay, fit, measure and save; returns the artifact and the replayed table."""
+    """Replay, fit, measure and save; returns the artifact and the replayed table.
+
+    ``keys`` open sealed audit records (see ``replay``).
+    """
     params = params or DetectorParams()
     label_map = load_labels(labels or [])
-    table = replay(events, label_map, geo=geo)
+    table = replay(events, label_map, geo=geo, keys=keys)
     if table.X.shape[0] < 50:
         raise ValueError(f"too few valid events to train on ({table.X.shape[0]})")
     metrics = holdout_metrics(table, params) if label_map else {}

@@ -13,10 +13,13 @@ import orjson
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from risk_engine.audit import GENESIS, AuditLog, RecordKind, verify_chain
+from risk_engine.audit import GENESIS, AuditLog, RecordKind, decision_record, verify_chain
 from risk_engine.cli import app as cli
 from risk_engine.config import Settings
+from risk_engine.decision import Decision
+from risk_engine.events import parse_event
 from risk_engine.logs import LogReport, read_events
+from risk_engine.privacy import Hasher
 from risk_engine.sealing import open_record
 
 EventFactory = Callable[..., dict[str, Any]]
@@ -168,3 +171,15 @@ def test_cli_apikey_prints_a_key_and_its_digest() -> None:
     assert hashlib.sha256(key.encode()).hexdigest() == digest
     assert f"RISK_ENGINE_API_KEYS_SHA256='[\"{digest}\"]'" in result.output
     Settings(api_keys_sha256=[digest])  # accepted as configuration
+
+
+def test_without_a_key_the_personal_fields_are_left_out(make_event: EventFactory) -> None:
+    # The store was down: the decision had no profile, so no key to seal under.
+    event = parse_event(make_event(user_id="u-degraded", amount=12.0, currency="EUR"))
+    decision = Decision(event_id=event.event_id, score=0.5, decision="allow", model_version="m")
+    assert decision.sealing is None
+    record = decision_record(event, decision, {"f": 1.0}, Hasher("s"))
+    assert record["sealed"] is None and "ref" not in record
+    assert b"u-degraded" not in orjson.dumps(record) and b"s-1" not in orjson.dumps(record)
+    assert not {"user_id", "ip", "amount", "device", "features"} & record.keys()
+    assert record["event_id"] == event.event_id and record["decision"] == "allow"
