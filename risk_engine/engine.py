@@ -367,16 +367,10 @@ class Engine:
         acr: Acr | None = None,
     ) -> bool:
         """Apply a step-up outcome to the held event; False if nothing was held for it."""
-        return bool(
-            self._apply_outcome(
-                self.user_key(user_id),
-                event_id,
-                passed=passed,
-                now=now,
-                session_id=session_id,
-                acr=acr,
-            )
+        applied, _ = self._apply_outcome(
+            self.user_key(user_id), event_id, passed=passed, now=now, session_id=session_id, acr=acr
         )
+        return bool(applied)
 
     def _apply_outcome(
         self,
@@ -387,23 +381,11 @@ class Engine:
         now: float,
         session_id: str | None = None,
         acr: Acr | None = None,
-    ) -> bool | None:
-        """``apply_outcome`` by user key; None when no profile is kept (none is created)."""
-        return self._apply_sealed(
-            user_key, event_id, passed=passed, now=now, session_id=session_id, acr=acr
-        )[0]
-
-    def _apply_sealed(
-        self,
-        user_key: str,
-        event_id: str,
-        *,
-        passed: bool,
-        now: float,
-        session_id: str | None = None,
-        acr: Acr | None = None,
     ) -> tuple[bool | None, tuple[str, str] | None]:
-        """``_apply_outcome``, and the profile's ref and data key when there is one."""
+        """``apply_outcome`` by user key, and the profile's ref and data key.
+
+        (None, None) when no profile is kept (erased, or never made): none is created.
+        """
         sealing: list[tuple[str, str]] = []
 
         def apply(profile: Profile) -> bool:
@@ -477,6 +459,10 @@ class Engine:
         if raw is None:
             raise NotFoundError(f"challenge {challenge_id} is unknown or expired", field="id")
         record = orjson.loads(raw)
+        if "user_key" not in record:
+            # Saved by an engine from before challenges kept keyed ids (a rolling upgrade).
+            record["user_key"] = self.user_key(record["user_id"])
+            record["session_hash"] = self.session_hash(record.get("session_id"))
         bound = record.get("session_hash")
         if bound is not None and self.session_hash(session_id) != bound:
             raise ConflictError(
@@ -487,7 +473,7 @@ class Engine:
         required = Acr(record["required_acr"])
         satisfied = passed and (acr is None or acr.rank >= required.rank)
         # The held event's own session is the bound one (the pending entry keeps it).
-        applied, sealing = self._apply_sealed(
+        applied, sealing = self._apply_outcome(
             record["user_key"],
             record["event_id"],
             passed=satisfied,
