@@ -12,6 +12,7 @@ still verifies.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -256,3 +257,26 @@ def test_erasure_leaves_nothing_that_links_to_the_user(
     assert other_ref.encode() in settings.audit_path.read_bytes()
     chain = verify_chain(settings.audit_path)
     assert chain.ok, chain
+
+
+def test_a_challenge_saved_with_raw_ids_before_the_upgrade_still_completes(
+    make_settings: Callable[..., Settings], make_event: EventFactory, risky_policy: Path
+) -> None:
+    settings = make_settings(store="memory://", policy_path=risky_policy)
+    with TestClient(create_app(settings), headers=AUTH) as client:
+        engine: Engine = client.app.state.service.engine  # type: ignore[attr-defined]
+        done = act(client, make_event, "u-upgraded")
+        challenge_id = done["challenge"]
+        record = orjson.loads(engine.store.load_challenge(challenge_id, time.time()) or b"")
+        assert "user_id" not in record and record["user_key"] == engine.user_key("u-upgraded")
+        # What an engine of the previous version saved: the raw ids.
+        del record["user_key"], record["session_hash"]
+        record.update(user_id="u-upgraded", session_id=done["risky_session"])
+        engine.store.save_challenge(challenge_id, orjson.dumps(record), 60.0, time.time())
+        wrong = {"passed": True, "method": "totp", "session_id": "sess-other"}
+        response = client.post(f"/v1/challenges/{challenge_id}/result", json=wrong)
+        assert response.status_code == 409, response.text
+        result = {"passed": True, "method": "totp", "session_id": done["risky_session"]}
+        response = client.post(f"/v1/challenges/{challenge_id}/result", json=result)
+        assert response.status_code == 200, response.text
+        assert response.json()["satisfied"] is True
