@@ -34,6 +34,7 @@ from risk_engine.profiles.redis import RedisStore
 
 EventFactory = Callable[..., dict[str, Any]]
 AUTH = {"Authorization": "Bearer rek_test-key-for-the-api-tests"}
+ADMIN_AUTH = {"Authorization": "Bearer rek_test-admin-key-for-the-api-tests"}
 OSLO, SYDNEY = "84.208.0.1", "203.2.218.214"
 VICTIM, OTHER = "u-victim-5e1f0a", "u-other-77c2d9"
 NOTE = "chargeback-note-victim-4711"
@@ -202,7 +203,7 @@ def test_erasure_leaves_nothing_that_links_to_the_user(
         victim_profile, other_profile = engine.store.get(victim_key), engine.store.get(other_key)
         assert victim_profile is not None and other_profile is not None
 
-        assert client.delete(f"/v1/users/{VICTIM}").status_code == 204
+        assert client.delete(f"/v1/users/{VICTIM}", headers=ADMIN_AUTH).status_code == 204
 
         # The step-up left pending at erasure: 404, and no profile comes back.
         result = {"passed": True, "method": "totp", "session_id": victim["risky_session"]}
@@ -255,7 +256,7 @@ def test_erasure_leaves_nothing_that_links_to_the_user(
             assert where.endswith(("audit.jsonl", "feedback.jsonl")), where
     # The other user's records are still there and still name the user's ref.
     assert other_ref.encode() in settings.audit_path.read_bytes()
-    chain = verify_chain(settings.audit_path)
+    chain = verify_chain(settings.audit_path, [settings.resolve_audit_key()])
     assert chain.ok, chain
 
 
