@@ -19,14 +19,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/risk-engine/bin:$PATH \
     NUMBA_CACHE_DIR=/var/cache/risk-engine/numba
-RUN useradd --system --user-group --home-dir /var/lib/risk-engine --shell /usr/sbin/nologin risk-engine \
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/risk-engine --shell /usr/sbin/nologin risk-engine \
  && install -d -o risk-engine -g risk-engine -m 0700 /var/lib/risk-engine /var/lib/risk-engine/var \
  && install -d -o risk-engine -g risk-engine -m 0700 /var/cache/risk-engine
 COPY --from=build /dist/ /tmp/dist/
 RUN python -m venv /opt/risk-engine \
  && /opt/risk-engine/bin/pip install --no-cache-dir /tmp/dist/*.whl \
  && rm -rf /tmp/dist
-USER risk-engine
+USER 10001:10001
 WORKDIR /var/lib/risk-engine
 # The site-packages directory is not the service user's to write, so numba keeps the
 # compiled scoring kernels in NUMBA_CACHE_DIR: compiled here once, loaded at each start
