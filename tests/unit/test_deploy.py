@@ -1,4 +1,4 @@
-"""The deployment files (deploy/, Dockerfile) name only settings that exist, and the unit verifies."""
+"""The deployment files name only settings that exist, and the systemd unit verifies."""
 
 from __future__ import annotations
 
