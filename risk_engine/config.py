@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     )
     geoip_asn_db: Path | None = None
     geoip_anonymous_db: Path | None = None
-    model_path: Path | None = Field(default=None, description="default: models/default.npz")
+    model_path: Path | None = Field(default=None, description="default: the bundled model")
     policy_path: Path | None = Field(default=None, description="default: the bundled policy")
     shadow_model_path: Path | None = None
     shadow_policy_path: Path | None = None
