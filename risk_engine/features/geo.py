@@ -1,4 +1,10 @@
-"""Geo signals: travel speed from the last trusted place, new and familiar places."""
+"""Geo signals: travel speed from the last trusted place, new and familiar places.
+
+A network is familiar at the level where familiarity is true: its family (the
+ASN, or a coarse prefix in a city; see ``observation.network_family``). A phone
+hopping between its carrier's addresses, an exit pool of the user's VPN, an
+office's NAT range are not new networks; a network elsewhere still is.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ NAMES = (
     "anonymous_ip",
     "country_novelty",
     "network_novelty",
+    "ip_novelty",
 )
 
 
@@ -67,13 +74,29 @@ def travel(profile: Profile, obs: Observation) -> tuple[float, float, float]:
     return km, seconds, speed_kmh(km, seconds)
 
 
+def new_network(profile: Profile, obs: Observation) -> float:
+    """1.0 when neither the network nor its family was seen in a trusted event."""
+    if obs.network_family and obs.network_family in profile.families:
+        return 0.0
+    return is_new(profile, profile.networks, obs.network)
+
+
 def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:
     km, _, kmh = travel(profile, obs)
     impossible = 1.0 if kmh > IMPOSSIBLE_KMH and km > IMPOSSIBLE_MIN_KM else 0.0
     city = obs.city_key
-    countries, networks = profile.countries, profile.networks
-    # Both maps serve a familiarity and a novelty: sum their masses once.
+    countries, networks, families = profile.countries, profile.networks, profile.families
+    # Each map serves a familiarity and a novelty: sum its mass once.
     country_mass, network_mass = mass(countries), mass(networks)
+    # Profiles stored before families have none yet: their networks stand in.
+    family_mass = mass(families) if families else network_mass
+    network_familiarity = familiarity(networks, obs.network, network_mass)
+    if families:
+        network_familiarity = max(
+            network_familiarity, familiarity(families, obs.network_family, family_mass)
+        )
+    ips = profile.ips
+    ip_mass = mass(ips)
     return (
         0.0 if obs.geo_known else 1.0,
         log1p(km),
@@ -81,13 +104,14 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         impossible,
         is_new(profile, countries, obs.country),
         is_new(profile, profile.cities, city),
-        is_new(profile, networks, obs.network),
-        is_new(profile, profile.ips, obs.ip_key),
+        new_network(profile, obs),
+        is_new(profile, ips, obs.ip_key),
         familiarity(countries, obs.country, country_mass),
         familiarity(profile.cities, city),
-        familiarity(networks, obs.network, network_mass),
-        familiarity(profile.ips, obs.ip_key),
+        network_familiarity,
+        familiarity(ips, obs.ip_key, ip_mass),
         1.0 if obs.is_anonymous else 0.0,
         novelty(countries, country_mass),
-        novelty(networks, network_mass),
+        novelty(families, family_mass) if families else novelty(networks, network_mass),
+        novelty(ips, ip_mass),
     )
