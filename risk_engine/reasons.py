@@ -24,7 +24,7 @@ from risk_engine.profiles.model import BurstCounts, Profile
 Weighted = tuple[float, Reason]
 
 # A sensitive action at an hour this far below the user's flat day is a quiet-hour action.
-QUIET_HOUR = 0.75
+QUIET_HOUR = 0.6
 # The action sensitivity from which an hour or a first use is worth a reason of its own.
 SENSITIVE = 0.5
 

@@ -33,7 +33,7 @@ MAX_RECENT = 32
 MAX_SESSIONS = 16
 MAX_PENDING = 16
 # Payees (keyed hashes) the user has added or paid in trusted events.
-MAX_PAYEES = 64
+MAX_PAYEES = 32
 # Recent steps that open a way to money or control (a payee added, a credential changed).
 MAX_STEPS = 8
 # A held step-up older than this (by event time) can no longer complete: its challenge
