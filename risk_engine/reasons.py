@@ -25,6 +25,8 @@ Weighted = tuple[float, Reason]
 
 # A sensitive action at an hour this far below the user's flat day is a quiet-hour action.
 QUIET_HOUR = 0.6
+# An amount this many times (in log) the largest the user moved is a takeover's at quiet hours.
+TAKEOVER_AMOUNT_OVER = math.log(2.0)
 # The action sensitivity from which an hour or a first use is worth a reason of its own.
 SENSITIVE = 0.5
 
@@ -267,20 +269,28 @@ def _sequence(profile: Profile, obs: Observation, values: list[float]) -> list[W
                 )
             )
     quiet = sequence_features.quietness(profile, obs.hour_of_week)
-    sequenced = bool(out) or _f(values, "first_use_sensitivity") > 0.0
-    if sequenced and quiet >= QUIET_HOUR and SENSITIVITY.get(obs.action, 0.0) >= SENSITIVE:
-        what = out[0][1].code if out else f"first {obs.action}"
-        hour = obs.hour_of_week % 24
-        out.append(
-            (
-                8.0,
-                Reason(
-                    code="quiet_hour_takeover",
-                    detail=f"{what.replace('_', ' ')} at {hour:02d}:00 local time, an hour "
-                    f"{quiet:.0%} below this user's usual activity",
-                ),
-            )
+    if quiet < QUIET_HOUR or SENSITIVITY.get(obs.action, 0.0) < SENSITIVE:
+        return out
+    over = _f(values, "amount_over_max_log")
+    if out:
+        what = out[0][1].code.replace("_", " ")
+    elif _f(values, "first_use_sensitivity"):
+        what = f"first {obs.action}"
+    elif over >= TAKEOVER_AMOUNT_OVER:
+        what = f"{obs.action} of {math.exp(over):.1f}x the largest amount"
+    else:
+        return out
+    hour = obs.hour_of_week % 24
+    out.append(
+        (
+            8.0,
+            Reason(
+                code="quiet_hour_takeover",
+                detail=f"{what} at {hour:02d}:00 local time, an hour "
+                f"{quiet:.0%} below this user's usual activity",
+            ),
         )
+    )
     return out
 
 
