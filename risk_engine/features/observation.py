@@ -130,10 +130,10 @@ def coarse_prefix(ip: IPv4Address | IPv6Address) -> str:
 def network_family(ip: IPv4Address | IPv6Address, location: Location) -> str:
     """The level at which a user's network is the same network: the ASN when known.
 
-    Without an ASN database, the /16 (IPv6 /32) together with the city: a phone
-    hopping between its carrier's addresses, a VPN's exit pool, an office's NAT
-    range stay one family, while the same block elsewhere, or another provider in
-    the same city, is another.
+    Without an ASN database, the /16 (IPv6 /32) together with the country and
+    city (empty when GeoIP has none): a phone hopping between its carrier's
+    addresses, a VPN's exit pool, an office's NAT range stay one family, while the
+    same block elsewhere, or another provider in the same city, is another.
 
     >>> from ipaddress import ip_address
     >>> network_family(ip_address("81.2.69.160"), Location(known=True, country="GB", city="London"))
@@ -143,8 +143,7 @@ def network_family(ip: IPv4Address | IPv6Address, location: Location) -> str:
     """
     if location.asn is not None:
         return f"AS{location.asn}"
-    where = f"{location.country}/{location.city}" if location.city else location.country or ""
-    return f"{coarse_prefix(ip)}@{where}"
+    return f"{coarse_prefix(ip)}@{location.country or ''}/{location.city or ''}"
 
 
 def _fingerprint(ua: UAInfo, platform: str, timezone: str, language: str, screen: str) -> str:

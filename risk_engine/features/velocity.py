@@ -9,6 +9,7 @@ Failures count everywhere.
 from __future__ import annotations
 
 from risk_engine.features.common import HOUR_S, log1p
+from risk_engine.features.geo import family_count
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile
 
@@ -34,7 +35,7 @@ def home_network(profile: Profile, obs: Observation) -> bool:
     return (
         obs.ip_key in profile.ips
         or obs.network in profile.networks
-        or (bool(obs.network_family) and obs.network_family in profile.families)
+        or (bool(profile.families) and family_count(profile, obs) > 0.0)
     )
 
 

@@ -216,9 +216,11 @@ def test_a_phone_hopping_carrier_addresses_in_its_city_is_allowed(harness: Harne
     for day in range(30):
         ip = CARRIER_IPS[day % len(CARRIER_IPS)]
         harness.decide(START + timedelta(days=day, minutes=day % 20), ip=ip, device=PHONE)
-    hop = harness.decide(START + timedelta(days=30, minutes=3), ip="176.11.120.9", device=PHONE)
-    assert hop.decision is Outcome.ALLOW
-    assert "new_network" not in [r.code for r in hop.reasons]
+    # Another /24 of the block in Oslo, and one that GeoIP places only in Norway.
+    for minutes, ip in ((3, "176.11.13.50"), (40, "176.11.120.9")):
+        hop = harness.decide(START + timedelta(days=30, minutes=minutes), ip=ip, device=PHONE)
+        assert hop.decision is Outcome.ALLOW, hop.reasons
+        assert "new_network" not in [r.code for r in hop.reasons]
     # A network abroad is still a new one.
     abroad = harness.decide(
         START + timedelta(days=33), ip=SYDNEY_IP, device=PHONE, pass_step_up=False

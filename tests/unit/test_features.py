@@ -623,6 +623,7 @@ def test_a_phone_hopping_carrier_addresses_in_its_city_is_on_a_known_network() -
     hops = [f"176.11.{third}.{20 + i}" for i, third in enumerate((104, 107, 109, 111, 115))]
     profile = learned(*[replace(carrier(ip), ts=T0 + i * HOUR) for i, ip in enumerate(hops)])
     assert carrier("176.11.120.9").network_family == "176.11.0.0/16@NO/Oslo"
+    nowhere_in_norway = Location(known=True, country="NO", latitude=62.0, longitude=10.0)
 
     hop = features(profile, carrier("176.11.120.9"))
     assert hop["new_ip"] == 1.0
@@ -630,6 +631,11 @@ def test_a_phone_hopping_carrier_addresses_in_its_city_is_on_a_known_network() -
     assert hop["network_familiarity"] > 0.5
     # Five addresses in five events: a new address is this user's habit.
     assert hop["ip_novelty"] == pytest.approx(0.5)
+
+    # GeoIP places some of a carrier's blocks only in the country: the same family.
+    country_only = carrier("176.11.120.9", nowhere_in_norway)
+    assert country_only.network_family == "176.11.0.0/16@NO/"
+    assert features(profile, country_only)["new_network"] == 0.0
 
     # The same block in another city, or another block in the same city, is new.
     assert features(profile, carrier("176.11.120.9", BERGEN))["new_network"] == 1.0
@@ -660,3 +666,25 @@ def test_crowds_count_only_on_networks_new_to_the_user() -> None:
     elsewhere = features(office, obs_at(T0 + DAY, TOKYO, ip="175.16.199.1"), bursts)
     assert elsewhere["ip_users_1h"] == pytest.approx(math.log1p(40))
     assert elsewhere["network_users_1h"] == pytest.approx(math.log1p(300))
+
+
+NEW_YORK = place("New York", "US", 40.7128, -74.0060, tz="America/New_York", network="AS9009")
+
+
+def test_a_vpn_user_at_the_usual_exit_neither_travels_nor_mismatches() -> None:
+    exit_ip = "89.187.178.20"
+    home = [obs_at(T0 + i * HOUR) for i in range(4)]
+    first = obs_at(T0 + 5 * HOUR, NEW_YORK, ip=exit_ip)
+    # The first time through the exit: far away, the device clock six hours off.
+    values = features(learned(*home), first)
+    assert values["travel_log_km"] > math.log1p(5000)
+    assert values["tz_mismatch_h"] == pytest.approx(6.0)
+
+    habit = learned(*home, first, obs_at(T0 + 6 * HOUR, NEW_YORK, ip=exit_ip), obs_at(T0 + DAY))
+    again = features(habit, obs_at(T0 + 2 * DAY, NEW_YORK, ip="89.187.178.77"))
+    assert again["travel_log_km"] == again["speed_log_kmh"] == 0.0
+    assert again["tz_mismatch_h"] == 0.0
+    assert again["new_network"] == again["new_country"] == 0.0
+    # Another network in that city is no habit: the mismatch still counts.
+    other = features(habit, obs_at(T0 + 2 * DAY, NEW_YORK, ip="23.45.67.89"))
+    assert other["tz_mismatch_h"] == pytest.approx(6.0)
