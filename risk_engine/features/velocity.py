@@ -2,7 +2,8 @@
 
 How many accounts use an address tells of credential stuffing only where the user
 is a stranger: an office or a carrier network the user has used in trusted events
-is shared by many by nature, so its crowd counts are not held against the user.
+is shared by many by nature, so there its crowd counts as one account at most
+(never fewer than the failures imply: a lone failed login is one account).
 Failures count everywhere.
 """
 
@@ -45,8 +46,8 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         0.0 if obs.success else 1.0,
         log1p(recent_count(profile.failures, obs.ts)),
         log1p(recent_count(profile.recent, obs.ts)),
-        0.0 if shared else log1p(bursts.ip_users),
+        log1p(min(bursts.ip_users, 1) if shared else bursts.ip_users),
         log1p(bursts.ip_failures),
-        0.0 if shared else log1p(bursts.network_users),
+        log1p(min(bursts.network_users, 1) if shared else bursts.network_users),
         log1p(bursts.network_failures),
     )

@@ -660,7 +660,10 @@ def test_crowds_count_only_on_networks_new_to_the_user() -> None:
     bursts = BurstCounts(ip_users=40, ip_failures=2, network_users=300, network_failures=3)
     office = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
     at_work = features(office, obs_at(T0 + DAY), bursts)
-    assert at_work["ip_users_1h"] == at_work["network_users_1h"] == 0.0
+    # As if the user were alone there, as a user who mistyped a password at home is.
+    assert at_work["ip_users_1h"] == at_work["network_users_1h"] == pytest.approx(math.log1p(1))
+    alone = features(office, obs_at(T0 + DAY), BurstCounts(ip_users=1, network_users=1))
+    assert alone["ip_users_1h"] == at_work["ip_users_1h"]
     # Failures count everywhere: stuffing through an office is still stuffing.
     assert at_work["ip_failures_1h"] == pytest.approx(math.log1p(2))
     elsewhere = features(office, obs_at(T0 + DAY, TOKYO, ip="175.16.199.1"), bursts)
