@@ -25,9 +25,7 @@ class BodyLimitMiddleware:
     Both close the connection. A body within bounds reaches the app as one message.
     """
 
-    def __init__(
-        self, app: ASGIApp, *, max_bytes: int, timeout_s: float, drain_bytes: int
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float, drain_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s

@@ -29,6 +29,7 @@ def auth(api_key: str) -> dict[str, str]:
 def stamp(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+
 # conftest's API_KEY (scope decide).
 API_KEY = "rek_test-key-for-the-api-tests"
 JSON_ROUTES = ("/v1/decisions", "/v1/challenges/c-1/result", "/v1/events/e-1/feedback")
@@ -162,6 +163,9 @@ def test_the_past_bound_is_opt_in(
 
 
 def test_the_skew_settings_are_validated(make_settings: Callable[..., Settings]) -> None:
+    defaults = make_settings()
+    assert (defaults.max_future_skew_s, defaults.max_past_skew_s) == (300.0, 0.0)
+    assert make_settings(max_future_skew_s=0, max_past_skew_s=3600).max_past_skew_s == 3600
     with pytest.raises(ValueError, match="max_future_skew_s"):
         make_settings(max_future_skew_s=-1)
     with pytest.raises(ValueError, match="body_timeout_s"):

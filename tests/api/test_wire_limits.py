@@ -17,7 +17,6 @@ import httpx
 import orjson
 import pytest
 
-
 # conftest's API_KEY (scope decide).
 API_KEY = "rek_test-key-for-the-api-tests"
 TRIES = 20
@@ -119,3 +118,47 @@ def test_a_stalled_body_gets_408_and_a_close_within_the_timeout(
     assert all(a is not None and a.startswith(b"HTTP/1.1 408 ") for a in answers), answers[0]
     # The server is still there for everyone else.
     assert httpx.get(server.base_url + "/healthz").status_code == 200
+
+
+def test_a_streamed_oversized_body_gets_a_readable_413(serve: Callable[..., Any]) -> None:
+    server = serve()
+
+    def chunks() -> Any:
+        # No Content-Length: the server learns the size only by reading.
+        for _ in range(100):
+            yield b" " * 10_000
+
+    for _ in range(5):
+        response = httpx.post(
+            server.base_url + "/v1/decisions",
+            content=chunks(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+        )
+        assert response.status_code == 413
+        assert response.json()["error"] == "payload_too_large"
+
+
+def test_a_slow_body_within_the_timeout_is_decided(serve: Callable[..., Any]) -> None:
+    server = serve(RISK_ENGINE_BODY_TIMEOUT_S="3")
+    port = int(server.base_url.rsplit(":", 1)[1])
+    body = orjson.dumps(
+        {
+            "event_id": "e-slow",
+            "timestamp": "2026-03-01T08:15:30Z",
+            "user_id": "u-slow",
+            "action": "login",
+            "ip": "81.2.69.160",
+        }
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        for start in range(0, len(body), 40):
+            time.sleep(0.3)
+            sock.sendall(body[start : start + 40])
+        answer = _answer_until_closed(sock, time.monotonic() + 10)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 200 "), answer
