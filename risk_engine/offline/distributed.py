@@ -414,7 +414,8 @@ def run_distributed(
         )
         for k in range(partitions)
     ]
-    shared_outcomes = client.scatter(outcomes, broadcast=True) if outcomes else {}
+    # In a list: a scattered dict would become one future per outcome.
+    shared_outcomes = client.scatter([outcomes], broadcast=True)[0] if outcomes else {}
     decided = [
         submit(
             decide_users,
