@@ -30,10 +30,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from risk_engine.errors import ConfigurationError, ProfileStoreError
+from risk_engine.errors import ConfigurationError, ProfileStoreError, StoreUnavailableError
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote, EventLabel
 
@@ -48,6 +50,9 @@ _BACKOFF_BASE_S = 0.0005
 _BACKOFF_CAP_S = 0.02
 # Seconds between the pool's PINGs of an idle connection before reusing it.
 _HEALTH_CHECK_INTERVAL_S = 30
+# The longest one socket operation may wait. A decision runs on the event loop and a
+# Redis call blocks it (README, "Sizing"): this bounds what a frozen Redis costs.
+STORE_TIMEOUT_S = 0.05
 _BURST_TTL_S = math.ceil(BURST_WINDOW_S)
 # Entries are trimmed only once two windows older than the newest insert, so that an
 # event recorded slightly out of order (a skewed clock) cannot trim entries that a
@@ -86,7 +91,7 @@ class RedisStore:
         *,
         prefix: str = "risk-engine",
         retention_days: float = 180.0,
-        socket_timeout: float = 0.5,
+        socket_timeout: float = STORE_TIMEOUT_S,
     ) -> None:
         self._safe_url = redact_url(url)
         if retention_days <= 0:
@@ -104,8 +109,13 @@ class RedisStore:
                 socket_connect_timeout=socket_timeout,
                 health_check_interval=_HEALTH_CHECK_INTERVAL_S,
                 # One quick retry survives a connection that the server dropped while
-                # idle, without turning an outage into seconds of waiting per call.
-                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1),
+                # idle, without turning an outage into seconds of waiting per call. A
+                # timeout is not retried: a frozen server would cost the timeout twice.
+                retry=Retry(
+                    ExponentialWithJitterBackoff(base=0.01, cap=0.05),
+                    retries=1,
+                    supported_errors=(RedisConnectionError,),
+                ),
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
@@ -447,6 +457,12 @@ class RedisStore:
         return f"{self._prefix}:user-events:{user_key}"
 
     def _fail(self, exc: RedisError, action: str) -> NoReturn:
+        if isinstance(exc, RedisTimeoutError | RedisConnectionError):
+            raise StoreUnavailableError(
+                f"Redis profile store {self._safe_url}: {action} failed: {type(exc).__name__}:"
+                f" {exc}",
+                url=self._safe_url,
+            ) from exc
         raise ProfileStoreError(
             f"Redis profile store {self._safe_url}: {action} failed: {type(exc).__name__}: {exc}",
             url=self._safe_url,
