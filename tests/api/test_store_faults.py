@@ -19,7 +19,9 @@ Serve = Callable[..., Any]
 SLACK_S = 0.5
 
 
-def timed(http: httpx.Client, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, float]:
+def timed(
+    http: httpx.Client, method: str, path: str, **kwargs: Any
+) -> tuple[httpx.Response, float]:
     started = time.monotonic()
     response = http.request(method, path, **kwargs)
     return response, time.monotonic() - started
@@ -35,7 +37,9 @@ def test_a_frozen_redis_answers_degraded_quickly_and_blocks_no_other_request(
     server = serve(RISK_ENGINE_STORE=url)
     headers = {"Authorization": f"Bearer {api_key}"}
     with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
-        assert http.post("/v1/decisions", json=make_event(user_id="u-0")).json()["degraded"] is False
+        assert (
+            http.post("/v1/decisions", json=make_event(user_id="u-0")).json()["degraded"] is False
+        )
         redis_process.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
