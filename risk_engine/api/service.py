@@ -42,6 +42,7 @@ from risk_engine.errors import (
 )
 from risk_engine.events import Event
 from risk_engine.profiles.guard import GuardedStore
+from risk_engine.profiles.integrity import Incidents
 from risk_engine.profiles.model import Profile
 from risk_engine.scopes import Scope
 from risk_engine.sealing import seal_into
@@ -113,6 +114,9 @@ class Service:
         # A store that is down is not asked again on every request (profiles.guard).
         self.guard = inner if isinstance(inner, GuardedStore) else GuardedStore(inner)
         engine.store = CountingStore(self.guard, metrics.store_errors)
+        incidents = getattr(self.guard.inner, "incidents", None)
+        if isinstance(incidents, Incidents):
+            incidents.listen(lambda kind: metrics.store_incidents.labels(kind).inc())
         # The audit record always carries the features; responses only when configured.
         engine.include_features = True
         # Feedback is accepted only for events decided here: the store keeps their ids.

@@ -20,6 +20,7 @@ and EXEC.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -36,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError, StoreUnavailableError
+from risk_engine.profiles.integrity import CorruptProfileError, Incidents
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote, EventLabel
 
@@ -122,6 +124,7 @@ class RedisStore:
                 f"unusable Redis URL {self._safe_url!r}: {exc}", field="url"
             ) from exc
         self._client = redis.Redis(connection_pool=self._pool)
+        self.incidents = Incidents()
         self._claim = self._client.register_script(_CLAIM_SCRIPT)
         self._label = self._client.register_script(_LABEL_SCRIPT)
 
@@ -138,12 +141,12 @@ class RedisStore:
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 raw = pipe.get(key)
-                profile = Profile(user_key=user_key) if raw is None else Profile.loads(raw)
+                profile = self._readable(user_key, raw)
                 in_fn = True
                 result = fn(profile)
                 in_fn = False
                 pipe.multi()
-                pipe.set(key, profile.dumps(), ex=self._retention_s)
+                pipe.set(key, profile.stored(), ex=self._retention_s)
                 pipe.execute()
             except WatchError:
                 # Another writer committed between our read and EXEC (or the connection
@@ -213,7 +216,7 @@ class RedisStore:
                 )
             except RedisError as exc:
                 self._fail(exc, "update_event")
-            profile = Profile(user_key=user_key) if raw is None else Profile.loads(raw)
+            profile = self._readable(user_key, raw)
             bursts = BurstCounts(*_tally(ip_members), *_tally(net_members))
             # A reconnect from here to EXEC would drop the WATCH unseen: refuse it.
             _on_connect(conn, self._refuse_reconnect)
@@ -226,7 +229,7 @@ class RedisStore:
                 profile.note_window(window, ts)
             writes: list[_Command] = [
                 ("MULTI",),
-                ("SET", key, profile.dumps(), "EX", self._retention_s),
+                ("SET", key, profile.stored(), "EX", self._retention_s),
                 *notes,
                 ("EXEC",),
             ]
@@ -256,6 +259,29 @@ class RedisStore:
                 _disconnect(conn)
             self._pool.release(conn)
 
+    def _readable(self, user_key: str, raw: bytes | str | None) -> Profile:
+        """The stored profile; a fresh one when absent, or when corrupt (then quarantined)."""
+        if raw is None:
+            return Profile(user_key=user_key)
+        try:
+            return Profile.loads(raw)
+        except CorruptProfileError as exc:
+            self._quarantine(user_key, raw, exc.message)
+            return Profile(user_key=user_key)
+
+    def _quarantine(self, user_key: str, raw: bytes | str, reason: str) -> None:
+        """Keep a corrupt profile aside (for the retention), log and count it."""
+        with contextlib.suppress(RedisError):  # the user starts afresh either way
+            self._client.set(self._quarantine_key(user_key), raw, ex=self._retention_s)
+        self.incidents.note(
+            "quarantined",
+            "Redis profile store %s: a stored profile is corrupt (%s); kept at %s,"
+            " the user starts afresh",
+            self._safe_url,
+            reason,
+            self._quarantine_key(user_key),
+        )
+
     def _refuse_reconnect(self, connection: Connection) -> None:
         """Connect callback while a connection watches: its WATCH died with the old socket."""
         raise _ReconnectedWhileWatching(
@@ -267,7 +293,7 @@ class RedisStore:
             raw = self._client.get(self._profile_key(user_key))
         except RedisError as exc:
             self._fail(exc, "get")
-        return None if raw is None else Profile.loads(raw)
+        return None if raw is None else _loads_or_none(raw)
 
     def _event_notes(self, event_id: str, user_key: str) -> list[_Command]:
         """Keep a decided event as the user's (the first user to claim an id keeps it)."""
@@ -291,7 +317,7 @@ class RedisStore:
             try:
                 pipe.watch(key, mine)  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 raw = pipe.get(key)
-                profile = None if raw is None else Profile.loads(raw)
+                profile = None if raw is None else _loads_or_none(raw)
                 events = [e.decode() for e in pipe.smembers(mine)]  # type: ignore[union-attr]
                 windows = [self._window_key(w) for w in (profile.windows if profile else ())]
                 doomed: list[tuple[str, list[bytes]]] = []
@@ -306,7 +332,7 @@ class RedisStore:
                     pipe.delete(self._challenge_key(challenge_id))
                 for event_id in events:
                     pipe.delete(self._event_key(event_id))
-                pipe.delete(mine, key)
+                pipe.delete(mine, key, self._quarantine_key(user_key))
                 pipe.execute()
             except WatchError:
                 pass
@@ -349,8 +375,8 @@ class RedisStore:
         if not names:
             return
         for raw in self._client.mget(names):
-            if raw is not None:
-                profile = Profile.loads(raw)
+            profile = None if raw is None else _loads_or_none(raw)
+            if profile is not None:
                 keys[profile.ref] = profile.data_key
 
     def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
@@ -456,6 +482,9 @@ class RedisStore:
     def _user_events_key(self, user_key: str) -> str:
         return f"{self._prefix}:user-events:{user_key}"
 
+    def _quarantine_key(self, user_key: str) -> str:
+        return f"{self._prefix}:quarantine:{user_key}"
+
     def _fail(self, exc: RedisError, action: str) -> NoReturn:
         if isinstance(exc, RedisTimeoutError | RedisConnectionError):
             raise StoreUnavailableError(
@@ -478,6 +507,14 @@ class RedisStore:
 
 class _ReconnectedWhileWatching(RedisError):
     """A watching connection was re-established: the new one watches nothing."""
+
+
+def _loads_or_none(raw: bytes | str) -> Profile | None:
+    """The stored profile, or None when corrupt (its user's next update quarantines it)."""
+    try:
+        return Profile.loads(raw)
+    except CorruptProfileError:
+        return None
 
 
 def redact_url(url: str) -> str:

@@ -441,3 +441,43 @@ def test_a_failing_statement_loses_no_other_users_acknowledged_update(tmp_path: 
     assert {user: stored_seen(path, user) for user in [*others, "late"]} == dict.fromkeys(
         others, 2
     ) | {"late": 1}
+
+
+def test_a_changed_digit_is_quarantined_and_the_user_starts_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, commit_after_s=0)
+    incidents: list[str] = []
+    store.incidents.listen(incidents.append)
+    try:
+        for _ in range(119):
+            store.update("alice", bump_seen)
+        store.update("bob", bump_seen)
+        with raw(path) as conn:
+            (data,) = conn.execute("SELECT data FROM profiles WHERE user_key = 'alice'").fetchone()
+            damaged = bytes(data).replace(b'"n_seen":119', b'"n_seen":921')
+            assert damaged != data
+            conn.execute("UPDATE profiles SET data = ? WHERE user_key = 'alice'", (damaged,))
+        # Not read as a history of 921 events: set aside, and alice starts afresh.
+        assert store.get("alice") is None
+        assert store.update("alice", lambda p: p.n_seen) == 0
+        assert incidents == ["quarantined"]
+        assert store.update("bob", lambda p: p.n_seen) == 1
+    finally:
+        store.close()
+    assert stored_seen(path, "alice") == 0
+    with raw(path) as conn:
+        kept = conn.execute("SELECT user_key, data FROM quarantine").fetchall()
+    assert kept == [("alice", damaged)]
+
+
+def test_profiles_stored_before_the_checksum_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path)
+    try:
+        store.update("alice", bump_seen)
+        with raw(path) as conn:
+            plain = Profile("alice", n_seen=41).dumps()
+            conn.execute("UPDATE profiles SET data = ? WHERE user_key = 'alice'", (plain,))
+        assert store.update("alice", lambda p: p.n_seen) == 41
+    finally:
+        store.close()
