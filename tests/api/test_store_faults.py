@@ -7,9 +7,17 @@ import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi.testclient import TestClient
+
+from risk_engine.api import create_app
+from risk_engine.config import Settings
+from risk_engine.engine import build_engine
+from risk_engine.profiles import Profile, SQLiteStore
+from tests.unit.test_sqlite_store import corrupt_overflow_pages
 
 EventFactory = Callable[..., dict[str, Any]]
 Serve = Callable[..., Any]
@@ -80,3 +88,39 @@ def test_a_frozen_redis_answers_degraded_quickly_and_blocks_no_other_request(
             time.sleep(0.2)
         assert body["degraded"] is False
         assert http.get("/readyz").status_code == 200
+
+
+def test_readyz_reports_a_store_whose_writes_fail(
+    make_settings: Callable[..., Settings],
+    make_event: EventFactory,
+    tmp_path: Path,
+    api_key: str,
+    admin_auth: dict[str, str],
+) -> None:
+    settings = make_settings()
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, checkpoint_every_s=None)
+    victim = build_engine(settings, store=store, with_model=False).user_key("victim")
+
+    def fatten(profile: Profile) -> None:
+        for i in range(200):
+            profile.ips[f"victim-marker-{i:04d}-{'x' * 60}"] = [1.0, 0.0]
+
+    store.update(victim, fatten)
+    store.close()
+    assert corrupt_overflow_pages(path, b"victim-marker") >= 2
+    auth = {"Authorization": f"Bearer {api_key}"}
+    with TestClient(create_app(settings), headers=auth) as client:
+        assert (
+            client.post("/v1/decisions", json=make_event(user_id="alice")).json()["degraded"]
+            is False
+        )
+        body = client.post("/v1/decisions", json=make_event(user_id="victim")).json()
+        assert body["degraded"] is True and body["reasons"][0]["code"] == "degraded"
+        # The ping still answers; the store is failing all the same, and readiness says so.
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["store"] == "failed"
+        detail = client.get("/readyz", headers=admin_auth).json()["checks"]["store"]
+        assert "corrupt" in detail
+        metrics = client.get("/metrics", headers=admin_auth).text
+        assert 'risk_engine_store_incidents_total{kind="update_undone"}' in metrics
