@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     challenge_ttl_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
     device_trust_days: Annotated[float, Field(gt=0, le=3650)] = 90.0
     retention_days: Annotated[float, Field(gt=0, le=3650)] = 180.0
+    store_timeout_s: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=0.05,
+        description="the longest a Redis store call may wait (it blocks the event loop);"
+        " past it the decision is answered degraded",
+    )
     max_body_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 65536
     max_drain_bytes: Annotated[int, Field(ge=0, le=100_000_000)] = Field(
         default=8_388_608,

@@ -586,7 +586,12 @@ def build_engine(
             settings.shadow_policy_path or settings.policy_path,
         )
     return Engine(
-        store=store or open_store(settings.store, retention_days=settings.retention_days),
+        store=store
+        or open_store(
+            settings.store,
+            retention_days=settings.retention_days,
+            timeout_s=settings.store_timeout_s,
+        ),
         geo=geo
         or GeoLocator(
             settings.geoip_city_db,

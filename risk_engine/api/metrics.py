@@ -64,6 +64,14 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.store_incidents = Counter(
+            "risk_engine_store_incidents",
+            "Store faults met without failing a call: quarantined (a corrupt profile set"
+            " aside, the user started afresh), update_undone (a failed statement undid its"
+            " own update only), update_lost (an answered update that never reached the store)",
+            ["kind"],
+            registry=r,
+        )
         self.challenge_results = Counter(
             "risk_engine_challenge_results",
             "Step-up results reported, by outcome",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from risk_engine.errors import ConfigurationError
 from risk_engine.profiles.memory import MemoryStore
-from risk_engine.profiles.redis import RedisStore, redact_url
+from risk_engine.profiles.redis import STORE_TIMEOUT_S, RedisStore, redact_url
 from risk_engine.profiles.sqlite import SQLiteStore
 from risk_engine.profiles.store import ProfileStore
 
@@ -26,11 +26,13 @@ _EXPECTED = (
 )
 
 
-def open_store(url: str, *, retention_days: float = 180.0) -> ProfileStore:
+def open_store(
+    url: str, *, retention_days: float = 180.0, timeout_s: float = STORE_TIMEOUT_S
+) -> ProfileStore:
     """The store for ``url``; ConfigurationError naming the value if it is not one of ours.
 
     ``retention_days`` applies to SQLite and Redis; the memory store keeps no history
-    beyond the process, so it ignores it.
+    beyond the process, so it ignores it. ``timeout_s`` bounds each Redis socket operation.
     """
     scheme, sep, rest = url.partition("://")
     if sep:
@@ -46,7 +48,7 @@ def open_store(url: str, *, retention_days: float = 180.0) -> ProfileStore:
                 " sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         if scheme in ("redis", "rediss"):
-            return RedisStore(url, retention_days=retention_days)
+            return RedisStore(url, retention_days=retention_days, socket_timeout=timeout_s)
     elif url.lower().endswith(_SQLITE_SUFFIXES):
         return SQLiteStore(Path(url), retention_days=retention_days)
     raise ConfigurationError(f"unsupported profile store URL {redact_url(url)!r}: {_EXPECTED}")
