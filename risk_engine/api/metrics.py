@@ -12,8 +12,14 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from risk_engine.decision import Decision
 from risk_engine.engine import Scorer
@@ -119,14 +125,14 @@ class Metrics:
         if directory is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
 
     def close(self) -> None:
         """This process is leaving: its live gauges no longer count."""
         directory = multiprocess_dir()
         if directory is not None:
-            multiprocess.mark_process_dead(os.getpid(), directory)
+            multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
 
 
 def multiprocess_dir() -> str | None:

@@ -67,9 +67,7 @@ def test_serve_refuses_redis_without_an_explicit_secret(
     assert not (tmp_path / "var" / "secret.key").exists()
 
 
-def test_serve_refuses_workers_without_an_explicit_secret(
-    tmp_path: Path, model_path: Path
-) -> None:
+def test_serve_refuses_workers_without_an_explicit_secret(tmp_path: Path, model_path: Path) -> None:
     done = _serve_without_secret(tmp_path, model_path, "--workers", "2")
     assert done.returncode != 0
     assert "RISK_ENGINE_SECRET" in done.stderr
