@@ -18,8 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from risk_engine.api import create_app
 from risk_engine.config import Settings
+from risk_engine.decision import Decision
+from risk_engine.engine import Engine, build_engine
 from risk_engine.errors import ConfigurationError
+from risk_engine.events import parse_event
 from risk_engine.privacy import Hasher
+from risk_engine.profiles import ProfileStore, RedisStore
+from risk_engine.profiles.sqlite import SQLiteStore
 from tests.api.conftest import (
     ADMIN_API_KEY_SHA256,
     API_KEY_SHA256,
@@ -167,3 +172,121 @@ def test_metrics_count_every_workers_decisions(
             "risk-engine:burst:net:84.208.0.0/24",
         )
         client.close()
+
+
+# -- secret rotation ---------------------------------------------------------------------------
+
+OLD_SECRET = "rotation-old-secret-" + "1" * 32
+NEW_SECRET = "rotation-new-secret-" + "2" * 32
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def rotation_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ProfileStore]:
+    """Opens the same store again each call (an engine before and after the rotation)."""
+    if request.param == "sqlite":
+        return lambda: SQLiteStore(tmp_path / "rotation.db")
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    return lambda: RedisStore(url, prefix=prefix)
+
+
+def _decide_all(engine: Engine, events: list[dict[str, Any]]) -> list[Decision]:
+    return [engine.decide(parse_event(e)) for e in events]
+
+
+def test_a_rotated_secret_finds_and_carries_over_the_old_profiles(
+    make_settings: Callable[..., Settings],
+    rotation_store: Callable[[], ProfileStore],
+    make_history: Callable[..., list[dict[str, Any]]],
+    make_event: EventFactory,
+) -> None:
+    user_id = f"u-rotated-{time.time_ns()}"
+    before = build_engine(make_settings(secret=OLD_SECRET), store=rotation_store())
+    _decide_all(before, make_history(user_id))
+    old_key = before.user_key(user_id)
+    kept = before.store.get(old_key)
+    before.store.close()
+    assert kept is not None and kept.n_events > 0
+
+    # Without the previous secret the user is a stranger.
+    stranger = build_engine(make_settings(secret=NEW_SECRET), store=rotation_store())
+    codes = {r.code for r in stranger.decide(parse_event(make_event(user_id=user_id))).reasons}
+    stranger.store.delete(stranger.user_key(user_id))
+    stranger.store.close()
+    assert "new_user" in codes
+
+    after = build_engine(
+        make_settings(secret=NEW_SECRET, secret_previous=OLD_SECRET), store=rotation_store()
+    )
+    try:
+        usual = after.decide(parse_event(make_event(user_id=user_id)))
+        assert not {"new_user", "new_device"} & {r.code for r in usual.reasons}, usual.reasons
+        new_key = after.user_key(user_id)
+        moved = after.store.get(new_key)
+        assert moved is not None
+        assert moved.user_key == new_key
+        assert moved.n_events == kept.n_events + 1
+        # The same pseudonym and data key: what was sealed for the user still opens.
+        assert (moved.ref, moved.data_key) == (kept.ref, kept.data_key)
+        assert Hasher(NEW_SECRET).digest("device", "d-1") in {k[3:] for k in moved.devices}
+        # From now on the new key is the user's: a second event adds to it.
+        after.decide(parse_event(make_event(user_id=user_id)))
+        again = after.store.get(new_key)
+        assert again is not None and again.n_events == kept.n_events + 2
+    finally:
+        for key in after.user_keys(user_id):
+            after.store.delete(key)
+        after.store.close()
+
+
+def test_a_challenge_issued_before_the_move_completes_after_it(
+    make_settings: Callable[..., Settings],
+    rotation_store: Callable[[], ProfileStore],
+    make_history: Callable[..., list[dict[str, Any]]],
+    make_event: EventFactory,
+) -> None:
+    user_id = f"u-rotated-{time.time_ns()}"
+    before = build_engine(make_settings(secret=OLD_SECRET), store=rotation_store())
+    _decide_all(before, make_history(user_id))
+    stepped = before.decide(parse_event(make_event(user_id=user_id, ip="203.2.218.214")))
+    before.store.close()
+    assert stepped.challenge is not None, stepped
+    after = build_engine(
+        make_settings(secret=NEW_SECRET, secret_previous=OLD_SECRET), store=rotation_store()
+    )
+    try:
+        after.decide(parse_event(make_event(user_id=user_id)))
+        result = after.complete_challenge(
+            stepped.challenge.id, passed=True, session_id="s-1", acr=None
+        )
+        assert result.user_key == after.user_key(user_id)
+        moved = after.store.get(after.user_key(user_id))
+        assert moved is not None and stepped.event_id not in moved.pending
+    finally:
+        for key in after.user_keys(user_id):
+            after.store.delete(key)
+        after.store.close()
+
+
+def test_erasure_during_a_rotation_erases_both_keys(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    shared_engine: Engine,
+    make_history: Callable[..., list[dict[str, Any]]],
+    admin_auth: dict[str, str],
+) -> None:
+    user_id = f"u-rotated-{time.time_ns()}"
+    store_url = f"sqlite:///{tmp_path / 'profiles.db'}"
+    before = build_engine(make_settings(secret=OLD_SECRET, store=store_url))
+    _decide_all(before, make_history(user_id, days=2))
+    before.store.close()
+    settings = make_settings(secret=NEW_SECRET, secret_previous=OLD_SECRET, store=store_url)
+    with TestClient(create_app(settings), headers=admin_auth) as http:
+        reply = http.delete(f"/v1/users/{user_id}")
+        assert reply.status_code in (200, 204), reply.text
+    check = SQLiteStore(tmp_path / "profiles.db")
+    try:
+        assert check.get(Hasher(OLD_SECRET).digest("user", user_id)) is None
+        assert check.get(Hasher(NEW_SECRET).digest("user", user_id)) is None
+    finally:
+        check.close()
