@@ -346,7 +346,14 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="worker processes (more than 1 needs RISK_ENGINE_SECRET; /metrics sums them)",
+        ),
+    ] = 1,
     store: Annotated[
         str | None, typer.Option(help="profile store URL (default: RISK_ENGINE_STORE or SQLite)")
     ] = None,
