@@ -301,10 +301,13 @@ class Service:
         decided events. The audit record names the erased profile's ref, which
         now opens nothing, never the user id or its keyed hash.
         """
-        user_key = self.engine.user_key(user_id)
+        profile = None
+        erased = False
         try:
-            profile = self.engine.store.get(user_key)
-            erased = self.engine.store.delete(user_key)
+            # During a secret rotation the user may be kept under the previous key too.
+            for user_key in self.engine.user_keys(user_id):
+                profile = profile or self.engine.store.get(user_key)
+                erased = self.engine.store.delete(user_key) or erased
         except RiskEngineError:
             self.audit(RecordKind.ERASURE, {"outcome": "error"})
             raise
