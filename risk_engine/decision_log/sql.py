@@ -193,6 +193,11 @@ class DecisionLog:
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
+        # Calls in flight, so that close() waits for them: closing a connection another
+        # thread is using (a retention purge at shutdown) crashes SQLite's C code.
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
+        self._closed = False
         with self._transaction() as cur:
             for statement in SCHEMA:
                 cur.execute(self._sql(statement))
@@ -239,7 +244,25 @@ class DecisionLog:
         return self.url if not tail else head.split("//")[0] + "//***@" + tail
 
     @contextmanager
+    def _using(self) -> Iterator[None]:
+        """Count a call in flight; refuse one once the log is closed."""
+        with self._lock:
+            if self._closed:
+                raise DecisionLogError(f"decision log {self.redacted} is closed")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._idle.notify_all()
+
+    @contextmanager
     def _transaction(self) -> Iterator[_Cursor]:
+        with self._using():
+            yield from self._in_transaction()
+
+    def _in_transaction(self) -> Iterator[_Cursor]:
         connection = self._connect()
         try:
             if self._postgres:
@@ -260,6 +283,10 @@ class DecisionLog:
             raise DecisionLogError(f"decision log {self.redacted} failed: {exc}") from exc
 
     def _query(self, statement: str, params: Sequence[Any]) -> list[Any]:
+        with self._using():
+            return self._run_query(statement, params)
+
+    def _run_query(self, statement: str, params: Sequence[Any]) -> list[Any]:
         connection = self._connect()
         try:
             if self._postgres:
@@ -281,7 +308,10 @@ class DecisionLog:
                 connection.close()
 
     def close(self) -> None:
+        """Close every connection once the calls in flight are done (30 s at most)."""
         with self._lock:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout=30.0)
             connections, self._connections = self._connections, []
         for connection in connections:
             with suppress(Exception):
@@ -320,7 +350,8 @@ class DecisionLog:
             cur.execute(self._sql(_ERASE[2]), (user_id,))
         if not self._postgres:
             # The deleted pages must not stay readable in the write-ahead log either.
-            self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with self._using():
+                self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(count)
 
     def purge(self, older_than: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -233,3 +234,32 @@ def test_pages_cover_every_row_once_in_order(
     keys = [(d["timestamp"], d["decision_id"]) for d in items]
     assert len(keys) == n and len(set(keys)) == n
     assert keys == sorted(keys, reverse=True)
+
+
+def test_close_waits_for_a_call_in_flight_and_refuses_later_ones(tmp_path: Path) -> None:
+    # A retention purge still running in a worker thread at shutdown: closing its
+    # connection under it crashed the process (SQLite's C code).
+    import threading
+
+    from risk_engine.errors import DecisionLogError
+
+    log = DecisionLog(f"sqlite:///{tmp_path / 'd.db'}")
+    entered, release = threading.Event(), threading.Event()
+
+    def purge_in_flight() -> None:
+        with log._using():
+            entered.set()
+            release.wait(5)
+            log._run_query("SELECT count(*) FROM decisions", [])
+
+    worker = threading.Thread(target=purge_in_flight)
+    worker.start()
+    assert entered.wait(5)
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    started = time.perf_counter()
+    log.close()
+    assert time.perf_counter() - started >= 0.25
+    worker.join(5)
+    with pytest.raises(DecisionLogError):
+        log.count()
