@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     )
     var_dir: Path = Path("var")
     audit_log: Path | None = Field(default=None, description="default: var/audit.jsonl")
+    audit_segment_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=256 * 1024 * 1024,
+        description="close the audit log as a numbered segment past this size (0: no limit)",
+    )
+    audit_segment_daily: bool = Field(
+        default=True, description="close the audit log as a segment at each new UTC day"
+    )
     feedback_log: Path | None = Field(default=None, description="default: var/feedback.jsonl")
     decision_log: str = Field(
         default="",

@@ -117,7 +117,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _purge_expired(service: Service, retention_s: float) -> None:
-    """Erase profiles and decision log rows past retention at start-up, then hourly.
+    """Erase profiles, decision log rows and audit segments past retention: at start, hourly.
 
     (Redis expires its keys by itself.)
     """
@@ -131,6 +131,10 @@ async def _purge_expired(service: Service, retention_s: float) -> None:
                 await run_in_threadpool(service.decision_log.log.purge, horizon)
         except RiskEngineError as exc:
             log.warning("retention purge failed: %s", exc.message)
+        try:
+            await run_in_threadpool(service.audit_log.expire, horizon)
+        except OSError as exc:
+            log.warning("audit segments past retention not deleted: %s", exc)
         await asyncio.sleep(PURGE_EVERY_S)
 
 

@@ -111,7 +111,12 @@ class Service:
         engine.store = CountingStore(inner, metrics.store_errors)
         # The audit record always carries the features; responses only when configured.
         engine.include_features = True
-        self.audit_log = AuditLog(settings.audit_path, settings.resolve_audit_key())
+        self.audit_log = AuditLog(
+            settings.audit_path,
+            settings.resolve_audit_key(),
+            segment_bytes=settings.audit_segment_bytes,
+            daily=settings.audit_segment_daily,
+        )
         self.feedback_log = JsonLinesFile(settings.feedback_path)
         self.decision_log: DecisionLogWriter | None = None
         url = settings.decision_log_url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -60,7 +61,7 @@ def test_the_log_rotates_by_size_and_each_segment_links_to_the_last(tmp_path: Pa
     segments = audit_segments(tmp_path)
     assert len(segments) >= 4 and segments[-1] == path
     assert [p.name for p in segments[:2]] == ["audit.000001.jsonl", "audit.000002.jsonl"]
-    for before, segment in zip(segments, segments[1:], strict=False):
+    for before, segment in itertools.pairwise(segments):
         # About the limit: a segment ends with the record that crossed it.
         assert before.stat().st_size < 2000 + 400
         first = records(segment)[0]
