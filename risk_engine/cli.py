@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -357,7 +357,9 @@ def serve(
     if no_auth:
         os.environ["RISK_ENGINE_AUTH_DISABLED"] = "true"
     try:
-        settings = Settings()
+        settings = Settings.from_environment()
+    except RiskEngineError as exc:
+        fail(exc.message)
     except ValueError as exc:  # pydantic's ValidationError: name the bad variable
         fail(f"invalid settings: {exc}")
     if workers > 1 and settings.store.lower().startswith("memory:"):
@@ -381,8 +383,24 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        log_config=_server_log_config(),
         **server_options(access_log=access_log),
     )
+
+
+def _server_log_config() -> dict[str, Any]:
+    """uvicorn's logging, and the engine's own INFO lines (the settings, the model) beside it."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["risk_engine"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
 
 
 @app.command()

@@ -85,8 +85,17 @@ def server_options(*, access_log: bool = False) -> dict[str, Any]:
 
 
 def create_app_from_env() -> FastAPI:
-    """The factory uvicorn imports in each worker (``--factory``): settings from RISK_ENGINE_*."""
-    return create_app(Settings())
+    """The factory uvicorn imports in each worker (``--factory``): settings from RISK_ENGINE_*.
+
+    Bad settings end the process with one line, not a traceback per worker.
+    """
+    try:
+        settings = Settings.from_environment()
+    except RiskEngineError as exc:
+        raise SystemExit(f"risk-engine: error: {exc.message}") from None
+    except ValueError as exc:  # pydantic's ValidationError names the variable
+        raise SystemExit(f"risk-engine: error: invalid settings: {exc}") from None
+    return create_app(settings)
 
 
 @asynccontextmanager
@@ -95,6 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     injected: Engine | None = app.state.injected_engine
     # var/ 0700, its files 0600, before the store, the secret or the logs are written.
+    log.info("settings: %s", settings.effective())
     await run_in_threadpool(settings.secure_files)
     engine = injected if injected is not None else await run_in_threadpool(build_engine, settings)
     await run_in_threadpool(engine.warm_up)

@@ -1,7 +1,8 @@
-"""Settings from the environment: unknown RISK_ENGINE_* variables refused, the effective ones logged."""
+"""Settings from the environment: unknown RISK_ENGINE_* variables refused, effective ones logged."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,8 +20,6 @@ from hypothesis import strategies as st
 from risk_engine.api.app import create_app, create_app_from_env
 from risk_engine.config import Settings, check_environment
 from risk_engine.errors import ConfigurationError
-
-from .conftest import ADMIN_API_KEY_SHA256, API_KEY_SHA256, SECRET, Server
 
 SETTING_VARIABLES = sorted("RISK_ENGINE_" + name.upper() for name in Settings.model_fields)
 
@@ -81,7 +81,7 @@ def test_settings_keys_test_and_client_variables_are_accepted() -> None:
     check_environment(
         {
             **dict.fromkeys(SETTING_VARIABLES, "x"),
-            "RISK_ENGINE_API_KEY_OPS": f"admin:{ADMIN_API_KEY_SHA256}",
+            "RISK_ENGINE_API_KEY_OPS": "admin:" + "0" * 64,
             # Read by the test suite only: a namespace start-up ignores.
             "RISK_ENGINE_REQUIRE_REDIS": "1",
             "RISK_ENGINE_REQUIRE_BROWSER": "1",
@@ -114,7 +114,10 @@ def test_every_variable_is_a_setting_or_refused_by_name(name: str) -> None:
 
 
 def test_the_effective_settings_are_logged_at_start_with_secrets_masked(
-    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+    make_settings: Callable[..., Settings],
+    caplog: pytest.LogCaptureFixture,
+    secret: str,
+    api_key: str,
 ) -> None:
     settings = make_settings(audit_key="the-audit-key-of-this-test-0123456789")
     with caplog.at_level(logging.INFO, logger="risk_engine"), TestClient(create_app(settings)):
@@ -124,9 +127,9 @@ def test_the_effective_settings_are_logged_at_start_with_secrets_masked(
     line = lines[0]
     for name in Settings.model_fields:
         assert f" {name}=" in line or line.startswith(f"settings: {name}=")
-    for secret in (SECRET, "the-audit-key-of-this-test"):
-        assert secret not in line
-    assert API_KEY_SHA256 not in line and ADMIN_API_KEY_SHA256 not in line
+    for hidden in (secret, "the-audit-key-of-this-test", digest(api_key)):
+        assert hidden not in line
+    assert settings.api_keys["ops"].sha256 not in line
     assert "api_keys={ops: admin}" in line and "api_keys_sha256=[1 digest]" in line
     assert "secret=***," in line and "audit_key=***," in line
 
@@ -143,8 +146,14 @@ def test_passwords_in_urls_are_redacted() -> None:
     assert "secret=(generated), audit_key=(generated)" in line
 
 
-def test_serve_logs_the_effective_settings(serve: Callable[..., Server]) -> None:
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_serve_logs_the_effective_settings(
+    serve: Callable[..., Any], secret: str, api_key: str
+) -> None:
     server = serve()
     (line,) = [text for text in server.log().splitlines() if "settings: " in text]
     assert "store=sqlite:///" in line and "secret=***" in line
-    assert SECRET not in server.log() and API_KEY_SHA256 not in server.log()
+    assert secret not in server.log() and digest(api_key) not in server.log()
