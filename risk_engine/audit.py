@@ -42,6 +42,7 @@ other missing, extra or reordered segment as a break.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import hmac
 import logging
@@ -480,15 +481,11 @@ def _segment_number(active: Path, name: str) -> int | None:
 def _numbered(active: Path) -> list[tuple[int, Path]]:
     """The closed segments of the log ``active``, by number."""
     found = []
-    for candidate in active.parent.glob(f"{glob_escape(_stem(active))}.*"):
+    for candidate in active.parent.glob(f"{glob.escape(_stem(active))}.*"):
         number = _segment_number(active, candidate.name)
         if number is not None and candidate.is_file():
             found.append((number, candidate))
     return sorted(found)
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def log_segments(active: Path) -> list[Path]:
