@@ -19,10 +19,14 @@ the previous line) are legacy: verified by the old rules, and trusted only when 
 first keyed record chains from them (the log writes a ``migration`` record when it opens
 a file that ends with them), since that record's hmac then covers all of them.
 
-A decision record is the event itself (contract section 1, with the address
-truncated and the device id and payee replaced by keyed hashes) plus the
-decision, so the audit log is also a training input: ``risk_engine.logs`` reads
-its decision lines as events and skips the other kinds.
+A decision record keeps in the clear only what is not personal (event id, time,
+action, the decision and its versions, reason codes) and the user's random
+``ref``; the event's personal fields are sealed under the user's data key
+(``sealing.py``), so erasing the user shreds them while every line, and so the
+chain, stays as it was. Opened with the keys, a decision record is the event
+itself (contract section 1, address truncated, device id and payee as keyed
+hashes), so the audit log is also a training input: ``risk_engine.logs`` reads
+its decision lines as events (given the keys) and skips the other kinds.
 
 Appends take an exclusive ``flock`` on the file around "read the last line's
 hmac, append one line": several workers writing one file keep one valid chain.
@@ -63,6 +67,7 @@ from risk_engine.decision import Decision
 from risk_engine.errors import ConfigurationError
 from risk_engine.events import Event
 from risk_engine.privacy import Hasher, truncate_ip
+from risk_engine.sealing import seal_into
 
 log = logging.getLogger("risk_engine.audit")
 
@@ -174,45 +179,69 @@ def _link(line: bytes) -> tuple[str | None, bool]:
 def decision_record(
     event: Event, decision: Decision, features: dict[str, float] | None, hasher: Hasher
 ) -> dict[str, Any]:
-    """An audit record that is still a valid contract event: identifiers minimised."""
-    record: dict[str, Any] = {
-        "record": RecordKind.DECISION.value,
-        "event_id": event.event_id,
-        "timestamp": event.timestamp.isoformat().replace("+00:00", "Z"),
+    """An audit record of a decision: what is not personal in the clear, the rest sealed.
+
+    The sealed part is the event's personal fields (contract section 1, with the
+    address truncated and the device id and payee replaced by keyed hashes), the
+    reasons' details and the features, under the user's data key (``sealing.py``),
+    so that opened with the key the record is still a valid contract event, and
+    erasing the user shreds it. Without a key (the store was unavailable) those
+    fields are left out.
+    """
+    personal: dict[str, Any] = {
         "user_id": event.user_id,
-        "action": event.action,
         "ip": truncate_ip(event.ip),
         "success": event.success,
     }
     if event.session_id is not None:
-        record["session_id"] = event.session_id
+        personal["session_id"] = event.session_id
     if event.device is not None:
         device = event.device.model_dump(exclude_none=True)
         if "id" in device:
             # Keyed and stable: a replay still recognises the device, nobody can read it back.
             device["id"] = "h-" + hasher.digest("device", device["id"])
-        record["device"] = device
+        personal["device"] = device
     if event.amount is not None:
-        record["amount"] = event.amount
+        personal["amount"] = event.amount
     if event.currency is not None:
-        record["currency"] = event.currency
+        personal["currency"] = event.currency
     if event.payee is not None:
-        record["payee"] = "h-" + hasher.digest("payee", event.payee)
-    record.update(
-        decision=decision.decision.value,
-        score=decision.score,
-        reasons=[r.model_dump() for r in decision.reasons],
-        model_version=decision.model_version,
-        policy_version=decision.policy_version,
-        decision_id=decision.decision_id,
-        action_class=decision.action_class,
-        degraded=decision.degraded,
-        required_acr=decision.required_acr.value if decision.required_acr else None,
-        challenge_id=decision.challenge.id if decision.challenge else None,
-        features=features,
-        shadow=decision.shadow,
-    )
+        personal["payee"] = "h-" + hasher.digest("payee", event.payee)
+    personal["reasons"] = [r.model_dump() for r in decision.reasons]
+    personal["features"] = features
+    record: dict[str, Any] = {
+        "record": RecordKind.DECISION.value,
+        "event_id": event.event_id,
+        "timestamp": event.timestamp.isoformat().replace("+00:00", "Z"),
+        "action": event.action,
+        "decision": decision.decision.value,
+        "score": decision.score,
+        "reason_codes": [r.code for r in decision.reasons],
+        "model_version": decision.model_version,
+        "policy_version": decision.policy_version,
+        "decision_id": decision.decision_id,
+        "action_class": decision.action_class,
+        "degraded": decision.degraded,
+        "required_acr": decision.required_acr.value if decision.required_acr else None,
+        "challenge_id": decision.challenge.id if decision.challenge else None,
+        "shadow": decision.shadow,
+    }
+    seal_personal(record, personal, decision.sealing, RecordKind.DECISION)
     return record
+
+
+def seal_personal(
+    record: dict[str, Any],
+    personal: dict[str, Any],
+    sealing: tuple[str, str] | None,
+    kind: RecordKind,
+) -> None:
+    """Seal ``personal`` into ``record`` under the user's (ref, key); None: leave it out."""
+    if sealing is None:
+        record["sealed"] = None
+        return
+    ref, key = sealing
+    seal_into(record, personal, ref, key, kind.value)
 
 
 class AuditLog:

@@ -229,13 +229,28 @@ def train(
     attack_seed: Annotated[
         int | None, typer.Option(help="seed of the synthesized attacks (default: --seed)")
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="the service's profile store (URL as RISK_ENGINE_STORE): its keys open the"
+            " audit log's sealed decision records; erased users' records stay sealed"
+        ),
+    ] = None,
 ) -> None:
     """Replay logs through the feature pipeline and fit the risk model."""
     from risk_engine.model.detector import DetectorParams
+    from risk_engine.profiles.factory import open_store
     from training.train import train as run_training
 
     params = DetectorParams(n_estimators=trees, supervised=supervised, seed=seed)
     try:
+        keys = None
+        if store is not None:
+            opened = open_store(store)
+            try:
+                keys = opened.sealing_keys()
+            finally:
+                opened.close()
         synthesis = _synthesis_config(
             seed if attack_seed is None else attack_seed, attack_rate, attack_mix, attack_knowledge
         )
@@ -246,11 +261,17 @@ def train(
             params=params,
             synthesize=synthesize_attacks,
             synthesis=synthesis,
+            keys=keys,
         )
     except (RiskEngineError, ValueError) as exc:
         fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
     for problem in table.report.problems[:20]:
         typer.echo(f"skipped {problem}", err=True)
+    if table.report.sealed:
+        typer.echo(
+            f"skipped {table.report.sealed} sealed audit decisions (erased users, or no --store)",
+            err=True,
+        )
     injected = artifact.training.get("synthesis", {})
     if injected.get("enabled"):
         kinds = ", ".join(f"{k} {v}" for k, v in injected["events_by_kind"].items())

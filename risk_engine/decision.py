@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class Outcome(StrEnum):
@@ -72,6 +72,13 @@ class Decision(BaseModel):
     challenge: Challenge | None = None
     features: dict[str, float] | None = None
     shadow: dict[str, Any] | None = None
+    # The user's ref and data key (sealing.py), for sealing the audit record; never
+    # rendered. None when the profile could not be read (degraded: no key).
+    _sealing: tuple[str, str] | None = PrivateAttr(default=None)
+
+    @property
+    def sealing(self) -> tuple[str, str] | None:
+        return self._sealing
 
     def contract_dict(self, *, features: bool = True, shadow: bool = True) -> dict[str, Any]:
         """The decision as JSON: contract fields first, extras after, absent ones left out.

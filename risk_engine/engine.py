@@ -83,6 +83,10 @@ class Verdict:
     required_acr: Acr | None
     max_age: int | None
     shadow: dict[str, Any] | None
+    # The profile's ref and data key (for the audit record) and, for a step-up, the
+    # id of its challenge, known inside the transaction so the pending entry names it.
+    sealing: tuple[str, str] | None = None
+    challenge_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class ChallengeResult:
     passed: bool
     satisfied: bool
     acr: Acr | None
+    # The user's ref and data key, to seal the audit record of the result.
+    sealing: tuple[str, str] | None = None
 
 
 def action_digest(event: Event | Observation) -> str:
@@ -104,10 +110,15 @@ def action_digest(event: Event | Observation) -> str:
     return hashlib.sha256(parts.encode()).hexdigest()[:32]
 
 
-def burst_note(obs: Observation) -> BurstNote:
-    """What the burst windows keep of an event (a failed login counts as a failure)."""
+def burst_note(obs: Observation, *, keep_event: bool = False) -> BurstNote:
+    """What the burst windows keep of an event (a failed login counts as a failure).
+
+    ``keep_event``: the store also keeps the event's id as the user's, for feedback.
+    """
     failed = obs.action == "login" and not obs.success
-    return BurstNote(obs.ip_key, obs.network, obs.user_key, obs.ts, failed)
+    return BurstNote(
+        obs.ip_key, obs.network, obs.user_key, obs.ts, failed, obs.event_id if keep_event else ""
+    )
 
 
 def _rfc3339(ts: float) -> str:
@@ -128,6 +139,7 @@ class Engine:
         challenge_ttl_s: float = 300.0,
         device_trust_days: float = 90.0,
         include_features: bool = False,
+        keep_events: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -138,6 +150,9 @@ class Engine:
         self.challenge_ttl_s = challenge_ttl_s
         self.device_trust_s = device_trust_days * DAY_S
         self.include_features = include_features
+        # Keep each decided event's id in the store (the service's feedback rules need
+        # it; a backtest or a training replay does not).
+        self.keep_events = keep_events
         self.clock = clock
 
     def _live(self) -> Scorer:
@@ -156,6 +171,10 @@ class Engine:
 
     def user_key(self, user_id: str) -> str:
         return self.hasher.digest("user", user_id)
+
+    def session_hash(self, session_id: str | None) -> str | None:
+        """The keyed hash that challenge records keep of a session id."""
+        return None if session_id is None else self.hasher.digest("session", session_id)
 
     # -- scoring ------------------------------------------------------------------------
 
@@ -184,7 +203,8 @@ class Engine:
             degraded.append(f"GeoIP unavailable: {geo_problem}")
         try:
             verdict = self.store.update_event(
-                burst_note(obs), lambda p, bursts: self._score_and_learn(scorer, p, bursts, obs)
+                burst_note(obs, keep_event=self.keep_events),
+                lambda p, bursts: self._score_and_learn(scorer, p, bursts, obs),
             )
         except ProfileStoreError as exc:
             degraded.append(f"profile store unavailable: {exc.message}")
@@ -216,9 +236,12 @@ class Engine:
             features=as_dict(verdict.values) if self.include_features else None,
             shadow=verdict.shadow,
         )
+        decision._sealing = verdict.sealing
         if decision.decision is Outcome.STEP_UP and issue_challenge and not degraded:
             try:
-                decision.challenge = self._issue_challenge(event, obs, decision)
+                decision.challenge = self._issue_challenge(
+                    event, obs, decision, verdict.challenge_id
+                )
             except ProfileStoreError as exc:
                 # The step-up stands; only its binding could not be kept (no 5xx for that).
                 decision.degraded = True
@@ -283,7 +306,9 @@ class Engine:
             device_trust_s=self.device_trust_s,
         )
         if verdict.outcome is Outcome.STEP_UP:
-            hold_pending(profile, obs)
+            verdict.challenge_id = "c-" + secrets.token_urlsafe(16)
+            hold_pending(profile, obs, verdict.challenge_id)
+        verdict.sealing = (profile.ref, profile.data_key)
         return verdict
 
     @staticmethod
@@ -396,9 +421,32 @@ class Engine:
         session, else its device and network), for the action ``digest`` names (the
         challenge's; by default the held event's own).
         """
-        user_key = self.user_key(user_id)
+        applied, _ = self._apply_outcome(
+            self.user_key(user_id), event_id, passed=passed, now=now, acr=acr, digest=digest
+        )
+        return bool(applied)
+
+    def _apply_outcome(
+        self,
+        user_key: str,
+        event_id: str,
+        *,
+        passed: bool,
+        now: float,
+        acr: Acr | None = None,
+        digest: str | None = None,
+    ) -> tuple[bool | None, tuple[str, str] | None]:
+        """``apply_outcome`` by user key, and the profile's ref and data key.
+
+        (None, None) when no profile is kept (erased, or never made): none is created.
+        """
+        sealing: list[tuple[str, str]] = []
 
         def apply(profile: Profile) -> bool:
+            if profile.is_new:
+                # No profile (erased, or never made): an outcome must not create one.
+                raise _NoProfile
+            sealing[:] = [(profile.ref, profile.data_key)]
             obs = resolve_pending(
                 profile, event_id, passed=passed, now=now, device_trust_s=self.device_trust_s
             )
@@ -408,17 +456,25 @@ class Engine:
                 self._grant_assurance(profile, obs, acr, now, digest or action_digest(obs))
             return True
 
-        return self.store.update(user_key, apply)
+        try:
+            applied = self.store.update(user_key, apply)
+        except _NoProfile:
+            return None, None
+        return applied, sealing[0]
 
-    def _issue_challenge(self, event: Event, obs: Observation, decision: Decision) -> Challenge:
+    def _issue_challenge(
+        self, event: Event, obs: Observation, decision: Decision, challenge_id: str | None
+    ) -> Challenge:
         assert decision.required_acr is not None and decision.max_age is not None
-        challenge_id = "c-" + secrets.token_urlsafe(16)
+        challenge_id = challenge_id or "c-" + secrets.token_urlsafe(16)
         now = self.clock()
         expires = now + self.challenge_ttl_s
+        # Keyed ids only: the record outlives nothing (erasure deletes it) but is kept
+        # apart from the profile, so it names the user and the session by their HMACs.
         record = {
             "event_id": event.event_id,
-            "user_id": event.user_id,
-            "session_id": event.session_id,
+            "user_key": obs.user_key,
+            "session_hash": self.session_hash(event.session_id),
             "action_digest": action_digest(event),
             "required_acr": decision.required_acr.value,
             "max_age": decision.max_age,
@@ -457,13 +513,17 @@ class Engine:
         if raw is None:
             raise NotFoundError(f"challenge {challenge_id} is unknown or expired", field="id")
         record = orjson.loads(raw)
-        bound = record.get("session_id")
+        if "user_key" not in record:
+            # Saved by an engine from before challenges kept keyed ids (a rolling upgrade).
+            record["user_key"] = self.user_key(record["user_id"])
+            record["session_hash"] = self.session_hash(record.get("session_id"))
+        bound = record.get("session_hash")
         if bound is None and session_id is not None:
             raise ConflictError(
                 "challenge was issued without a session: its result must name none",
                 field="session_id",
             )
-        if session_id != bound:
+        if bound is not None and self.session_hash(session_id) != bound:
             raise ConflictError(
                 "challenge result is for another session than the challenge", field="session_id"
             )
@@ -471,23 +531,33 @@ class Engine:
             raise ConflictError(f"challenge {challenge_id} was already used", field="id")
         required = Acr(record["required_acr"])
         satisfied = passed and (acr is None or acr.rank >= required.rank)
-        self.apply_outcome(
-            record["user_id"],
+        # The held event's own session is the bound one (the pending entry keeps it).
+        applied, sealing = self._apply_outcome(
+            record["user_key"],
             record["event_id"],
             passed=satisfied,
             now=now,
             acr=(acr or required) if satisfied else None,
             digest=record["action_digest"],
         )
+        if applied is None:
+            raise NotFoundError(
+                f"challenge {challenge_id} is for a user no longer kept (erased)", field="id"
+            )
         return ChallengeResult(
             challenge_id=challenge_id,
             event_id=record["event_id"],
-            user_key=self.user_key(record["user_id"]),
-            session_id=bound,
+            user_key=record["user_key"],
+            session_id=session_id if bound is not None else None,
             passed=passed,
             satisfied=satisfied,
             acr=acr,
+            sealing=sealing,
         )
+
+
+class _NoProfile(Exception):
+    """Raised inside an outcome's update to leave a missing profile missing."""
 
 
 def load_scorer(model_path: Path | None, policy_path: Path | None) -> Scorer:

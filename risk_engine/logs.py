@@ -1,5 +1,10 @@
 """Reading event logs: JSON Lines (plain or gzip) and Parquet, one or many files.
 
+Audit logs are read too: their decision lines are events once their sealed
+personal fields are opened with the keys in ``LogReport.keys`` (the store's
+``sealing_keys``); a line whose key is gone (an erased user) is counted as
+``sealed`` and skipped, like the audit's other record kinds.
+
 Bad lines are reported with their file and line number and counted, never
 silently dropped; the rest is processed. Backtests need time order over files
 too large to hold as objects, so ``events_in_time_order`` sorts on a compact
@@ -11,7 +16,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +27,7 @@ import orjson
 
 from risk_engine.errors import ConfigurationError, InvalidEventError
 from risk_engine.events import Event, parse_event, parse_event_line
+from risk_engine.sealing import open_record
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".parquet")
 MAX_KEPT_PROBLEMS = 1000
@@ -49,7 +55,12 @@ class LogReport:
     bad: int = 0
     # Audit records of other kinds than "decision" (results, feedback, erasures).
     skipped: int = 0
+    # Audit decision records whose personal fields stay sealed: their user was erased
+    # (or no ``keys`` were given), or the store was down when they were written.
+    sealed: int = 0
     problems: list[BadLine] = field(default_factory=list)
+    # Ref -> data key (``ProfileStore.sealing_keys``): what opens sealed audit records.
+    keys: Mapping[str, str] | None = None
 
     def add_bad(self, source: str, error: InvalidEventError, line: int) -> None:
         self.bad += 1
@@ -170,6 +181,19 @@ def _read_events(path: Path, report: LogReport) -> Iterator[Event]:
                 yield event
 
 
+def _sealed_record(raw: bytes) -> dict[str, Any] | None:
+    """An audit decision line whose personal fields are sealed, parsed; None otherwise."""
+    if b'"sealed"' not in raw or b'"prev_hash"' not in raw:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict) and "prev_hash" in data and "sealed" in data:
+        return data
+    return None
+
+
 def _line_event(raw: bytes, number: int, source: str, report: LogReport) -> Event | None:
     """One JSON Lines record as an Event; None (counted in the report) when it is not one."""
     if not raw.strip():
@@ -178,6 +202,19 @@ def _line_event(raw: bytes, number: int, source: str, report: LogReport) -> Even
     if _not_an_event(raw):
         report.skipped += 1
         return None
+    sealed = _sealed_record(raw)
+    if sealed is not None:
+        opened = open_record(sealed, report.keys or {})
+        if opened is None or opened.get("sealed", "") is None:
+            report.sealed += 1
+            return None
+        try:
+            event = parse_event(opened, line=number)
+        except InvalidEventError as exc:
+            report.add_bad(source, exc, number)
+            return None
+        report.events += 1
+        return event
     try:
         event = parse_event_line(raw, line=number)
     except InvalidEventError as exc:

@@ -8,7 +8,7 @@ attack would have been stopped, so it must not teach the profile).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,9 +57,14 @@ def replay(
     *,
     geo: GeoLocator | None = None,
     engine: Engine | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> FeatureTable:
-    """Build the feature matrix of the logs, score-then-learn, one event at a time."""
-    report = LogReport()
+    """Build the feature matrix of the logs, score-then-learn, one event at a time.
+
+    ``keys`` (``ProfileStore.sealing_keys``) open audit logs' sealed decision records;
+    those of erased users stay sealed and are counted in the report, not replayed.
+    """
+    report = LogReport(keys=keys)
     engine = engine or Engine(
         store=MemoryStore(), geo=geo or GeoLocator(), scorer=None, hasher=Hasher(BACKTEST_SECRET)
     )

@@ -8,6 +8,7 @@ events, measure on the latest 20%; the shipped model is then fitted on all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,11 +88,13 @@ def train(
     geo: GeoLocator | None = None,
     synthesize: bool | None = None,
     synthesis: SynthesisConfig | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> tuple[ModelArtifact, FeatureTable]:
     """Replay, fit, measure and save; returns the artifact and the replayed table.
 
     ``synthesize``: inject attacks built from the log's own users (training/synthesize.py);
     None turns it on when the labels hold too few attacks for the supervised model.
+    ``keys`` open sealed audit records (see ``replay``).
     """
     params = params or DetectorParams()
     label_map = load_labels(labels or [])
@@ -103,10 +106,10 @@ def train(
             path,
             synthesized,
         ):
-            table = replay([*events, path], {**label_map, **synthesized.labels}, geo=geo)
+            table = replay([*events, path], {**label_map, **synthesized.labels}, geo=geo, keys=keys)
         injected = {**synthesized.summary(), "reason": why}
     else:
-        table = replay(events, label_map, geo=geo)
+        table = replay(events, label_map, geo=geo, keys=keys)
     if table.X.shape[0] < 50:
         raise ValueError(f"too few valid events to train on ({table.X.shape[0]})")
     metrics = holdout_metrics(table, params) if label_map or wanted else {}

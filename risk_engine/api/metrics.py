@@ -11,7 +11,7 @@ from risk_engine.decision import Decision
 from risk_engine.engine import Scorer
 from risk_engine.errors import ProfileStoreError
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BurstNote, ProfileStore
+from risk_engine.profiles.store import BurstNote, EventLabel, ProfileStore
 
 T = TypeVar("T")
 
@@ -127,6 +127,12 @@ class CountingStore:
 
     def delete(self, user_key: str) -> bool:
         return self._call("delete", lambda: self.inner.delete(user_key))
+
+    def label_event(self, event_id: str, label: str) -> EventLabel | None:
+        return self._call("label_event", lambda: self.inner.label_event(event_id, label))
+
+    def sealing_keys(self) -> dict[str, str]:
+        return self._call("sealing_keys", self.inner.sealing_keys)
 
     def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
         return self._call("burst_counts", lambda: self.inner.burst_counts(ip_key, network, now))

@@ -108,9 +108,11 @@ def challenge_result(
 @v1.post(
     "/events/{event_id}/feedback",
     response_model=FeedbackOut,
-    summary="Label an event as confirmed fraud or confirmed legitimate (scope decide)",
+    summary="Label a decided event as confirmed fraud or legitimate (scope decide)",
+    description="404 for an event the service did not decide (or no longer keeps); 409 for"
+    " another label than the event has already; the same label again changes nothing.",
     dependencies=[DecideKeyDep],
-    responses=errors(401, 403, 413, 422, 500),
+    responses=errors(401, 403, 404, 409, 413, 422, 500, 503),
 )
 def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> FeedbackOut:
     return service.feedback(event_id, body)
@@ -119,7 +121,10 @@ def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> Feedba
 @v1.delete(
     "/users/{user_id}",
     status_code=204,
-    summary="Erase a user's behavioral profile (scope admin)",
+    summary="Erase a user: profile, bursts, pending challenges, decided events (scope admin)",
+    description="The user's personal fields in the audit and feedback logs were sealed under"
+    " a key kept in the profile: erasure destroys it, and with it what they said. The"
+    " user's decision log rows are deleted.",
     dependencies=[AdminKeyDep],
     responses=errors(401, 403, 404, 422, 503),
 )

@@ -29,7 +29,7 @@ from risk_engine.api.schemas import (
     Readiness,
     ScorerInfo,
 )
-from risk_engine.audit import AuditLog, RecordKind, decision_record
+from risk_engine.audit import AuditLog, RecordKind, decision_record, seal_personal
 from risk_engine.config import Settings
 from risk_engine.decision import Decision, Outcome
 from risk_engine.decision_log import DecisionLogWriter, LogEntry, open_decision_log
@@ -43,6 +43,7 @@ from risk_engine.errors import (
 from risk_engine.events import Event
 from risk_engine.profiles.model import Profile
 from risk_engine.scopes import Scope
+from risk_engine.sealing import seal_into
 
 log = logging.getLogger("risk_engine.api")
 
@@ -111,6 +112,8 @@ class Service:
         engine.store = CountingStore(inner, metrics.store_errors)
         # The audit record always carries the features; responses only when configured.
         engine.include_features = True
+        # Feedback is accepted only for events decided here: the store keeps their ids.
+        engine.keep_events = True
         self.audit_log = AuditLog(
             settings.audit_path,
             settings.resolve_audit_key(),
@@ -183,14 +186,17 @@ class Service:
     # -- step-up results ------------------------------------------------------------------
 
     def complete_challenge(self, challenge_id: str, body: ChallengeResultIn) -> ChallengeResultOut:
-        """Apply a reported step-up result; every one, refused or not, is audited."""
+        """Apply a reported step-up result; every one, refused or not, is audited.
+
+        The session id and the user's key are sealed under the user's data key; a
+        refused result, whose user is not known here, records neither.
+        """
         acr = body.acr or body.method.acr
         record: dict[str, Any] = {
             "challenge_id": challenge_id,
             "method": body.method.value,
             "passed": body.passed,
             "acr": acr.value,
-            "session_id": body.session_id,
         }
         try:
             result = self.engine.complete_challenge(
@@ -219,16 +225,10 @@ class Service:
             outcome=outcome,
             detail={"method": body.method.value, "acr": acr.value},
         )
-        self.audit(
-            RecordKind.CHALLENGE_RESULT,
-            {
-                **record,
-                "outcome": outcome,
-                "event_id": result.event_id,
-                "user_key": result.user_key,
-                "satisfied": result.satisfied,
-            },
-        )
+        record.update(outcome=outcome, event_id=result.event_id, satisfied=result.satisfied)
+        personal = {"user_key": result.user_key, "session_id": body.session_id}
+        seal_personal(record, personal, result.sealing, RecordKind.CHALLENGE_RESULT)
+        self.audit(RecordKind.CHALLENGE_RESULT, record)
         return ChallengeResultOut(
             challenge_id=result.challenge_id,
             event_id=result.event_id,
@@ -240,12 +240,37 @@ class Service:
     # -- feedback and erasure -------------------------------------------------------------
 
     def feedback(self, event_id: str, body: FeedbackIn) -> FeedbackOut:
-        """Append a label to the feedback file (read by training/labels.py) and audit it."""
-        record: dict[str, Any] = {"event_id": event_id, "label": body.label.value}
+        """Label an event decided here: appended to the feedback file (training) and audited.
+
+        An event never decided (or past retention, or of an erased user) is a
+        NotFoundError; another label than the one it has, a ConflictError; the same
+        label again changes nothing. The user id and note are sealed under the
+        user's data key, in the file and in the audit log alike.
+        """
+        label = body.label.value
+        kept = self.engine.store.label_event(event_id, label)
+        if kept is None:
+            raise NotFoundError(
+                f"no decision is kept for event {event_id}: feedback is for decided events",
+                field="event_id",
+            )
+        if kept.label != label:
+            raise ConflictError(f"event {event_id} is labelled {kept.label} already", field="label")
+        if not kept.new:
+            return FeedbackOut(event_id=event_id, label=body.label)
+        personal: dict[str, Any] = {}
         if body.user_id is not None:
-            record["user_id"] = body.user_id
+            personal["user_id"] = body.user_id
         if body.note is not None:
-            record["note"] = body.note
+            personal["note"] = body.note
+        profile = self.engine.store.get(kept.user_key) if personal else None
+        # No profile left (past retention): what would be sealed is left out instead.
+        sealing = (profile.ref, profile.data_key) if profile is not None else None
+        record: dict[str, Any] = {"event_id": event_id, "label": label}
+        audited = dict(record)
+        if sealing is not None:
+            seal_into(record, personal, *sealing)
+            seal_personal(audited, personal, sealing, RecordKind.FEEDBACK)
         record["ts"] = round(time.time(), 6)
         try:
             self.feedback_log.append(record)
@@ -253,22 +278,30 @@ class Service:
             raise ConfigurationError(
                 f"feedback file {self.feedback_log.path} cannot be written: {exc}"
             ) from exc
-        self.audit(RecordKind.FEEDBACK, {k: v for k, v in record.items() if k != "ts"})
+        self.audit(RecordKind.FEEDBACK, audited)
         self._log_entry(LogEntry.FEEDBACK, event_id=event_id, outcome=body.label.value)
         return FeedbackOut(event_id=event_id, label=body.label)
 
     def erase(self, user_id: str) -> None:
-        """Erase a user's profile; NotFoundError when there was none. Audited by keyed id."""
+        """Erase everything kept of a user; NotFoundError when no profile was kept.
+
+        The store deletes the profile with its data key (which shreds the user's
+        sealed audit and feedback fields), burst entries, pending challenges and
+        decided events. The audit record names the erased profile's ref, which
+        now opens nothing, never the user id or its keyed hash.
+        """
         user_key = self.engine.user_key(user_id)
         try:
+            profile = self.engine.store.get(user_key)
             erased = self.engine.store.delete(user_key)
         except RiskEngineError:
-            self.audit(RecordKind.ERASURE, {"user_key": user_key, "outcome": "error"})
+            self.audit(RecordKind.ERASURE, {"outcome": "error"})
             raise
         logged = self.decision_log.erase_user(user_id) if self.decision_log is not None else 0
-        self.audit(
-            RecordKind.ERASURE, {"user_key": user_key, "outcome": "erased" if erased else "absent"}
-        )
+        fields: dict[str, Any] = {"outcome": "erased" if erased else "absent"}
+        if profile is not None:
+            fields["ref"] = profile.ref
+        self.audit(RecordKind.ERASURE, fields)
         self._log_entry(LogEntry.ERASURE, outcome="erased" if erased or logged else "absent")
         if not erased:
             raise NotFoundError("no profile is kept for this user", field="user_id")

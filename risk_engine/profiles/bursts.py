@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 
 from risk_engine.profiles.model import BurstCounts
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S
@@ -62,6 +63,14 @@ class BurstWindow:
             users[user_key] = users.get(user_key, 0) + 1
             self._failures += failed
             self._live += 1
+
+    def without(self, user_key: str) -> BurstWindow:
+        """A copy of this window without ``user_key``'s entries."""
+        kept = BurstWindow()
+        for ts, user, failed in self.entries:
+            if user != user_key:
+                kept.add(ts, user, failed)
+        return kept
 
     def drop_before(self, start: float) -> None:
         """Forget entries at or before ``start`` from the oldest on, keeping the newest."""
@@ -159,6 +168,13 @@ class BurstTable:
                     self._prune(ts)
                 window = self._windows[key] = BurstWindow()
             window.add(ts, user_key, failed)
+
+    def forget(self, keys: Iterable[str], user_key: str) -> None:
+        """Remove ``user_key``'s entries from the windows ``keys`` (erasure)."""
+        for key in keys:
+            window = self._windows.get(key)
+            if window is not None:
+                self._windows[key] = window.without(user_key)
 
     def _prune(self, now: float) -> None:
         """Drop windows whose newest entry is older than the window (bounded memory)."""

@@ -180,17 +180,21 @@ def _challenge_key(obs: Observation) -> str:
     return f"{obs.action}\x00{obs.device_key}"
 
 
-def hold_pending(profile: Profile, obs: Observation) -> None:
+def hold_pending(profile: Profile, obs: Observation, challenge_id: str | None = None) -> None:
     """Keep an observation whose step-up is outstanding, to learn it if the step-up passes.
 
     The action is also remembered as challenged on this device until a step-up for it
     passes there: failed or never answered, it is challenged again when retried.
+    ``challenge_id`` names the step-up's challenge, so that erasing the user finds it.
     """
     pending = profile.pending
     if len(pending) >= MAX_PENDING:
         oldest = min(pending, key=lambda k: float(pending[k]["ts"]))
         del pending[oldest]
-    pending[obs.event_id] = obs.to_dict()
+    held = obs.to_dict()
+    if challenge_id is not None:
+        held["challenge_id"] = challenge_id
+    pending[obs.event_id] = held
     bump(profile.challenged, _challenge_key(obs), obs.ts, MAX_PENDING)
 
 
@@ -217,6 +221,7 @@ def resolve_pending(
     data = profile.pending.pop(event_id, None)
     if data is None:
         return None
+    data.pop("challenge_id", None)
     obs = Observation.from_dict(data)
     if passed:
         # Activity was counted when the event was scored; only its lessons remain.

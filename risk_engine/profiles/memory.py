@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BurstNote
+from risk_engine.profiles.store import BurstNote, EventLabel
 
 T = TypeVar("T")
 
@@ -41,16 +41,33 @@ class MemoryStore:
         self._max = max_profiles
         self._lock = threading.Lock()
         self._bursts = BurstTable()
+        # event id -> [user_key, label or ""]; user_key -> its event ids (for erasure).
+        self._events: dict[str, list[str]] = {}
+        self._user_events: dict[str, set[str]] = {}
 
     def update(self, user_key: str, fn: Callable[[Profile], T]) -> T:
         with self._lock:
-            return fn(self._live(user_key))
+            created = user_key not in self._profiles
+            try:
+                return fn(self._live(user_key))
+            except BaseException:
+                # A profile made for this call only must not outlive a refused update.
+                if created:
+                    self._profiles.pop(user_key, None)
+                    self._updated_at.pop(user_key, None)
+                raise
 
     def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
         with self._lock:
             bursts = self._bursts.counts(note.ip_key, note.network, note.ts)
-            result = fn(self._live(note.user_key), bursts)
+            profile = self._live(note.user_key)
+            result = fn(profile, bursts)
             self._bursts.record(note.ip_key, note.network, note.user_key, note.ts, note.failed)
+            profile.note_window(f"ip:{note.ip_key}", note.ts)
+            profile.note_window(f"net:{note.network}", note.ts)
+            if note.event_id and note.event_id not in self._events:
+                self._events[note.event_id] = [note.user_key, ""]
+                self._user_events.setdefault(note.user_key, set()).add(note.event_id)
             return result
 
     def _live(self, user_key: str) -> Profile:
@@ -74,7 +91,28 @@ class MemoryStore:
     def delete(self, user_key: str) -> bool:
         with self._lock:
             self._updated_at.pop(user_key, None)
-            return self._profiles.pop(user_key, None) is not None
+            profile = self._profiles.pop(user_key, None)
+            if profile is not None:
+                self._bursts.forget(profile.windows, user_key)
+                for challenge_id in profile.challenge_ids():
+                    self._challenges.pop(challenge_id, None)
+            for event_id in self._user_events.pop(user_key, ()):
+                self._events.pop(event_id, None)
+            return profile is not None
+
+    def label_event(self, event_id: str, label: str) -> EventLabel | None:
+        with self._lock:
+            kept = self._events.get(event_id)
+            if kept is None:
+                return None
+            new = not kept[1]
+            if new:
+                kept[1] = label
+            return EventLabel(kept[0], kept[1], new)
+
+    def sealing_keys(self) -> dict[str, str]:
+        with self._lock:
+            return {p.ref: p.data_key for p in self._profiles.values()}
 
     def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
         with self._lock:
@@ -112,6 +150,8 @@ class MemoryStore:
             for key in stale:
                 del self._updated_at[key]
                 self._profiles.pop(key, None)
+                for event_id in self._user_events.pop(key, ()):
+                    self._events.pop(event_id, None)
             expired = [cid for cid, c in self._challenges.items() if wall_now >= c.expires_at]
             for cid in expired:
                 del self._challenges[cid]

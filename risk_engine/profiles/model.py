@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from risk_engine.errors import ProfileStoreError
+from risk_engine.sealing import new_data_key, new_ref
 
 PROFILE_VERSION = 1
 HOURS_OF_WEEK = 168
@@ -30,6 +31,8 @@ MAX_FAILURES = 32
 MAX_RECENT = 32
 MAX_SESSIONS = 16
 MAX_PENDING = 16
+# Burst windows a profile remembers having noted, so erasure finds its entries there.
+MAX_WINDOWS = 32
 # A held step-up older than this (by event time) can no longer complete: its challenge
 # lives an hour at most (RISK_ENGINE_CHALLENGE_TTL_S). Kept longer, it only weighs on
 # every write of the profile.
@@ -129,15 +132,36 @@ class Profile:
     failures: list[float] = field(default_factory=list)
     recent: list[float] = field(default_factory=list)
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
-    # event_id -> the observation to learn if its step-up passes (see engine)
+    # event_id -> the observation to learn if its step-up passes (see engine), with the
+    # id of its challenge under "challenge_id" (erasure deletes those challenges)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
     # action and device key -> [count, last_ts] of step-ups not passed (unanswered or
     # failed), so that trying again is challenged again (see unpassed_step_up)
     challenged: dict[str, list[float]] = field(default_factory=dict)
+    # A random pseudonym and AES key, made with the profile and erased with it: audit and
+    # feedback lines name the ref and seal their personal fields under the key (sealing.py).
+    # Random, so left out of equality: two profiles of the same history are equal.
+    ref: str = field(default_factory=new_ref, compare=False)
+    data_key: str = field(default_factory=new_data_key, compare=False, repr=False)
+    # Burst window ("ip:..." / "net:...") -> last event time noted there: where erasure
+    # removes the user's entries, without a scan of every window.
+    windows: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_new(self) -> bool:
         return self.n_seen == 0
+
+    def note_window(self, key: str, ts: float) -> None:
+        """Remember that an event of this user was noted in burst window ``key``."""
+        windows = self.windows
+        if key not in windows and len(windows) >= MAX_WINDOWS:
+            del windows[min(windows, key=windows.__getitem__)]
+        if windows.get(key, float("-inf")) < ts:
+            windows[key] = ts
+
+    def challenge_ids(self) -> list[str]:
+        """The ids of the challenges of this user's pending step-ups."""
+        return [str(p["challenge_id"]) for p in self.pending.values() if p.get("challenge_id")]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +205,10 @@ class Profile:
                 pending=data["pending"],
                 # Absent from profiles stored before step-ups were remembered.
                 challenged=data.get("challenged", {}),
+                # Profiles stored before erasure could shred them get their key on read.
+                ref=data.get("ref") or new_ref(),
+                data_key=data.get("data_key") or new_data_key(),
+                windows=data.get("windows", {}),
             )
         except (KeyError, TypeError) as exc:
             raise ProfileStoreError(f"stored profile is malformed: {exc}") from exc

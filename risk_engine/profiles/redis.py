@@ -6,7 +6,10 @@ Layout under ``prefix`` (so that several deployments can share one Redis):
   retention on every write, so inactive users vanish without a purge job;
 * ``{prefix}:burst:ip:{ip_key}`` and ``{prefix}:burst:net:{network}``: sorted sets
   scored by event time, trimmed to the window and to BURST_MAX_ENTRIES;
-* ``{prefix}:challenge:{id}``: a hash (record, expires_at, used) with a PX expiry.
+* ``{prefix}:challenge:{id}``: a hash (record, expires_at, used) with a PX expiry;
+* ``{prefix}:event:{event_id}``: a decided event's hash (user, label), and
+  ``{prefix}:user-events:{user_key}`` the set of a user's event ids (for erasure),
+  both EXPIREd after the retention.
 
 ``update`` is optimistic (WATCH/MULTI/EXEC): a write by someone else between the
 read and the commit makes it run ``fn`` again on the fresh profile. ``update_event``
@@ -32,7 +35,7 @@ from redis.retry import Retry
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote
+from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote, EventLabel
 
 T = TypeVar("T")
 # One Redis command as redis-py packs it: the name, then the arguments.
@@ -61,6 +64,17 @@ end
 redis.call('HSET', KEYS[1], 'used', '1')
 return 1
 """
+
+# Label a kept event unless labelled: [user, label, 1 if set now], or nil if not kept.
+_LABEL_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+end
+local new = redis.call('HSETNX', KEYS[1], 'label', ARGV[1])
+return {redis.call('HGET', KEYS[1], 'user'), redis.call('HGET', KEYS[1], 'label'), new}
+"""
+# Profiles read per round trip by ``sealing_keys``.
+_SCAN_BATCH = 500
 
 
 class RedisStore:
@@ -99,6 +113,7 @@ class RedisStore:
             ) from exc
         self._client = redis.Redis(connection_pool=self._pool)
         self._claim = self._client.register_script(_CLAIM_SCRIPT)
+        self._label = self._client.register_script(_LABEL_SCRIPT)
 
     @property
     def prefix(self) -> str:
@@ -148,8 +163,11 @@ class RedisStore:
         reads: list[_Command] = [("WATCH", key), ("GET", key), *_window_reads(windows, note.ts)]
         member = _burst_member(note.user_key, note.ts, note.failed)
         notes = [command for window in windows for command in _note(window, member, note.ts)]
+        if note.event_id:
+            notes += self._event_notes(note.event_id, note.user_key)
+        marks = ((f"ip:{note.ip_key}", note.ts), (f"net:{note.network}", note.ts))
         for attempt in range(_WATCH_TRIES):
-            committed = self._event_attempt(note.user_key, key, reads, notes, fn)
+            committed = self._event_attempt(note.user_key, key, reads, notes, marks, fn)
             if committed is not None:
                 return committed[0]
             time.sleep(_back_off(attempt))
@@ -161,6 +179,7 @@ class RedisStore:
         key: str,
         reads: Sequence[_Command],
         notes: Sequence[_Command],
+        marks: Sequence[tuple[str, float]],
         fn: Callable[[Profile, BurstCounts], T],
     ) -> tuple[T] | None:
         """One optimistic try of ``update_event``: ``(fn's value,)``, or None when overtaken.
@@ -193,6 +212,8 @@ class RedisStore:
             except BaseException:
                 clean = _unwatch(conn)
                 raise
+            for window, ts in marks:
+                profile.note_window(window, ts)
             writes: list[_Command] = [
                 ("MULTI",),
                 ("SET", key, profile.dumps(), "EX", self._retention_s),
@@ -238,11 +259,89 @@ class RedisStore:
             self._fail(exc, "get")
         return None if raw is None else Profile.loads(raw)
 
+    def _event_notes(self, event_id: str, user_key: str) -> list[_Command]:
+        """Keep a decided event as the user's (the first user to claim an id keeps it)."""
+        event, mine = self._event_key(event_id), self._user_events_key(user_key)
+        return [
+            ("HSETNX", event, "user", user_key),
+            ("EXPIRE", event, self._retention_s),
+            ("SADD", mine, event_id),
+            ("EXPIRE", mine, self._retention_s),
+        ]
+
     def delete(self, user_key: str) -> bool:
+        """Erase the profile, the burst entries and challenges it names, the user's events.
+
+        Optimistic like ``update``: a concurrent write of the profile reads it again.
+        """
+        key, mine = self._profile_key(user_key), self._user_events_key(user_key)
+        suffix = f":{user_key}".encode()
+        for attempt in range(_WATCH_TRIES):
+            pipe = self._client.pipeline(transaction=True)
+            try:
+                pipe.watch(key, mine)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                raw = pipe.get(key)
+                profile = None if raw is None else Profile.loads(raw)
+                events = [e.decode() for e in pipe.smembers(mine)]  # type: ignore[union-attr]
+                windows = [self._window_key(w) for w in (profile.windows if profile else ())]
+                doomed: list[tuple[str, list[bytes]]] = []
+                for window in windows:
+                    members: list[bytes] = pipe.zrange(window, 0, -1)  # type: ignore[assignment]
+                    doomed.append((window, [m for m in members if m.endswith(suffix)]))
+                pipe.multi()
+                for window, members in doomed:
+                    if members:
+                        pipe.zrem(window, *members)
+                for challenge_id in profile.challenge_ids() if profile else ():
+                    pipe.delete(self._challenge_key(challenge_id))
+                for event_id in events:
+                    pipe.delete(self._event_key(event_id))
+                pipe.delete(mine, key)
+                pipe.execute()
+            except WatchError:
+                pass
+            except RedisError as exc:
+                self._fail(exc, "delete")
+            else:
+                return profile is not None
+            finally:
+                _reset_quietly(pipe)
+            time.sleep(_back_off(attempt))
+        self._lost_races("delete")
+
+    def label_event(self, event_id: str, label: str) -> EventLabel | None:
         try:
-            return bool(self._client.delete(self._profile_key(user_key)))
+            reply = self._label(keys=[self._event_key(event_id)], args=[label])
         except RedisError as exc:
-            self._fail(exc, "delete")
+            self._fail(exc, "label_event")
+        if reply is None:
+            return None
+        user, kept, new = reply
+        return EventLabel(_text(user), _text(kept), bool(new))
+
+    def sealing_keys(self) -> dict[str, str]:
+        """Every profile's ref and key, by SCAN and MGET (linear in the keyspace; offline)."""
+        pattern = f"{_glob_escape(self._prefix)}:profile:*"
+        keys: dict[str, str] = {}
+        try:
+            batch: list[bytes] = []
+            for name in self._client.scan_iter(match=pattern, count=1000):
+                batch.append(name)
+                if len(batch) >= _SCAN_BATCH:
+                    self._collect_keys(batch, keys)
+                    batch = []
+            self._collect_keys(batch, keys)
+        except RedisError as exc:
+            self._fail(exc, "sealing_keys")
+        return keys
+
+    def _collect_keys(self, names: list[bytes], keys: dict[str, str]) -> None:
+        if not names:
+            return
+        for raw in self._client.mget(names):
+            if raw is not None:
+                profile = Profile.loads(raw)
+                keys[profile.ref] = profile.data_key
 
     def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
         windows = (self._burst_key("ip", ip_key), self._burst_key("net", network))
@@ -336,6 +435,16 @@ class RedisStore:
 
     def _challenge_key(self, challenge_id: str) -> str:
         return f"{self._prefix}:challenge:{challenge_id}"
+
+    def _window_key(self, window: str) -> str:
+        """A profile's window name (``ip:...``, ``net:...``) as this store's key."""
+        return f"{self._prefix}:burst:{window}"
+
+    def _event_key(self, event_id: str) -> str:
+        return f"{self._prefix}:event:{event_id}"
+
+    def _user_events_key(self, user_key: str) -> str:
+        return f"{self._prefix}:user-events:{user_key}"
 
     def _fail(self, exc: RedisError, action: str) -> NoReturn:
         raise ProfileStoreError(
@@ -452,6 +561,10 @@ def _tally(members: list[bytes]) -> tuple[int, int]:
         users.add(user)
         failures += failed == b"1"
     return len(users), failures
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _glob_escape(text: str) -> str:

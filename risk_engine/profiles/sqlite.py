@@ -50,7 +50,7 @@ from typing import NoReturn, TypeVar
 from risk_engine.errors import ConfigurationError, ProfileStoreError
 from risk_engine.profiles.bursts import BurstWindow
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote
+from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote, EventLabel
 
 T = TypeVar("T")
 log = logging.getLogger("risk_engine.profiles")
@@ -64,6 +64,11 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS challenges ("
     " id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL,"
     " used INTEGER NOT NULL DEFAULT 0)",
+    # Decided events, for the feedback rules; by user too, for erasure.
+    "CREATE TABLE IF NOT EXISTS events ("
+    " event_id TEXT PRIMARY KEY, user_key TEXT NOT NULL, label TEXT,"
+    " updated_at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS events_user ON events (user_key)",
 )
 
 _SELECT_PROFILE = "SELECT data, updated_at FROM profiles WHERE user_key = ? AND updated_at >= ?"
@@ -72,6 +77,7 @@ _UPSERT_PROFILE = (
     " ON CONFLICT (user_key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at"
 )
 _DELETE_PROFILE = "DELETE FROM profiles WHERE user_key = ?"
+_SELECT_PROFILE_DATA = "SELECT data FROM profiles WHERE user_key = ?"
 _COUNT_PROFILES = "SELECT COUNT(*) FROM profiles WHERE updated_at >= ?"
 _PURGE_PROFILES = "DELETE FROM profiles WHERE updated_at < ?"
 
@@ -91,6 +97,19 @@ _PRUNE_BURSTS = (
     " (SELECT rowid FROM bursts WHERE ts > ? ORDER BY rowid LIMIT 1),"
     " (SELECT MAX(rowid) + 1 FROM bursts))"
 )
+_FORGET_BURSTS = "DELETE FROM bursts WHERE key = ? AND user_key = ?"
+_DELETE_CHALLENGE = "DELETE FROM challenges WHERE id = ?"
+_INSERT_EVENT = (
+    "INSERT INTO events (event_id, user_key, label, updated_at) VALUES (?, ?, NULL, ?)"
+    " ON CONFLICT (event_id) DO NOTHING"
+)
+_LABEL_EVENT = (
+    "UPDATE events SET label = ? WHERE event_id = ? AND label IS NULL AND updated_at >= ?"
+)
+_SELECT_EVENT = "SELECT user_key, label FROM events WHERE event_id = ? AND updated_at >= ?"
+_DELETE_EVENTS = "DELETE FROM events WHERE user_key = ?"
+_PURGE_EVENTS = "DELETE FROM events WHERE updated_at < ?"
+_ALL_PROFILES = "SELECT data FROM profiles WHERE updated_at >= ?"
 # The thorough (full-scan) prune, for ``purge`` only.
 _PURGE_BURSTS = "DELETE FROM bursts WHERE ts <= (SELECT MAX(ts) FROM bursts) - ?"
 
@@ -261,11 +280,15 @@ class SQLiteStore:
                 bursts = BurstCounts(ip_users, ip_failures, net_users, net_failures)
                 profile = self._load(conn, note.user_key)
                 result = fn(profile, bursts)
+                profile.note_window(ip, note.ts)
+                profile.note_window(net, note.ts)
                 self._save(conn, profile)
                 conn.execute(
                     _INSERT_BURSTS,
                     (ip, note.ts, note.user_key, flag, net, note.ts, note.user_key, flag),
                 )
+                if note.event_id:
+                    conn.execute(_INSERT_EVENT, (note.event_id, note.user_key, time.time()))
                 self._maybe_prune(conn, note.ts)
             # Written: now the mirrors take the new rows (should the group's commit fail,
             # its abort empties the mirrors with it).
@@ -285,11 +308,50 @@ class SQLiteStore:
         return None if row is None else Profile.loads(row[0])
 
     def delete(self, user_key: str) -> bool:
-        # Erasure is committed before the call returns.
+        # Erasure is committed before the call returns, then the WAL is emptied: with
+        # secure_delete on (see _connect), the deleted rows are zeroes in the file.
         with self._transaction("delete", flush=True) as conn:
             self._profiles.pop(user_key, None)
+            row = conn.execute(_SELECT_PROFILE_DATA, (user_key,)).fetchone()
+            if row is not None:
+                profile = Profile.loads(row[0])
+                for key in profile.windows:
+                    conn.execute(_FORGET_BURSTS, (key, user_key))
+                    # Read again from the rows when next needed.
+                    self._windows.pop(key, None)
+                for challenge_id in profile.challenge_ids():
+                    conn.execute(_DELETE_CHALLENGE, (challenge_id,))
+            conn.execute(_DELETE_EVENTS, (user_key,))
             deleted: bool = conn.execute(_DELETE_PROFILE, (user_key,)).rowcount > 0
+        with self._locked("delete") as conn:
+            try:
+                # TRUNCATE: the WAL's copies of the erased pages go with its content.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                self._fail(exc, "delete")
         return deleted
+
+    def label_event(self, event_id: str, label: str) -> EventLabel | None:
+        # Committed at once: the answer tells the caller whether its label was the one set.
+        with self._transaction("label_event", flush=True) as conn:
+            horizon = time.time() - self._retention_s
+            new = conn.execute(_LABEL_EVENT, (label, event_id, horizon)).rowcount == 1
+            row = conn.execute(_SELECT_EVENT, (event_id, horizon)).fetchone()
+        if row is None:
+            return None
+        return EventLabel(str(row[0]), str(row[1]), new)
+
+    def sealing_keys(self) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        with self._locked("sealing_keys") as conn:
+            try:
+                rows = conn.execute(_ALL_PROFILES, (time.time() - self._retention_s,)).fetchall()
+            except sqlite3.Error as exc:
+                self._fail(exc, "sealing_keys")
+        for (data,) in rows:
+            profile = Profile.loads(data)
+            keys[profile.ref] = profile.data_key
+        return keys
 
     def _load(self, conn: sqlite3.Connection, user_key: str) -> Profile:
         """The user's profile as last written (fresh when absent or past retention)."""
@@ -398,6 +460,7 @@ class SQLiteStore:
             self._profiles.clear()
             removed = conn.execute(_PURGE_PROFILES, (older_than,)).rowcount
             conn.execute(_PURGE_CHALLENGES, (time.time(),))
+            conn.execute(_PURGE_EVENTS, (older_than,))
             conn.execute(_PURGE_BURSTS, (_PRUNE_AGE_S,))
         return int(removed)
 
@@ -545,6 +608,9 @@ class SQLiteStore:
             self._fail(exc, "opening")
         try:
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Deleted and overwritten rows are zeroed, not left in free pages: an erased
+            # user's profile (or an older copy of it) must not be readable in the file.
+            conn.execute("PRAGMA secure_delete = ON")
             conn.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
             # SQLite's default page cache (2 MB) is smaller than a busy database: every
             # update would read the pages it rewrites back from the OS. Read through mmap.

@@ -3,8 +3,10 @@
 A store keeps profiles (read-modify-write is atomic per user: ``update`` runs the
 caller's function on the freshest profile and saves the result, retrying on a
 concurrent write where the backend is optimistic), the cross-user burst windows
-(distinct users and failures per address and per network) and the step-up
-challenge bindings (an opaque record per challenge, claimable exactly once).
+(distinct users and failures per address and per network), the step-up
+challenge bindings (an opaque record per challenge, claimable exactly once) and,
+for the feedback rules, which user each decided event belonged to and the one
+label it got. ``delete`` erases all of a user's data from every one of them.
 
 Times that the caller passes in (``now``, ``ts``) are epoch seconds chosen by the
 caller, so that tests and the backtest control time; the only wall-clock time a
@@ -37,6 +39,17 @@ class BurstNote(NamedTuple):
     user_key: str
     ts: float
     failed: bool
+    # The decided event's id, kept (with the user and, later, its label) for feedback;
+    # empty where nobody will send feedback (backtest, training).
+    event_id: str = ""
+
+
+class EventLabel(NamedTuple):
+    """A decided event's label after ``label_event``: whose event, which label, set now."""
+
+    user_key: str
+    label: str
+    new: bool
 
 
 class ProfileStore(Protocol):
@@ -51,6 +64,9 @@ class ProfileStore(Protocol):
         equals ``burst_counts``, ``update`` and ``record_burst`` in a row, done in as
         few round trips as the backend allows; where the backend has transactions the
         profile and the burst note are committed together or not at all.
+
+        The profile remembers the windows noted (``Profile.note_window``) for erasure;
+        a ``note.event_id`` is kept as an event of the user (see ``label_event``).
         """
         ...
 
@@ -68,7 +84,25 @@ class ProfileStore(Protocol):
         ...
 
     def delete(self, user_key: str) -> bool:
-        """Erase a user's profile; True if there was one."""
+        """Erase everything kept of a user; True if there was a profile.
+
+        The profile (with its ref and data key, which shreds what was sealed under
+        it), the user's entries in the burst windows it names, the challenges of its
+        pending step-ups and the user's decided events. Where the backend keeps
+        deleted bytes around (SQLite's free pages and WAL) they are overwritten.
+        """
+        ...
+
+    def label_event(self, event_id: str, label: str) -> EventLabel | None:
+        """Set a decided event's label unless it has one; None if no such event is kept.
+
+        Atomic: of concurrent labels of one event exactly one is set, and every
+        caller gets that one back (``new`` only for the caller that set it).
+        """
+        ...
+
+    def sealing_keys(self) -> dict[str, str]:
+        """Ref -> data key of every profile kept: what opens the records sealed for them."""
         ...
 
     def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
@@ -101,7 +135,7 @@ class ProfileStore(Protocol):
         ...
 
     def purge(self, older_than: float) -> int:
-        """Delete profiles last written before ``older_than`` (epoch s) and expired challenges.
+        """Delete profiles and events not written since ``older_than``; expired challenges.
 
         "Last written" and "expired" here are by the wall clock, since this is
         housekeeping, not scoring. Returns how many profiles went; backends that

@@ -20,12 +20,23 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from risk_engine.audit import GENESIS, AuditKey, AuditLog, RecordKind, verify_chain
+from risk_engine.audit import (
+    GENESIS,
+    AuditKey,
+    AuditLog,
+    RecordKind,
+    decision_record,
+    verify_chain,
+)
 from risk_engine.cli import app as cli
 from risk_engine.config import Settings
+from risk_engine.decision import Decision
 from risk_engine.errors import ConfigurationError
+from risk_engine.events import parse_event
 from risk_engine.logs import LogReport, read_events
+from risk_engine.privacy import Hasher
 from risk_engine.scopes import Scope
+from risk_engine.sealing import open_record
 
 EventFactory = Callable[..., dict[str, Any]]
 KEY = AuditKey("k3y-0f-the-audit-chain-for-tests-0123456789", source="test")
@@ -38,8 +49,13 @@ def fill(client: TestClient, make_event: EventFactory, n: int = 5) -> list[dict[
     for event in events:
         assert client.post("/v1/decisions", json=event).status_code == 200
     client.post("/v1/challenges/c-unknown/result", json={"passed": True, "method": "totp"})
-    client.post("/v1/events/e-1/feedback", json={"label": "confirmed_legit"})
+    feedback = {"label": "confirmed_legit", "note": "called the customer"}
+    assert client.post(f"/v1/events/{events[0]['event_id']}/feedback", json=feedback).is_success
     return events
+
+
+def keys_of(client: TestClient) -> dict[str, str]:
+    return client.app.state.service.engine.store.sealing_keys()  # type: ignore[attr-defined, no-any-return]
 
 
 def test_the_service_writes_a_valid_chain(
@@ -49,14 +65,23 @@ def test_the_service_writes_a_valid_chain(
     records = [orjson.loads(line) for line in settings.audit_path.read_bytes().splitlines()]
     assert [r["record"] for r in records] == ["decision"] * 5 + ["challenge_result", "feedback"]
     assert records[0]["prev_hash"] == GENESIS and "hash" not in records[0]
-    first = records[0]
+    # Personal fields are sealed under the user's key: the line names the user's ref only.
+    sealed = records[0]
+    assert sealed["event_id"] == events[0]["event_id"] and sealed["ref"].startswith("r-")
+    assert "user_id" not in sealed and "ip" not in sealed and "features" not in sealed
+    assert b"u-audited" not in settings.audit_path.read_bytes()
+    first = open_record(sealed, keys_of(client))
+    assert first is not None and first["user_id"] == "u-audited"
     assert first["event_id"] == events[0]["event_id"]
+    assert sealed["reason_codes"] == [r["code"] for r in first["reasons"]]
     assert first["ip"] == "84.208.0.0"  # truncated to the /24
     assert first["device"]["id"] != "d-1" and first["device"]["id"].startswith("h-")
     assert set(first["features"]) >= {"impossible_travel", "new_country"}
     assert first["model_version"] and first["policy_version"] and "shadow" in first
     refused = records[5]
     assert refused["outcome"] == "not_found" and refused["challenge_id"] == "c-unknown"
+    feedback = open_record(records[6], keys_of(client))
+    assert feedback is not None and feedback["note"] == "called the customer"
     result = verify_chain(settings.audit_path, [settings.resolve_audit_key()])
     assert result.ok and result.records == 7
     assert {r["key_id"] for r in records} == {settings.resolve_audit_key().id}
@@ -66,10 +91,16 @@ def test_an_audit_log_is_a_training_input(
     client: TestClient, settings: Settings, make_event: EventFactory
 ) -> None:
     events = fill(client, make_event)
-    report = LogReport()
+    report = LogReport(keys=keys_of(client))
     read = list(read_events(settings.audit_path, report))
     assert [e.event_id for e in read] == [e["event_id"] for e in events]
+    assert {e.user_id for e in read} == {"u-audited"}
     assert report.bad == 0 and report.skipped == 2 and report.events == 5
+    assert report.sealed == 0
+    # Without the keys (or once the user is erased) the decisions stay sealed: skipped.
+    blind = LogReport()
+    assert list(read_events(settings.audit_path, blind)) == []
+    assert blind.sealed == 5 and blind.bad == 0 and blind.events == 0
 
 
 def tamper(path: Path, line: int, old: bytes, new: bytes) -> None:
@@ -443,3 +474,15 @@ def test_cli_apikey_prints_a_key_and_its_digest() -> None:
     assert Settings(api_keys={name[len("RISK_ENGINE_API_KEY_") :]: value}).key_table == (
         (digest, frozenset({Scope.METRICS})),
     )
+
+
+def test_without_a_key_the_personal_fields_are_left_out(make_event: EventFactory) -> None:
+    # The store was down: the decision had no profile, so no key to seal under.
+    event = parse_event(make_event(user_id="u-degraded", amount=12.0, currency="EUR"))
+    decision = Decision(event_id=event.event_id, score=0.5, decision="allow", model_version="m")
+    assert decision.sealing is None
+    record = decision_record(event, decision, {"f": 1.0}, Hasher("s"))
+    assert record["sealed"] is None and "ref" not in record
+    assert b"u-degraded" not in orjson.dumps(record) and b"s-1" not in orjson.dumps(record)
+    assert not {"user_id", "ip", "amount", "device", "features"} & record.keys()
+    assert record["event_id"] == event.event_id and record["decision"] == "allow"

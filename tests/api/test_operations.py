@@ -136,7 +136,11 @@ def test_shadow_verdict_is_audited_not_enforced(
     assert record["decision"] == body["decision"]
 
 
-def test_feedback_is_a_training_label_and_audited(client: TestClient, settings: Settings) -> None:
+def test_feedback_is_a_training_label_and_audited(
+    client: TestClient, settings: Settings, make_event: EventFactory
+) -> None:
+    for event_id in ("e-123", "e-124"):
+        assert client.post("/v1/decisions", json=make_event(event_id=event_id)).is_success
     response = client.post(
         "/v1/events/e-123/feedback",
         json={"label": "confirmed_fraud", "user_id": "u-1", "note": "chargeback"},
@@ -146,10 +150,12 @@ def test_feedback_is_a_training_label_and_audited(client: TestClient, settings: 
     client.post("/v1/events/e-124/feedback", json={"label": "confirmed_legit"})
     lines = [orjson.loads(x) for x in settings.feedback_path.read_bytes().splitlines()]
     assert lines[0]["event_id"] == "e-123" and lines[0]["label"] == "confirmed_fraud"
+    # The user id and the note are sealed under the user's key, not written out.
+    assert "note" not in lines[0] and b"chargeback" not in settings.feedback_path.read_bytes()
     labels = load_labels([settings.feedback_path])
     assert labels["e-123"].is_attack and not labels["e-124"].is_attack
     kinds = [r["record"] for r in audit_records(settings)]
-    assert kinds == ["feedback", "feedback"]
+    assert kinds == ["decision", "decision", "feedback", "feedback"]
     bad = client.post("/v1/events/e-1/feedback", json={"label": "maybe"})
     assert bad.status_code == 422 and bad.json()["field"] == "label"
 
@@ -162,7 +168,10 @@ def test_erasure_deletes_the_profile(
     assert client.delete("/v1/users/u-forget-me", headers=admin_auth).status_code == 404
     erasures = [r for r in audit_records(settings) if r["record"] == "erasure"]
     assert [r["outcome"] for r in erasures] == ["erased", "absent"]
-    assert "u-forget-me" not in str(erasures)  # keyed, not the raw id
+    # Neither the raw id nor its keyed hash: the erased profile's ref, which opens nothing.
+    user_key = client.app.state.service.engine.user_key("u-forget-me")  # type: ignore[attr-defined]
+    assert "u-forget-me" not in str(erasures) and user_key not in str(erasures)
+    assert erasures[0]["ref"].startswith("r-") and "ref" not in erasures[1]
 
 
 def test_openapi_declares_the_errors(client: TestClient) -> None:

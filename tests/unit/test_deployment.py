@@ -14,7 +14,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from risk_engine.audit import AuditLog, RecordKind
+from risk_engine.audit import AuditKey, AuditLog, RecordKind
 from risk_engine.cli import app
 from risk_engine.errors import ConfigurationError
 from risk_engine.policy import load_policy
@@ -104,7 +104,7 @@ def test_observed_labels_are_failed_step_ups_the_engine_asked_for_and_feedback(
 
 def test_an_audit_log_gives_its_failed_step_ups_and_feedback(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    log = AuditLog(path)
+    log = AuditLog(path, AuditKey("k" * 40, source="test"))
     log.append(RecordKind.CHALLENGE_RESULT, {"event_id": "e-1", "outcome": "failed"})
     log.append(RecordKind.CHALLENGE_RESULT, {"event_id": "e-2", "outcome": "passed"})
     log.append(RecordKind.CHALLENGE_RESULT, {"outcome": "expired", "error": "challenge_expired"})

@@ -16,6 +16,7 @@ from risk_engine.profiles.model import (
     MAX_NETWORKS,
     MAX_PLACES,
     MAX_RECENT,
+    MAX_WINDOWS,
     Place,
     Profile,
     bump,
@@ -67,3 +68,26 @@ def test_bounded_collections_round_trip(ops: list[Op]) -> None:
     assert Profile.loads(profile.dumps()) == profile
     # The fast dataclass serialisation says exactly what to_dict() says.
     assert orjson.loads(profile.dumps()) == profile.to_dict()
+
+
+def test_a_profile_stored_before_sealing_gets_its_ref_and_key_on_read() -> None:
+    legacy = Profile("alice", n_seen=3).to_dict()
+    for name in ("ref", "data_key", "windows"):
+        del legacy[name]
+    profile = Profile.loads(orjson.dumps(legacy))
+    assert profile.n_seen == 3 and profile.windows == {}
+    assert profile.ref.startswith("r-") and len(bytes.fromhex(profile.data_key)) == 32
+    # Written back with them: the next read finds the same ref and key.
+    again = Profile.loads(profile.dumps())
+    assert (again.ref, again.data_key) == (profile.ref, profile.data_key)
+
+
+def test_note_window_keeps_the_most_recent_windows() -> None:
+    profile = Profile("alice")
+    for i in range(MAX_WINDOWS + 5):
+        profile.note_window(f"ip:k{i}", float(i))
+    profile.note_window("ip:k0", 1.0)  # evicted already: noted again, the stalest goes
+    assert len(profile.windows) == MAX_WINDOWS
+    assert "ip:k0" in profile.windows and "ip:k1" not in profile.windows
+    profile.note_window(f"ip:k{MAX_WINDOWS + 4}", 0.0)  # an older note keeps the later time
+    assert profile.windows[f"ip:k{MAX_WINDOWS + 4}"] == float(MAX_WINDOWS + 4)

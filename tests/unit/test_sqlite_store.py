@@ -317,8 +317,9 @@ def test_the_cache_changes_no_result(tmp_path: Path, cache_profiles: int) -> Non
         store.delete("u0")
         results.append(store.update_event(note("u0", now + 20, ip="ip0"), count_seen))
         assert [seen for seen, _ in results] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 1]
-        # ip0 saw u0, u2 and u1 (even i); the network all three.
-        assert results[-1][1] == BurstCounts(3, 0, 3, 0)
+        # ip0 saw u0, u2 and u1 (even i), the network all three; u0's entries went
+        # with its erasure, from the rows and the mirrored windows alike.
+        assert results[-1][1] == BurstCounts(2, 0, 2, 0)
     finally:
         store.close()
 
@@ -363,3 +364,32 @@ def test_in_memory_sqlite_is_refused(path: str) -> None:
     # One connection per thread would mean one private database per thread.
     with pytest.raises(ConfigurationError, match="memory://"):
         SQLiteStore(path)
+
+
+def test_an_erased_users_bytes_are_gone_from_the_file_and_the_wal(tmp_path: Path) -> None:
+    # No maintenance thread: only the erasure itself may clean the WAL up.
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, checkpoint_every_s=None, commit_after_s=0)
+    victim, other = "victimkey0123456", "otherkey98765432"
+    try:
+        # Set by the store, not left to the build's default (some ship it off).
+        with store._locked("test") as conn:
+            assert conn.execute("PRAGMA secure_delete").fetchone() == (1,)
+        for i in range(30):
+            store.update_event(note(victim, 1_700_000_000.0 + i, ip=f"ip{i % 3}"), count_seen)
+            store.update_event(note(other, 1_700_000_000.5 + i, ip=f"ip{i % 3}"), count_seen)
+        stored = store.get(victim)
+        assert stored is not None
+        assert store.delete(victim) is True
+        files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        assert "profiles.db" in files
+        found = [
+            f"{needle!r} in {name}"
+            for name, data in files.items()
+            for needle in (victim.encode(), stored.ref.encode(), stored.data_key.encode())
+            if needle in data
+        ]
+        assert found == []
+        assert store.get(other) is not None
+    finally:
+        store.close()
