@@ -110,9 +110,11 @@ def test_the_server_answers_404_for_encoded_traversal(server: Server) -> None:
     )
 )
 def test_feedback_and_challenge_ids_reach_the_server_as_given(
-    server: Server, event_id: str
+    server: Server, make_event: EventFactory, event_id: str
 ) -> None:
     with RiskEngineClient(server.base_url, api_key=API_KEY) as client:
+        # Feedback is taken only for events decided here: decide one with this id first.
+        client.decide(make_event(event_id=event_id))
         if "/" in event_id:
             # One path segment can never hold a slash: refused, never rerouted.
             with pytest.raises(NotFoundError):
@@ -196,8 +198,10 @@ def test_the_legacy_digest_list_grants_decide_only(
 ) -> None:
     settings = make_settings(api_keys={}, api_keys_sha256=[digest(API_KEY)])
     with TestClient(create_app(settings, engine=shared_engine), headers=AUTH) as client:
-        assert client.post("/v1/decisions", json=make_event()).status_code == 200
-        assert client.post("/v1/events/e-9/feedback", json={"label": "confirmed_legit"}).is_success
+        event = make_event()
+        assert client.post("/v1/decisions", json=event).status_code == 200
+        feedback = {"label": "confirmed_legit"}
+        assert client.post(f"/v1/events/{event['event_id']}/feedback", json=feedback).is_success
         assert client.delete("/v1/users/u-1").status_code == 403
         assert client.post("/v1/admin/reload").status_code == 403
 
@@ -297,7 +301,11 @@ def test_the_audit_records_which_key_called(
     settings = scoped.app.state.settings  # type: ignore[attr-defined]
     event = make_event()
     assert scoped.post("/v1/decisions", json=event, headers=AUTH).status_code == 200
-    scoped.post("/v1/events/e-7/feedback", json={"label": "confirmed_fraud"}, headers=AUTH)
+    scoped.post(
+        f"/v1/events/{event['event_id']}/feedback",
+        json={"label": "confirmed_fraud"},
+        headers=AUTH,
+    )
     result = {"passed": True, "method": "totp"}
     scoped.post("/v1/challenges/c-none/result", json=result, headers=AUTH)
     scoped.delete("/v1/users/u-nobody", headers=ADMIN_AUTH)
