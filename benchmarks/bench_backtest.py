@@ -6,9 +6,14 @@ million events, generated into a temporary directory unless ``--events`` names a
 file); the first 100,000 and 1,000,000 lines are replayed, each run in a child
 process so that its memory is its own. Peak memory is sampled every 100 ms over
 the whole process tree (the parent and its workers), summed, and also reported
-for the largest single process.
+for the largest single process. The backtest runs as ``risk-engine backtest``
+does by default (a local Dask cluster, one worker per core, for large inputs),
+or on ``--workers N`` local Dask workers (1: one process), or on the Dask
+cluster at ``--scheduler ADDRESS`` (then only the client's memory is measured
+here: the workers are not this process's children).
 
     .venv/bin/python benchmarks/bench_backtest.py [--sizes 100000,1000000] [--workers N]
+        [--scheduler tcp://host:8786]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import psutil
 from reference import python_speed
@@ -59,12 +65,16 @@ def first_lines(source: Path, count: int, target: Path) -> int:
     return written
 
 
-def child_run(events: Path, out: Path, workers: int | None, model: Path | None) -> None:
+def child_run(
+    events: Path, out: Path, workers: int | None, scheduler: str | None, model: Path | None
+) -> None:
     """In the child: one backtest, its summary as JSON on stdout."""
     from risk_engine.backtest import run_backtest
 
-    # ``workers`` only when asked: the option is newer than the one-process backtest.
-    options = {"workers": workers} if workers is not None else {}
+    # Only what was asked: the options are newer than the one-process backtest.
+    options: dict[str, object] = {"workers": workers} if workers is not None else {}
+    if scheduler is not None:
+        options["scheduler"] = scheduler
     summary = run_backtest(events, out, model_path=model, progress=False, **options)
     print(
         json.dumps(
@@ -73,16 +83,21 @@ def child_run(events: Path, out: Path, workers: int | None, model: Path | None) 
                 "seconds": summary.seconds,
                 "decisions": dict(summary.decisions),
                 "model_version": summary.model_version,
+                "engine": getattr(summary, "engine", "one process"),
             }
         )
     )
 
 
-def measure(events: Path, out: Path, workers: int | None, model: Path | None) -> dict[str, float]:
+def measure(
+    events: Path, out: Path, workers: int | None, scheduler: str | None, model: Path | None
+) -> dict[str, Any]:
     """Run one backtest in a child process; its summary plus the tree's peak memory."""
     command = [sys.executable, __file__, "--child", str(events), str(out)]
     if workers is not None:
         command += ["--workers", str(workers)]
+    if scheduler is not None:
+        command += ["--scheduler", scheduler]
     if model is not None:
         command += ["--model", str(model)]
     started = time.perf_counter()
@@ -138,7 +153,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=Path, help="a JSON Lines log (default: simulate one)")
     parser.add_argument("--sizes", default="100000,1000000", help="events per run")
-    parser.add_argument("--workers", type=int, help="backtest processes (default: automatic)")
+    parser.add_argument("--workers", type=int, help="local Dask workers (default: automatic)")
+    parser.add_argument("--scheduler", help="a Dask scheduler to run on (default: local)")
     parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
     parser.add_argument("--users", type=int, default=20000)
     parser.add_argument("--days", type=int, default=30)
@@ -146,7 +162,7 @@ def main() -> int:
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_run(args.child[0], args.child[1], args.workers, args.model)
+        child_run(args.child[0], args.child[1], args.workers, args.scheduler, args.model)
         return 0
 
     print_versions()
@@ -158,7 +174,13 @@ def main() -> int:
         for size in sizes:
             events = workdir / f"events-{size}.jsonl"
             lines = first_lines(source, size, events)
-            result = measure(events, workdir / f"decisions-{size}.jsonl", args.workers, args.model)
+            result = measure(
+                events,
+                workdir / f"decisions-{size}.jsonl",
+                args.workers,
+                args.scheduler,
+                args.model,
+            )
             events.unlink()
             results.append(result)
             print(
@@ -168,7 +190,7 @@ def main() -> int:
                 f" peak RSS {result['peak_total_mb']:7.0f} MB over {result['processes']}"
                 f" processes, largest process {result['peak_single_mb']:.0f} MB"
                 f" (parent {result['peak_parent_mb']:.0f} MB, largest worker"
-                f" {result['peak_worker_mb']:.0f} MB)"
+                f" {result['peak_worker_mb']:.0f} MB); {result['engine']}"
             )
         if len(results) > 1:
             first, last = results[0], results[-1]

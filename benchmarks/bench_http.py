@@ -13,6 +13,7 @@ contacted; every run is bounded in time, every wait in time and count.
 
     .venv/bin/python benchmarks/bench_http.py [--duration 15] [--connections 16]
         [--client auto|wrk|httpx] [--redis-url redis://127.0.0.1:6379/13] [--gc-compare]
+        [--decision-log-compare]
         [--access-log]
 """
 
@@ -394,6 +395,11 @@ def main() -> int:
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--redis-workers", default="2", help="worker counts, e.g. 1,2")
     parser.add_argument("--gc-compare", action="store_true", help="also without gc.freeze()")
+    parser.add_argument(
+        "--decision-log-compare",
+        action="store_true",
+        help="also with the decision log off (RISK_ENGINE_DECISION_LOG=off), same settings",
+    )
     parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
     parser.add_argument("--access-log", action="store_true", help="uvicorn access log on")
     parser.add_argument("--serve-noop", type=int, help=argparse.SUPPRESS)
@@ -476,6 +482,19 @@ def main() -> int:
             f"{'ratio risk-engine / bare ASGI':<34} {real.rps / bare.rps:9.2f} x throughput,"
             f" p50 x{real.p50_ms / bare.p50_ms:.1f}, p99 x{real.p99_ms / bare.p99_ms:.1f}"
         )
+
+        if args.decision_log_compare:
+            port = free_port()
+            sqlite = f"sqlite:///{workdir / 'profiles-nolog.db'}"
+            command = [*risk_engine_command(), *serve_args(port, 1, sqlite)]
+            off = {**env, "RISK_ENGINE_DECISION_LOG": "off"}
+            with server(command, port, off, workdir / "nolog.log") as base:
+                without = drive(base, args, script)
+            show("risk-engine, SQLite, decision log off", without)
+            print(
+                f"{'decision log on / off':<34} {real.rps / without.rps:9.3f} x throughput"
+                "   (target: change under 5%)"
+            )
 
         if args.gc_compare:
             port = free_port()

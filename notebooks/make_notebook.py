@@ -32,7 +32,7 @@ Inputs come from environment variables (defaults in brackets):
 | --- | --- |
 | `CALIBRATE_EVENTS` | events [data/samples/events.jsonl] |
 | `CALIBRATE_LABELS` | labels [data/samples/labels.jsonl] |
-| `CALIBRATE_MODEL` | model artifact [models/default.npz] |
+| `CALIBRATE_MODEL` | model artifact [the bundled risk_engine/data/default.npz] |
 | `CALIBRATE_POLICY` | policy to start from [the bundled one] |
 | `CALIBRATE_POLICY_OUT` | where to write the calibrated policy [a temp file] |
 | `CALIBRATE_TARGET_CHALLENGE`, `CALIBRATE_TARGET_DENY` | targets [0.02, 0.001] |

@@ -52,7 +52,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 @app.command()
 def backtest(
-    events: Annotated[Path, typer.Argument(help="events, JSON Lines (contract section 1)")],
+    events: Annotated[
+        list[Path],
+        typer.Argument(help="events (contract section 1): JSONL, JSONL.gz, Parquet, dirs, globs"),
+    ],
     out: Annotated[Path, typer.Option("--out", help="where to write one decision per event")],
     outcomes: Annotated[
         Path | None,
@@ -60,10 +63,20 @@ def backtest(
     ] = None,
     model: Annotated[Path | None, typer.Option(help="model artifact (default: bundled)")] = None,
     policy: Annotated[Path | None, typer.Option(help="policy TOML (default: bundled)")] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="a Dask scheduler to run on, e.g. tcp://host:8786 (default: a local cluster"
+            " for large inputs, this process for small ones)"
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            min=1, max=64, help="processes (default: one per core, up to 4, for a large file)"
+            min=1,
+            max=64,
+            help="local Dask worker processes without --scheduler; 1: this process"
+            " (default: one per core for inputs of 16 MiB and more)",
         ),
     ] = None,
 ) -> None:
@@ -78,6 +91,7 @@ def backtest(
             model_path=model,
             policy_path=policy,
             workers=workers,
+            scheduler=scheduler,
         )
     except RiskEngineError as exc:
         fail(exc.message)
@@ -89,7 +103,8 @@ def backtest(
     typer.echo(
         f"{summary.events} events -> {out} ({counts}); {summary.bad} bad lines skipped; "
         f"{summary.outcomes_applied} step-up outcomes applied; "
-        f"{summary.events_per_second:,.0f} events/s; model {summary.model_version}",
+        f"{summary.events_per_second:,.0f} events/s ({summary.engine});"
+        f" model {summary.model_version}",
         err=True,
     )
 

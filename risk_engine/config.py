@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     )
     geoip_asn_db: Path | None = None
     geoip_anonymous_db: Path | None = None
-    model_path: Path | None = Field(default=None, description="default: models/default.npz")
+    model_path: Path | None = Field(default=None, description="default: the bundled model")
     policy_path: Path | None = Field(default=None, description="default: the bundled policy")
     shadow_model_path: Path | None = None
     shadow_policy_path: Path | None = None
@@ -144,6 +144,26 @@ class Settings(BaseSettings):
     device_trust_days: Annotated[float, Field(gt=0, le=3650)] = 90.0
     retention_days: Annotated[float, Field(gt=0, le=3650)] = 180.0
     max_body_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 65536
+    max_drain_bytes: Annotated[int, Field(ge=0, le=100_000_000)] = Field(
+        default=8_388_608,
+        description="an oversized body is read and discarded up to this many bytes before"
+        " the 413, so that the client, still sending, reads it; beyond, the connection closes",
+    )
+    body_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=5.0,
+        description="a request body not complete this long after its headers gets 408 and"
+        " its connection closed",
+    )
+    max_future_skew_s: Annotated[float, Field(ge=0)] = Field(
+        default=300.0,
+        description="POST /v1/decisions refuses (422, timestamp) an event this far ahead of"
+        " the server clock; 0: no bound",
+    )
+    max_past_skew_s: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="POST /v1/decisions refuses (422, timestamp) an event this far behind"
+        " the server clock; 0 (the default): no bound",
+    )
     include_features: bool = Field(
         default=False, description="echo per-feature values in every decision"
     )

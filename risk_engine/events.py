@@ -44,6 +44,12 @@ _RFC3339 = re.compile(
 
 ShortText = Annotated[str, Field(max_length=512)]
 
+# The accepted timestamps, UTC: from EARLIEST up to (not including) LATEST. Local
+# times in any zone stay representable, which they do not at years 1 and 9999.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+RANGE_TEXT = "from 1970-01-01T00:00:00Z up to (not including) 2100-01-01T00:00:00Z"
+
 
 class Device(BaseModel):
     """What the application knows of the client device; every field optional."""
@@ -114,10 +120,13 @@ class Event(BaseModel):
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
         try:
-            return value.astimezone(UTC)
+            utc = value.astimezone(UTC)
         except OverflowError:
             # 0001-01-01T00:00:00+01:00 is a valid string whose UTC time is not representable.
-            raise ValueError("timestamp is out of the representable range in UTC") from None
+            utc = None
+        if utc is None or not EARLIEST <= utc < LATEST:
+            raise ValueError(f"timestamp must be {RANGE_TEXT}")
+        return utc
 
     @field_validator("ip", mode="before")
     @classmethod
@@ -178,6 +187,29 @@ def parse_event_line(text: str | bytes, *, line: int | None = None) -> Event:
             f"{where}not valid JSON ({exc})", field="event", line=line
         ) from None
     return parse_event(data, line=line)
+
+
+def check_clock_skew(
+    event: Event, now: float, *, max_future_s: float, max_past_s: float = 0.0
+) -> None:
+    """Refuse (InvalidEventError naming ``timestamp``) a live event too far from ``now``.
+
+    Each bound is in seconds; 0 turns it off. Only the live service applies it:
+    log files replay the past by design.
+    """
+    ahead = event.epoch - now
+    if max_future_s and ahead > max_future_s:
+        problem = f"{ahead:.0f} s ahead of the server clock (at most {max_future_s:g} s)"
+    elif max_past_s and -ahead > max_past_s:
+        problem = f"{-ahead:.0f} s behind the server clock (at most {max_past_s:g} s)"
+    else:
+        return
+    message = f"timestamp is {problem}"
+    raise InvalidEventError(
+        f"timestamp: {message}",
+        field="timestamp",
+        errors=[{"field": "timestamp", "message": message, "type": "value_error"}],
+    )
 
 
 def utc_from_epoch(seconds: float) -> datetime:

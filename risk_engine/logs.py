@@ -158,6 +158,30 @@ def read_events(path: Path, report: LogReport) -> Iterator[Event]:
 
 
 def _read_events(path: Path, report: LogReport) -> Iterator[Event]:
+    for _, _, event in _read_piece(path, 0, None, report):
+        if event is not None:
+            yield event
+
+
+def read_piece(
+    path: Path, start: int, end: int | None, report: LogReport
+) -> Iterator[tuple[int, bytes, Event | None]]:
+    """Every line of a piece of a log: (line number in the piece, its bytes, its event).
+
+    The piece is the byte range [start, end) of a plain JSON Lines file (``start``
+    at a line start), or, with ``end`` None, the whole of any log. The event is
+    None for a line that is not one (blank, bad: reported, foreign: skipped); a
+    Parquet row's bytes are its record as a JSON line. Errors as ``read_events``.
+    """
+    try:
+        yield from _read_piece(path, start, end, report)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConfigurationError(f"event log {path} cannot be read: {exc}") from exc
+
+
+def _read_piece(
+    path: Path, start: int, end: int | None, report: LogReport
+) -> Iterator[tuple[int, bytes, Event | None]]:
     source = str(path)
     if path.name.endswith(".parquet"):
         for row, record in _parquet_rows(path):
@@ -170,15 +194,20 @@ def _read_events(path: Path, report: LogReport) -> Iterator[Event]:
                 parsed = parse_event(record, line=row)
             except InvalidEventError as exc:
                 report.add_bad(source, exc, row)
+                yield row, b"", None
                 continue
             report.events += 1
-            yield parsed
+            yield row, orjson.dumps(record, default=str), parsed
         return
     with _open(path) as handle:
+        position = start
+        if start:
+            handle.seek(start)
         for number, raw in enumerate(handle, start=1):
-            event = _line_event(raw, number, source, report)
-            if event is not None:
-                yield event
+            if end is not None and position >= end:
+                break
+            position += len(raw)
+            yield number, raw, _line_event(raw, number, source, report)
 
 
 def _sealed_record(raw: bytes) -> dict[str, Any] | None:

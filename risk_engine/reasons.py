@@ -13,12 +13,22 @@ from collections.abc import Callable
 from risk_engine.decision import Reason
 from risk_engine.features import device as device_features
 from risk_engine.features import geo as geo_features
+from risk_engine.features import sequence as sequence_features
 from risk_engine.features import session as session_features
+from risk_engine.features import velocity as velocity_features
+from risk_engine.features.action import SENSITIVITY
 from risk_engine.features.observation import Observation
 from risk_engine.features.registry import FEATURE_INDEX
 from risk_engine.profiles.model import BurstCounts, Profile
 
 Weighted = tuple[float, Reason]
+
+# A sensitive action at an hour this far below the user's flat day is a quiet-hour action.
+QUIET_HOUR = 0.6
+# An amount this many times (in log) the largest the user moved is a takeover's at quiet hours.
+TAKEOVER_AMOUNT_OVER = math.log(2.0)
+# The action sensitivity from which an hour or a first use is worth a reason of its own.
+SENSITIVE = 0.5
 
 
 def _f(values: list[float], name: str) -> float:
@@ -66,8 +76,16 @@ def _places(profile: Profile, obs: Observation, values: list[float]) -> list[Wei
     elif _f(values, "new_city"):
         out.append((2.5, Reason(code="new_city", detail=f"first time from {obs.place}")))
     if _f(values, "new_network"):
+        known = len(profile.families) or len(profile.networks)
         out.append(
-            (2.0, Reason(code="new_network", detail=f"first time from network {obs.network}"))
+            (
+                2.0,
+                Reason(
+                    code="new_network",
+                    detail=f"first time from network {obs.network} "
+                    f"({known} network families known)",
+                ),
+            )
         )
     if _f(values, "anonymous_ip"):
         out.append((5.0, Reason(code="anonymous_ip", detail="VPN, proxy or Tor exit address")))
@@ -123,7 +141,22 @@ def _device(profile: Profile, obs: Observation, values: list[float]) -> list[Wei
 
 def _time(profile: Profile, obs: Observation, values: list[float]) -> list[Weighted]:
     out: list[Weighted] = []
-    if profile.n_events >= 10 and _f(values, "hour_of_day_familiarity") < 0.25:
+    sensitivity = SENSITIVITY.get(obs.action, 0.0)
+    quiet = sequence_features.quietness(profile, obs.hour_of_week)
+    if sensitivity >= SENSITIVE and quiet >= QUIET_HOUR:
+        hour = obs.hour_of_week % 24
+        out.append(
+            (
+                3.0,
+                Reason(
+                    code="quiet_hour_action",
+                    detail=f"{obs.action} at {hour:02d}:00 local time, an hour with "
+                    f"{_f(values, 'hour_of_day_familiarity') / 24.0:.1%} of this user's "
+                    f"activity in {profile.n_events} events",
+                ),
+            )
+        )
+    elif profile.n_events >= 10 and _f(values, "hour_of_day_familiarity") < 0.25:
         hour = obs.hour_of_week % 24
         out.append(
             (
@@ -156,10 +189,108 @@ def _action(profile: Profile, obs: Observation, values: list[float]) -> list[Wei
                 ),
             )
         )
-    if _f(values, "account_change") and _f(values, "action_familiarity") == 0.0:
+    over = _f(values, "amount_over_max_log")
+    if over >= math.log(1.5) and obs.amount is not None:
+        largest = math.expm1(max(profile.amounts))
+        out.append(
+            (
+                4.0,
+                Reason(
+                    code="amount_above_history",
+                    detail=f"amount {obs.amount:,.2f} is {math.exp(over):.1f}x the largest of "
+                    f"the last {len(profile.amounts)} amounts ({largest:,.2f})",
+                ),
+            )
+        )
+    if _f(values, "new_payee"):
+        amount = f" of {obs.amount:,.2f}" if obs.amount is not None else ""
+        out.append(
+            (
+                2.5,
+                Reason(
+                    code="new_payee",
+                    detail=f"transfer{amount} to a payee never paid before "
+                    f"({len(profile.payees)} payees paid)",
+                ),
+            )
+        )
+    if _f(values, "first_use_sensitivity"):
+        out.append(
+            (
+                3.0,
+                Reason(
+                    code="first_use",
+                    detail=f"first {obs.action} in {profile.n_events} events of this user",
+                ),
+            )
+        )
+    elif _f(values, "account_change") and _f(values, "action_familiarity") == 0.0:
         out.append(
             (2.0, Reason(code="sensitive_action", detail=f"first {obs.action} for this user"))
         )
+    return out
+
+
+def _since_login(profile: Profile, obs: Observation) -> str:
+    record = session_features.session_of(profile, obs)
+    if record is None or record.start_ts is None:
+        return ""
+    return f", {_duration(obs.ts - record.start_ts)} into the session"
+
+
+def _sequence(profile: Profile, obs: Observation, values: list[float]) -> list[Weighted]:
+    out: list[Weighted] = []
+    amount = f" of {obs.amount:,.2f}" if obs.amount is not None else ""
+    if _f(values, "payee_then_transfer"):
+        step = sequence_features.preceding_step(profile, obs, "payee")
+        if step is not None:
+            which = "that payee" if step.payee and obs.payee_key else "a payee"
+            out.append(
+                (
+                    6.0,
+                    Reason(
+                        code="payee_then_transfer",
+                        detail=f"{obs.action}{amount} to {which} added "
+                        f"{_duration(obs.ts - step.ts)} before{_since_login(profile, obs)}",
+                    ),
+                )
+            )
+    if _f(values, "credential_then_money"):
+        step = sequence_features.preceding_step(profile, obs, "credential")
+        if step is not None:
+            out.append(
+                (
+                    6.0,
+                    Reason(
+                        code="credential_then_money",
+                        detail=f"{obs.action}{amount} {_duration(obs.ts - step.ts)} after "
+                        f"{step.action}{_since_login(profile, obs)}",
+                    ),
+                )
+            )
+    quiet = sequence_features.quietness(profile, obs.hour_of_week)
+    if quiet < QUIET_HOUR or SENSITIVITY.get(obs.action, 0.0) < SENSITIVE:
+        return out
+    over = _f(values, "amount_over_max_log")
+    if out:
+        what = out[0][1].code.replace("_", " ")
+    elif _f(values, "first_use_sensitivity"):
+        what = f"first {obs.action}"
+    elif over >= TAKEOVER_AMOUNT_OVER:
+        what = f"{obs.action} of {math.exp(over):.1f}x the largest amount"
+    else:
+        return out
+    hour = obs.hour_of_week % 24
+    out.append(
+        (
+            8.0,
+            Reason(
+                code="quiet_hour_takeover",
+                detail=f"{what} at {hour:02d}:00 local time, an hour "
+                f"{quiet:.0%} below this user's usual activity",
+            ),
+        )
+    )
     return out
 
 
@@ -189,14 +320,18 @@ def _session(profile: Profile, obs: Observation, values: list[float]) -> list[We
     return out
 
 
-def _bursts(bursts: BurstCounts, obs: Observation, values: list[float]) -> list[Weighted]:
+def _bursts(
+    profile: Profile, bursts: BurstCounts, obs: Observation, values: list[float]
+) -> list[Weighted]:
     out: list[Weighted] = []
     failures = round(math.expm1(_f(values, "user_failures_1h")))
     if failures >= 3:
         out.append(
             (3.0, Reason(code="failed_logins", detail=f"{failures} failed logins in the last hour"))
         )
-    if bursts.ip_users >= 5:
+    # A network the user trusts is shared by many by nature (an office, a carrier).
+    shared = velocity_features.home_network(profile, obs)
+    if bursts.ip_users >= 5 and not (shared and bursts.ip_failures == 0):
         out.append(
             (
                 5.0,
@@ -207,7 +342,7 @@ def _bursts(bursts: BurstCounts, obs: Observation, values: list[float]) -> list[
                 ),
             )
         )
-    elif bursts.network_users >= 10:
+    elif bursts.network_users >= 10 and not shared:
         out.append(
             (
                 3.0,
@@ -221,7 +356,15 @@ def _bursts(bursts: BurstCounts, obs: Observation, values: list[float]) -> list[
 
 
 Explainer = Callable[[Profile, Observation, list[float]], list[Weighted]]
-_EXPLAINERS: tuple[Explainer, ...] = (_travel, _places, _device, _time, _action, _session)
+_EXPLAINERS: tuple[Explainer, ...] = (
+    _travel,
+    _places,
+    _device,
+    _time,
+    _action,
+    _session,
+    _sequence,
+)
 
 
 def explain(
@@ -231,7 +374,7 @@ def explain(
     weighted: list[Weighted] = []
     for explainer in _EXPLAINERS:
         weighted.extend(explainer(profile, obs, values))
-    weighted.extend(_bursts(bursts, obs, values))
+    weighted.extend(_bursts(profile, bursts, obs, values))
     if profile.n_events == 0:
         weighted.append((0.5, Reason(code="new_user", detail="no history for this user yet")))
     weighted.sort(key=lambda item: -item[0])

@@ -61,10 +61,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.injected_engine = engine
-    # Outermost first: the body limit, then POST /v1/decisions served without FastAPI's
-    # per-route machinery (api/endpoint.py), then the app for everything else.
+    # Outermost first: the body's size and time limits, then POST /v1/decisions served
+    # without FastAPI's per-route machinery (api/endpoint.py), then the app for everything else.
     app.add_middleware(DecisionEndpoint, state=app.state)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        drain_bytes=settings.max_drain_bytes,
+    )
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(ops)

@@ -40,6 +40,9 @@ from risk_engine.events import Event
 from risk_engine.scopes import Scope as KeyScope
 
 PATH = "/v1/decisions"
+# orjson's nesting limit; the standard library's fallback parser stops at about the
+# same depth (the interpreter's recursion limit).
+MAX_JSON_DEPTH = 1024
 _JSON = b"application/json"
 
 Headers = list[tuple[bytes, bytes]]
@@ -108,7 +111,9 @@ def parse_request_event(body: bytes, content_type: str | None) -> Event:
         raise _invalid([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise _too_deep() from None
         data = _lenient_json(body)
     try:
         # from_attributes, as FastAPI validates a body: the same errors, word for word.
@@ -138,7 +143,22 @@ def _lenient_json(body: bytes) -> Any:
         }
     except UnicodeDecodeError as exc:
         error = {"type": "json_invalid", "loc": ("body",), "msg": f"not UTF-8 ({exc.reason})"}
+    except RecursionError:
+        # The standard library's parser recurses per level: deep nesting is bad input.
+        raise _too_deep() from None
     raise _invalid([error]) from None
+
+
+def _too_deep() -> InvalidEventError:
+    return _invalid(
+        [
+            {
+                "type": "json_invalid",
+                "loc": ("body",),
+                "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+            }
+        ]
+    )
 
 
 def _invalid(errors: list[dict[str, Any]]) -> InvalidEventError:

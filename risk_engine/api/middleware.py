@@ -1,81 +1,151 @@
-"""Request body size limit as a pure ASGI middleware: 413 before the app reads a byte too many."""
+"""Request bodies bounded in size and in time, as a pure ASGI middleware, outermost.
+
+uvicorn bounds neither: it hands the app a body as it arrives, however long that
+takes, and closes a connection with unread bytes in it, which the client sees
+as a reset instead of the answer.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimitMiddleware:
-    """Answer 413 when Content-Length, or the streamed body, exceeds ``max_bytes``.
+    """Read every request body whole before the app: 413 beyond ``max_bytes``, 408 when late.
 
-    A declared Content-Length is checked up front (the server enforces that the
-    body matches it). A body without one (chunked) is read up to the limit and
-    buffered, then replayed to the app: small, since the limit is small.
+    - Too large (declared, or streamed without a Content-Length): the body is read
+      and discarded up to ``drain_bytes`` before the 413 goes out, so that a client
+      still sending reads the answer rather than a connection reset. A declared
+      length beyond ``drain_bytes``, or an ``Expect: 100-continue`` (the client
+      waits before it sends), is answered at once.
+    - Late: a body not complete ``timeout_s`` after the headers gets 408.
+    Both close the connection. A body within bounds reaches the app as one message.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float, drain_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.drain_bytes = drain_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = _content_length(scope)
-        if length is not None:
-            if length > self.max_bytes:
-                await self._reject(send)
-                return
+        length, chunked, expects_continue = _body_headers(scope)
+        if not length and not chunked:
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break  # a disconnect: let the app see it
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._reject(send)
-                return
-            if not message.get("more_body", False):
-                break
-        queued = iter(messages)
+        if (
+            length is not None
+            and length > self.max_bytes
+            and (expects_continue or length > self.drain_bytes)
+        ):
+            await self._too_large(send)
+            return
+        body = _Body()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._read(receive, body)
+        except TimeoutError:
+            if body.size > self.max_bytes:
+                await self._too_large(send)
+            else:
+                await _answer(
+                    send,
+                    408,
+                    "request_timeout",
+                    f"the request body did not arrive within {self.timeout_s:g} s",
+                )
+            return
+        if body.disconnected:
+            return  # the client went away: nobody to answer
+        if body.size > self.max_bytes:
+            await self._too_large(send)
+            return
+        whole = body.chunks[0] if len(body.chunks) == 1 else b"".join(body.chunks)
+        replayed = False
 
         async def replay() -> Message:
-            return next(queued, None) or await receive()
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": whole, "more_body": False}
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "error": "payload_too_large",
-                "message": f"request body exceeds the limit of {self.max_bytes} bytes",
-                "limit": self.max_bytes,
-            }
+    async def _read(self, receive: Receive, body: _Body) -> None:
+        """Read into ``body`` until its end, a disconnect, or the drain bound when too large."""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                body.disconnected = True
+                return
+            chunk: bytes = message.get("body", b"")
+            body.size += len(chunk)
+            if body.size <= self.max_bytes:
+                body.chunks.append(chunk)
+            elif body.chunks:
+                body.chunks = []  # too large: what follows is only drained
+            if not message.get("more_body", False):
+                return
+            if body.size > self.max_bytes and body.size > self.drain_bytes:
+                return
+
+    async def _too_large(self, send: Send) -> None:
+        await _answer(
+            send,
+            413,
+            "payload_too_large",
+            f"request body exceeds the limit of {self.max_bytes} bytes",
+            limit=self.max_bytes,
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
+class _Body:
+    """A body as read so far."""
+
+    __slots__ = ("chunks", "disconnected", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.disconnected = False
+
+
+async def _answer(send: Send, status: int, code: str, message: str, **extra: int) -> None:
+    """An error answer in the app's body shape; the connection closes after it."""
+    body = orjson.dumps({"error": code, "message": message, **extra})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _body_headers(scope: Scope) -> tuple[int | None, bool, bool]:
+    """(Content-Length or None, chunked, Expect: 100-continue) of a request."""
+    length: int | None = None
+    chunked = expects_continue = False
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return None
-    return None
+                length = None
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"expect":
+            expects_continue = value.lower() == b"100-continue"
+    return length, chunked, expects_continue

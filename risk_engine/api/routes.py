@@ -45,9 +45,11 @@ _ERRORS: dict[int, str] = {
     401: "missing or invalid API key",
     403: "the API key lacks the scope this call needs",
     404: "no such challenge, event or user",
+    408: "the request body did not arrive in time (RISK_ENGINE_BODY_TIMEOUT_S)",
     409: "challenge already used, or reported for another session",
     413: "request body too large",
-    422: "malformed request: the body names the field",
+    422: "malformed request (timestamp out of range or too far ahead of the server clock,"
+    " JSON nested too deep, ...): the body names the field",
     500: "the server cannot use its configuration or files",
     503: "the profile store is unavailable",
 }
@@ -82,7 +84,7 @@ ops = APIRouter()
                 }
             },
         },
-        **errors(401, 403, 413, 422),
+        **errors(401, 403, 408, 413, 422),
     },
 )
 def decide(event: Event, service: ServiceDep) -> Response:
@@ -97,7 +99,7 @@ def decide(event: Event, service: ServiceDep) -> Response:
     response_model=ChallengeResultOut,
     summary="Report the result of a step-up challenge (single use, session-bound; scope decide)",
     dependencies=[DecideKeyDep],
-    responses=errors(401, 403, 404, 409, 413, 422, 503),
+    responses=errors(401, 403, 404, 408, 409, 413, 422, 503),
 )
 def challenge_result(
     challenge_id: ChallengeId, body: ChallengeResultIn, service: ServiceDep
@@ -112,7 +114,7 @@ def challenge_result(
     description="404 for an event the service did not decide (or no longer keeps); 409 for"
     " another label than the event has already; the same label again changes nothing.",
     dependencies=[DecideKeyDep],
-    responses=errors(401, 403, 404, 409, 413, 422, 500, 503),
+    responses=errors(401, 403, 404, 408, 409, 413, 422, 500, 503),
 )
 def feedback(event_id: EventId, body: FeedbackIn, service: ServiceDep) -> FeedbackOut:
     return service.feedback(event_id, body)

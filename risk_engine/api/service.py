@@ -40,7 +40,7 @@ from risk_engine.errors import (
     NotFoundError,
     RiskEngineError,
 )
-from risk_engine.events import Event
+from risk_engine.events import Event, check_clock_skew
 from risk_engine.profiles.model import Profile
 from risk_engine.scopes import Scope
 from risk_engine.sealing import seal_into
@@ -159,8 +159,17 @@ class Service:
         """Decide one event, count it and audit it; the shadow verdict is logged, not enforced.
 
         The decision comes back whole (features, shadow): ``render`` decides what
-        the application sees of it.
+        the application sees of it. An event too far from the server clock (the skew
+        settings) is refused before it is scored or learned.
         """
+        settings = self.settings
+        if settings.max_future_skew_s or settings.max_past_skew_s:
+            check_clock_skew(
+                event,
+                time.time(),
+                max_future_s=settings.max_future_skew_s,
+                max_past_s=settings.max_past_skew_s,
+            )
         started = time.perf_counter()
         decision = self.engine.decide(event)
         self.audit(

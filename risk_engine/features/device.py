@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from risk_engine.features.geo import familiar_place_and_network
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, DeviceRecord, Profile
 
@@ -104,6 +105,8 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         1.0 if similar else 0.0,
         1.0 if untrusted else 0.0,
         d if profile.devices else 0.0,
-        min(obs.tz_mismatch_h, 12.0),
+        # A device clock that differs from the address's zone the way it always did
+        # there (a VPN exit, a second home) is the user's habit, not a stranger.
+        0.0 if familiar_place_and_network(profile, obs) else min(obs.tz_mismatch_h, 12.0),
         device_novelty(profile),
     )

@@ -1,4 +1,10 @@
-"""Geo signals: travel speed from the last trusted place, new and familiar places."""
+"""Geo signals: travel speed from the last trusted place, new and familiar places.
+
+A network is familiar at the level where familiarity is true: its family (the
+ASN, or a coarse prefix in a city; see ``observation.network_family``). A phone
+hopping between its carrier's addresses, an exit pool of the user's VPN, an
+office's NAT range are not new networks; a network elsewhere still is.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ NAMES = (
     "anonymous_ip",
     "country_novelty",
     "network_novelty",
+    "ip_novelty",
 )
 
 
@@ -48,7 +55,9 @@ def familiar_destination(profile: Profile, obs: Observation) -> bool:
 def travel(profile: Profile, obs: Observation) -> tuple[float, float, float]:
     """(effective km, seconds, km/h) from the last trusted place; zeros when unknown.
 
-    The speed is 0 when the destination is one of the user's familiar cities.
+    Distance and speed are 0 when the destination is one of the user's familiar
+    cities: a VPN user switching between home and the usual exit, a commuter
+    between two homes, travel nowhere new.
     """
     if not obs.geo_known or obs.latitude is None or obs.longitude is None or not profile.places:
         return 0.0, 0.0, 0.0
@@ -63,17 +72,59 @@ def travel(profile: Profile, obs: Observation) -> tuple[float, float, float]:
     )
     seconds = max(0.0, obs.ts - last.ts)
     if familiar_destination(profile, obs):
-        return km, seconds, 0.0
+        return 0.0, seconds, 0.0
     return km, seconds, speed_kmh(km, seconds)
+
+
+def family_count(profile: Profile, obs: Observation) -> float:
+    """Trusted events from this network's family; a family without a city is the same
+    block in the same country, so it matches the family in any of its cities.
+
+    GeoIP places some blocks of a carrier in a city and others only in a country.
+    """
+    families, family = profile.families, obs.network_family
+    entry = families.get(family)
+    if entry is not None:
+        return entry[0]
+    at = family.find("@")
+    slash = family.find("/", at) if at >= 0 else -1
+    if slash < 0:  # an ASN, or nothing to widen
+        return 0.0
+    country_wide = family[: slash + 1]
+    if family != country_wide:
+        entry = families.get(country_wide)
+        return entry[0] if entry is not None else 0.0
+    return max([v[0] for k, v in families.items() if k.startswith(country_wide)], default=0.0)
+
+
+def familiar_place_and_network(profile: Profile, obs: Observation) -> bool:
+    """A familiar city reached through a familiar network family: the user's own habit."""
+    return familiar_destination(profile, obs) and family_count(profile, obs) > 0.0
+
+
+def new_network(profile: Profile, obs: Observation, family_seen: float) -> float:
+    """1.0 when neither the network nor its family was seen in a trusted event."""
+    if family_seen > 0.0:
+        return 0.0
+    return is_new(profile, profile.networks, obs.network)
 
 
 def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:
     km, _, kmh = travel(profile, obs)
     impossible = 1.0 if kmh > IMPOSSIBLE_KMH and km > IMPOSSIBLE_MIN_KM else 0.0
     city = obs.city_key
-    countries, networks = profile.countries, profile.networks
-    # Both maps serve a familiarity and a novelty: sum their masses once.
+    countries, networks, families = profile.countries, profile.networks, profile.families
+    # Each map serves a familiarity and a novelty: sum its mass once.
     country_mass, network_mass = mass(countries), mass(networks)
+    # Profiles stored before families have none yet: their networks stand in.
+    family_mass = mass(families) if families else network_mass
+    network_familiarity = familiarity(networks, obs.network, network_mass)
+    family_seen = family_count(profile, obs) if families else 0.0
+    if family_seen:
+        # Witten-Bell, as ``familiarity`` computes it, of the matching family.
+        network_familiarity = max(network_familiarity, family_seen / (family_mass + len(families)))
+    ips = profile.ips
+    ip_mass = mass(ips)
     return (
         0.0 if obs.geo_known else 1.0,
         log1p(km),
@@ -81,13 +132,14 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         impossible,
         is_new(profile, countries, obs.country),
         is_new(profile, profile.cities, city),
-        is_new(profile, networks, obs.network),
-        is_new(profile, profile.ips, obs.ip_key),
+        new_network(profile, obs, family_seen),
+        is_new(profile, ips, obs.ip_key),
         familiarity(countries, obs.country, country_mass),
         familiarity(profile.cities, city),
-        familiarity(networks, obs.network, network_mass),
-        familiarity(profile.ips, obs.ip_key),
+        network_familiarity,
+        familiarity(ips, obs.ip_key, ip_mass),
         1.0 if obs.is_anonymous else 0.0,
         novelty(countries, country_mass),
-        novelty(networks, network_mass),
+        novelty(families, family_mass) if families else novelty(networks, network_mass),
+        novelty(ips, ip_mass),
     )

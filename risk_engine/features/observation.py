@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import lru_cache
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -73,6 +74,10 @@ class Observation:
     tz_mismatch_h: float
     payee: str | None = None
     currency: str | None = None
+    # The level at which a network stays familiar (see ``network_family``).
+    network_family: str = ""
+    # The keyed hash of ``payee`` (what profiles keep), empty without one.
+    payee_key: str = ""
 
     @property
     def city_key(self) -> str:
@@ -104,6 +109,42 @@ class Observation:
 
 _FIELDS = tuple(f.name for f in fields(Observation))
 _UA_FIELDS = tuple(f.name for f in fields(UAInfo))
+
+
+def coarse_prefix(ip: IPv4Address | IPv6Address) -> str:
+    """The address's IPv4 /16 or IPv6 /32: a provider's block rather than one subnet.
+
+    >>> from ipaddress import ip_address
+    >>> coarse_prefix(ip_address("81.2.69.160"))
+    '81.2.0.0/16'
+    >>> coarse_prefix(ip_address("2001:db8:1:2::1"))
+    '2001:db8::/32'
+    """
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.version == 4:
+        a, b = ip.packed[:2]
+        return f"{a}.{b}.0.0/16"
+    return f"{IPv6Address(int(ip) >> 96 << 96)}/32"
+
+
+def network_family(ip: IPv4Address | IPv6Address, location: Location) -> str:
+    """The level at which a user's network is the same network: the ASN when known.
+
+    Without an ASN database, the /16 (IPv6 /32) together with the country and
+    city (empty when GeoIP has none): a phone hopping between its carrier's
+    addresses, a VPN's exit pool, an office's NAT range stay one family, while the
+    same block elsewhere, or another provider in the same city, is another.
+
+    >>> from ipaddress import ip_address
+    >>> network_family(ip_address("81.2.69.160"), Location(known=True, country="GB", city="London"))
+    '81.2.0.0/16@GB/London'
+    >>> network_family(ip_address("81.2.69.160"), Location(known=True, asn=20712))
+    'AS20712'
+    """
+    if location.asn is not None:
+        return f"AS{location.asn}"
+    return f"{coarse_prefix(ip)}@{location.country or ''}/{location.city or ''}"
 
 
 def _fingerprint(ua: UAInfo, platform: str, timezone: str, language: str, screen: str) -> str:
@@ -166,4 +207,6 @@ def observe(event: Event, location: Location, hasher: Hasher, user_key: str) -> 
         tz_mismatch_h=mismatch,
         payee=event.payee,
         currency=event.currency,
+        network_family=network_family(event.ip, location),
+        payee_key=hasher.digest("payee", event.payee) if event.payee else "",
     )

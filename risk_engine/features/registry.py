@@ -11,11 +11,20 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from risk_engine.features import action, device, geo, maturity, session, temporal, velocity
+from risk_engine.features import (
+    action,
+    device,
+    geo,
+    maturity,
+    sequence,
+    session,
+    temporal,
+    velocity,
+)
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 Compute = Callable[[Profile, BurstCounts, Observation], tuple[float, ...]]
 
@@ -36,6 +45,7 @@ FAMILIES: tuple[FeatureFamily, ...] = (
     FeatureFamily("action", action.NAMES, action.compute),
     FeatureFamily("session", session.NAMES, session.compute),
     FeatureFamily("velocity", velocity.NAMES, velocity.compute),
+    FeatureFamily("sequence", sequence.NAMES, sequence.compute),
     FeatureFamily("maturity", maturity.NAMES, maturity.compute),
 )
 

@@ -1,8 +1,16 @@
-"""Velocity and burst signals: failures and activity for the user, the address, the network."""
+"""Velocity and burst signals: failures and activity for the user, the address, the network.
+
+How many accounts use an address tells of credential stuffing only where the user
+is a stranger: an office or a carrier network the user has used in trusted events
+is shared by many by nature, so there its crowd counts as one account at most
+(never fewer than the failures imply: a lone failed login is one account).
+Failures count everywhere.
+"""
 
 from __future__ import annotations
 
 from risk_engine.features.common import HOUR_S, log1p
+from risk_engine.features.geo import family_count
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile
 
@@ -23,13 +31,23 @@ def recent_count(timestamps: list[float], now: float, window: float = HOUR_S) ->
     return len([ts for ts in timestamps if start < ts <= now])
 
 
+def home_network(profile: Profile, obs: Observation) -> bool:
+    """The address, its network or its network family was seen in a trusted event."""
+    return (
+        obs.ip_key in profile.ips
+        or obs.network in profile.networks
+        or (bool(profile.families) and family_count(profile, obs) > 0.0)
+    )
+
+
 def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:
+    shared = home_network(profile, obs)
     return (
         0.0 if obs.success else 1.0,
         log1p(recent_count(profile.failures, obs.ts)),
         log1p(recent_count(profile.recent, obs.ts)),
-        log1p(bursts.ip_users),
+        log1p(min(bursts.ip_users, 1) if shared else bursts.ip_users),
         log1p(bursts.ip_failures),
-        log1p(bursts.network_users),
+        log1p(min(bursts.network_users, 1) if shared else bursts.network_users),
         log1p(bursts.network_failures),
     )

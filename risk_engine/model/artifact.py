@@ -252,5 +252,9 @@ def load_artifact(path: Path, *, schema_hash: str = SCHEMA_HASH) -> ModelArtifac
 
 
 def default_model_path() -> Path:
-    """The bundled default model: ``models/default.npz`` in the project checkout."""
-    return Path(__file__).resolve().parents[2] / "models" / "default.npz"
+    """The bundled default model: ``risk_engine/data/default.npz``.
+
+    Package data, so that a checkout, an editable install and an installed wheel
+    all find it beside the code that reads it (``make model`` rebuilds it there).
+    """
+    return Path(__file__).resolve().parents[1] / "data" / "default.npz"

@@ -22,23 +22,35 @@ from risk_engine.profiles.model import (
     MAX_COUNTRIES,
     MAX_DEVICES,
     MAX_FAILURES,
+    MAX_FAMILIES,
     MAX_IPS,
     MAX_NETWORKS,
+    MAX_PAYEES,
     MAX_PENDING,
     MAX_PENDING_AGE_S,
     MAX_PLACES,
     MAX_RECENT,
     MAX_SESSIONS,
+    MAX_STEPS,
     DeviceRecord,
     Place,
     Profile,
     SessionRecord,
+    Step,
     bump,
     push_bounded,
 )
 
 # How long a device stays trusted after its last trusted use.
 DEFAULT_DEVICE_TRUST_S = 90 * 86400.0
+# The steps that open a way to money or control, by action: a sequence signal
+# looks for a money action shortly after one (features/sequence.py).
+STEP_KINDS: dict[str, str] = {
+    "add_payee": "payee",
+    "change_password": "credential",
+    "change_email": "credential",
+    "change_mfa": "credential",
+}
 
 
 def learn(
@@ -60,6 +72,7 @@ def learn(
     if profile.pending or profile.challenged:
         _forget_stale_pending(profile, ts)
     push_bounded(profile.recent, ts, MAX_RECENT)
+    note_step(profile, obs)
     if obs.action == "login" and not obs.success:
         push_bounded(profile.failures, ts, MAX_FAILURES)
     if trusted:
@@ -92,12 +105,30 @@ def teach(
     if obs.city_key:
         bump(profile.cities, obs.city_key, ts, MAX_CITIES)
     bump(profile.networks, obs.network, ts, MAX_NETWORKS)
+    if obs.network_family:
+        bump(profile.families, obs.network_family, ts, MAX_FAMILIES)
     bump(profile.ips, obs.ip_key, ts, MAX_IPS)
     bump(profile.actions, obs.action, ts, MAX_ACTIONS)
     if obs.amount is not None:
         push_bounded(profile.amounts, math.log1p(obs.amount), MAX_AMOUNTS)
+    if obs.payee_key and obs.action == "transfer":
+        # A payee becomes familiar by being paid, not by being added.
+        bump(profile.payees, obs.payee_key, ts, MAX_PAYEES)
     if obs.session_id:
         _remember_session(profile, obs)
+
+
+def note_step(profile: Profile, obs: Observation) -> None:
+    """Remember an event that opens a way to money or control, whatever its decision.
+
+    Like failures, steps only ever add suspicion to what follows them, so even a
+    refused or pending one is kept: a transfer right after a denied payee is no
+    less telling.
+    """
+    kind = STEP_KINDS.get(obs.action)
+    if kind is not None:
+        step = Step(obs.ts, kind, obs.action, obs.session_id, obs.payee_key)
+        push_bounded(profile.steps, step, MAX_STEPS)
 
 
 def _learn_hour(profile: Profile, hour_of_week: int) -> None:
@@ -151,6 +182,7 @@ def _remember_session(profile: Profile, obs: Observation) -> None:
             oldest = min(sessions, key=lambda k: sessions[k].ts)
             del sessions[oldest]
         record = SessionRecord(obs.ts, obs.ip_key, obs.network, obs.device_key, obs.country)
+        record.start_ts = obs.ts
         sessions[obs.session_id] = record
     # The session's last event moves here. It keeps the assurance its step-up earned
     # (acr, auth_time) as long as it stays consistent: the engine checks that.

@@ -24,6 +24,8 @@ MAX_DEVICES = 12
 MAX_COUNTRIES = 24
 MAX_CITIES = 24
 MAX_NETWORKS = 48
+# Network families (an ASN, or a coarse prefix in a city): a user has few.
+MAX_FAMILIES = 24
 MAX_IPS = 48
 MAX_ACTIONS = 32
 MAX_AMOUNTS = 64
@@ -33,6 +35,10 @@ MAX_SESSIONS = 16
 MAX_PENDING = 16
 # Burst windows a profile remembers having noted, so erasure finds its entries there.
 MAX_WINDOWS = 32
+# Payees (keyed hashes) the user has added or paid in trusted events.
+MAX_PAYEES = 32
+# Recent steps that open a way to money or control (a payee added, a credential changed).
+MAX_STEPS = 8
 # A held step-up older than this (by event time) can no longer complete: its challenge
 # lives an hour at most (RISK_ENGINE_CHALLENGE_TTL_S). Kept longer, it only weighs on
 # every write of the profile.
@@ -90,6 +96,21 @@ class Place:
 
 
 @dataclass
+class Step:
+    """A recent event that prepares a way to money or control, whatever its decision.
+
+    ``kind`` is ``payee`` (a payee added) or ``credential`` (a password, e-mail or
+    MFA change); ``payee`` is the keyed hash of the payee added, when one was named.
+    """
+
+    ts: float
+    kind: str
+    action: str
+    session_id: str | None = None
+    payee: str = ""
+
+
+@dataclass
 class SessionRecord:
     """The last event seen in one application session, and its step-up assurance."""
 
@@ -106,6 +127,8 @@ class SessionRecord:
     auth_time: float | None = None
     # The action the last passed step-up was for: a money action covers only that one.
     action_digest: str | None = None
+    # When the session's first event (its login, usually) was seen.
+    start_ts: float | None = None
 
 
 @dataclass
@@ -127,11 +150,14 @@ class Profile:
     cities: dict[str, list[float]] = field(default_factory=dict)
     networks: dict[str, list[float]] = field(default_factory=dict)
     ips: dict[str, list[float]] = field(default_factory=dict)
+    families: dict[str, list[float]] = field(default_factory=dict)
     actions: dict[str, list[float]] = field(default_factory=dict)
     amounts: list[float] = field(default_factory=list)
     failures: list[float] = field(default_factory=list)
     recent: list[float] = field(default_factory=list)
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
+    payees: dict[str, list[float]] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
     # event_id -> the observation to learn if its step-up passes (see engine), with the
     # id of its challenge under "challenge_id" (erasure deletes those challenges)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -197,11 +223,15 @@ class Profile:
                 cities=data["cities"],
                 networks=data["networks"],
                 ips=data["ips"],
+                # Absent from profiles stored before network families and payees.
+                families=data.get("families", {}),
                 actions=data["actions"],
                 amounts=data["amounts"],
                 failures=data["failures"],
                 recent=data["recent"],
                 sessions={k: SessionRecord(**s) for k, s in data["sessions"].items()},
+                payees=data.get("payees", {}),
+                steps=[Step(**s) for s in data.get("steps", ())],
                 pending=data["pending"],
                 # Absent from profiles stored before step-ups were remembered.
                 challenged=data.get("challenged", {}),

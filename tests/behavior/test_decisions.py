@@ -157,3 +157,71 @@ def test_decision_has_the_contract_fields(harness: Harness) -> None:
     assert body["decision"] in {"allow", "step_up", "deny"}
     assert isinstance(body["reasons"], list)
     assert body["model_version"]
+
+
+PHONE = {
+    "id": "d-phone",
+    "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "platform": "iPhone",
+    "timezone": "Europe/Oslo",
+    "language": "nb-NO",
+    "screen": "390x844",
+}
+# A Norwegian mobile carrier's block: every /24 of it is Oslo in the bundled GeoLite2.
+CARRIER_IPS = [f"176.11.{third}.{17 + third % 50}" for third in (104, 107, 109, 111, 115)]
+
+
+def test_payee_then_a_large_transfer_at_3am_on_the_victims_own_device(harness: Harness) -> None:
+    for day in range(30):
+        harness.decide(START + timedelta(days=day, minutes=day % 20))
+        evening = START + timedelta(days=day, hours=11, minutes=day % 20)
+        harness.decide(evening, session_id=f"pay-{day}")
+        harness.decide(
+            evening + timedelta(minutes=2),
+            session_id=f"pay-{day}",
+            action="transfer",
+            amount=400.0 + 10 * (day % 7),
+            currency="NOK",
+            payee="NO9386011117947",
+        )
+    night = datetime(2026, 3, 3, 3, 10, tzinfo=OSLO)
+    # The malware uses the victim's laptop, at home, in a session of its own.
+    harness.decide(night, session_id="mal", pass_step_up=False)
+    harness.decide(
+        night + timedelta(minutes=1),
+        session_id="mal",
+        action="add_payee",
+        payee="LT601010012345678901",
+        pass_step_up=False,
+    )
+    transfer = harness.decide(
+        night + timedelta(minutes=3),
+        session_id="mal",
+        action="transfer",
+        amount=25_000.0,
+        currency="NOK",
+        payee="LT601010012345678901",
+        pass_step_up=False,
+    )
+    assert transfer.decision in (Outcome.STEP_UP, Outcome.DENY)
+    details = {r.code: r.detail for r in transfer.reasons}
+    assert "payee_then_transfer" in details, details
+    assert "2 min before" in details["payee_then_transfer"]
+    assert "quiet_hour_takeover" in details
+
+
+def test_a_phone_hopping_carrier_addresses_in_its_city_is_allowed(harness: Harness) -> None:
+    for day in range(30):
+        ip = CARRIER_IPS[day % len(CARRIER_IPS)]
+        harness.decide(START + timedelta(days=day, minutes=day % 20), ip=ip, device=PHONE)
+    # Another /24 of the block in Oslo, and one that GeoIP places only in Norway.
+    for minutes, ip in ((3, "176.11.13.50"), (40, "176.11.120.9")):
+        hop = harness.decide(START + timedelta(days=30, minutes=minutes), ip=ip, device=PHONE)
+        assert hop.decision is Outcome.ALLOW, hop.reasons
+        assert "new_network" not in [r.code for r in hop.reasons]
+    # A network abroad is still a new one.
+    abroad = harness.decide(
+        START + timedelta(days=33), ip=SYDNEY_IP, device=PHONE, pass_step_up=False
+    )
+    assert "new_network" in [r.code for r in abroad.reasons]

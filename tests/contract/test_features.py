@@ -114,7 +114,9 @@ def observations(draw: st.DrawFn, sessions: list[str] | None = None) -> Observat
         event_id=draw(_text),
         ts=draw(st.floats(min_value=0.0, max_value=4_102_444_800.0)),
         user_key=draw(_text),
-        action=draw(st.sampled_from(["login", "transfer", "change_mfa", "whatever"])),
+        action=draw(
+            st.sampled_from(["login", "transfer", "add_payee", "change_mfa", "export_data", "x"])
+        ),
         amount=draw(st.none() | st.floats(min_value=0.0, max_value=1e15)),
         success=draw(st.booleans()),
         session_id=draw(session_choices),
@@ -138,6 +140,9 @@ def observations(draw: st.DrawFn, sessions: list[str] | None = None) -> Observat
         screen=draw(_text),
         hour_of_week=draw(st.integers(min_value=0, max_value=HOURS_OF_WEEK - 1)),
         tz_mismatch_h=draw(st.floats(min_value=0.0, max_value=12.0)),
+        payee=draw(st.none() | _text),
+        network_family=draw(_text),
+        payee_key=draw(_text),
     )
 
 

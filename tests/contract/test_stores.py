@@ -23,7 +23,14 @@ from risk_engine.profiles import (
     RedisStore,
     SessionRecord,
 )
-from risk_engine.profiles.model import MAX_ACTIONS, MAX_COUNTRIES, MAX_NETWORKS, MAX_PENDING, bump
+from risk_engine.profiles.model import (
+    MAX_ACTIONS,
+    MAX_COUNTRIES,
+    MAX_NETWORKS,
+    MAX_PENDING,
+    Step,
+    bump,
+)
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote
 
 NOW = 1_700_000_000.0
@@ -71,6 +78,9 @@ def fill(profile: Profile) -> None:
     bump(profile.cities, "FR/Paris", 1_690_000_000.0, MAX_COUNTRIES)
     bump(profile.networks, "203.0.113.0/24", 1_690_000_000.0, MAX_NETWORKS)
     bump(profile.ips, "ipk-1", 1_690_000_000.0, MAX_NETWORKS)
+    bump(profile.families, "203.0.0.0/16@FR/Paris", 1_690_000_000.0, MAX_NETWORKS)
+    bump(profile.payees, "payee-1", 1_690_000_000.0, MAX_NETWORKS)
+    profile.steps.append(Step(1_690_000_050.0, "payee", "add_payee", "s-1", "payee-1"))
     bump(profile.actions, "transfer", 1_690_000_000.0, MAX_ACTIONS)
     profile.amounts.extend([12.5, 990.0])
     profile.failures.append(1_690_000_020.0)
@@ -88,6 +98,7 @@ def fill(profile: Profile) -> None:
         acr="mfa",
         auth_time=1_690_000_090.0,
         action_digest="a" * 32,
+        start_ts=1_690_000_080.0,
     )
     profile.sessions["s-2"] = SessionRecord(1_690_000_101.0, "ipk-2", "n", "ua:abc", "DE")
     profile.pending["evt-1"] = {

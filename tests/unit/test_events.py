@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from risk_engine.errors import InvalidEventError
-from risk_engine.events import Event, parse_event, parse_event_line
+from risk_engine.events import EARLIEST, LATEST, Event, parse_event, parse_event_line
+from risk_engine.features.observation import zone
 
 BASE: dict[str, Any] = {
     "event_id": "e-000123",
@@ -158,6 +159,11 @@ MALFORMED: list[tuple[str, dict[str, Any]]] = [
     ("timestamp", {"timestamp": 1772352930.5}),
     ("timestamp", {"timestamp": "0001-01-01T00:00:00+01:00"}),  # before year 1 in UTC
     ("timestamp", {"timestamp": "9999-12-31T23:59:59-01:00"}),  # after year 9999 in UTC
+    ("timestamp", {"timestamp": "9999-12-31T23:59:59Z"}),  # past the accepted range
+    ("timestamp", {"timestamp": "0001-01-01T00:00:00Z"}),
+    ("timestamp", {"timestamp": "1969-12-31T23:59:59Z"}),
+    ("timestamp", {"timestamp": "2100-01-01T00:00:00Z"}),
+    ("timestamp", {"timestamp": "2100-01-01T00:30:00-01:00"}),
     ("user_id", {"user_id": ""}),
     ("user_id", {"user_id": "u" * 257}),
     ("user_id", {"user_id": 42}),
@@ -275,7 +281,7 @@ _ipv4 = st.ip_addresses(v=4).map(str)
 _ipv6 = st.ip_addresses(v=6).map(str)
 _when = st.datetimes(
     min_value=datetime(1971, 1, 1),
-    max_value=datetime(2100, 1, 1),
+    max_value=datetime(2099, 12, 31),
     timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-9))]),
 )
 _device = st.fixed_dictionaries(
@@ -356,3 +362,32 @@ def test_any_field_value_either_validates_or_is_an_invalid_event(
         parse_event({**base, key: value})
     except InvalidEventError as exc:
         assert exc.field is not None
+
+
+# The zones furthest from UTC, where years 1 and 9999 overflowed (issue 15).
+_EXTREME_ZONES = ("Pacific/Kiritimati", "Etc/GMT+12", "Asia/Tokyo", "America/New_York")
+_OFFSETS = [UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=12))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    when=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(_OFFSETS),
+    )
+    | st.sampled_from([EARLIEST, LATEST - timedelta(microseconds=1), LATEST]),
+)
+def test_any_calendar_timestamp_is_refused_by_name_or_local_anywhere(when: datetime) -> None:
+    """Accepted timestamps lie in the stated range, where every zone's local time exists."""
+    try:
+        event = parse_event(with_(timestamp=when.isoformat()))
+    except InvalidEventError as exc:
+        assert exc.field == "timestamp"
+        assert not EARLIEST <= when < LATEST
+        return
+    assert EARLIEST <= event.timestamp < LATEST
+    for name in _EXTREME_ZONES:
+        tz = zone(name)
+        assert tz is not None
+        assert datetime.fromtimestamp(event.epoch, tz).year in range(1969, 2101)

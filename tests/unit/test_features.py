@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -597,3 +598,96 @@ def test_maturity_counts_trusted_events_and_days() -> None:
     assert values["history_log_days"] == pytest.approx(math.log1p(20))
     fresh = features(Profile(user_key="u"), obs_at(T0))
     assert fresh["history_log_events"] == fresh["history_log_days"] == 0.0
+
+
+# -- network families ---------------------------------------------------------------------
+
+
+def carrier(ip: str, where: Location = OSLO) -> Observation:
+    """An event from a phone on a carrier without an ASN database: the network is the /24."""
+    prefix = ".".join(ip.split(".")[:3]) + ".0/24"
+    located = Location(
+        known=True,
+        country=where.country,
+        city=where.city,
+        latitude=where.latitude,
+        longitude=where.longitude,
+        accuracy_km=where.accuracy_km,
+        time_zone=where.time_zone,
+        network=prefix,
+    )
+    return obs_at(T0 + 40 * DAY, located, ip=ip)
+
+
+def test_a_phone_hopping_carrier_addresses_in_its_city_is_on_a_known_network() -> None:
+    hops = [f"176.11.{third}.{20 + i}" for i, third in enumerate((104, 107, 109, 111, 115))]
+    profile = learned(*[replace(carrier(ip), ts=T0 + i * HOUR) for i, ip in enumerate(hops)])
+    assert carrier("176.11.120.9").network_family == "176.11.0.0/16@NO/Oslo"
+    nowhere_in_norway = Location(known=True, country="NO", latitude=62.0, longitude=10.0)
+
+    hop = features(profile, carrier("176.11.120.9"))
+    assert hop["new_ip"] == 1.0
+    assert hop["new_network"] == 0.0
+    assert hop["network_familiarity"] > 0.5
+    # Five addresses in five events: a new address is this user's habit.
+    assert hop["ip_novelty"] == pytest.approx(0.5)
+
+    # GeoIP places some of a carrier's blocks only in the country: the same family.
+    country_only = carrier("176.11.120.9", nowhere_in_norway)
+    assert country_only.network_family == "176.11.0.0/16@NO/"
+    assert features(profile, country_only)["new_network"] == 0.0
+
+    # The same block in another city, or another block in the same city, is new.
+    assert features(profile, carrier("176.11.120.9", BERGEN))["new_network"] == 1.0
+    assert features(profile, carrier("84.208.20.110"))["new_network"] == 1.0
+
+
+def test_with_an_asn_database_the_family_is_the_asn() -> None:
+    with_asn = Location(known=True, country="NO", city="Oslo", network="AS2119", asn=2119)
+    assert obs_at(T0, with_asn).network_family == "AS2119"
+
+
+def test_profiles_without_families_keep_their_networks_familiar() -> None:
+    profile = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
+    profile.families.clear()  # as stored before families existed
+    values = features(profile, obs_at(T0 + DAY))
+    assert values["new_network"] == 0.0
+    assert values["network_familiarity"] == pytest.approx(5 / 6)
+    assert values["network_novelty"] == pytest.approx(1 / 6)
+
+
+def test_crowds_count_only_on_networks_new_to_the_user() -> None:
+    bursts = BurstCounts(ip_users=40, ip_failures=2, network_users=300, network_failures=3)
+    office = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
+    at_work = features(office, obs_at(T0 + DAY), bursts)
+    # As if the user were alone there, as a user who mistyped a password at home is.
+    assert at_work["ip_users_1h"] == at_work["network_users_1h"] == pytest.approx(math.log1p(1))
+    alone = features(office, obs_at(T0 + DAY), BurstCounts(ip_users=1, network_users=1))
+    assert alone["ip_users_1h"] == at_work["ip_users_1h"]
+    # Failures count everywhere: stuffing through an office is still stuffing.
+    assert at_work["ip_failures_1h"] == pytest.approx(math.log1p(2))
+    elsewhere = features(office, obs_at(T0 + DAY, TOKYO, ip="175.16.199.1"), bursts)
+    assert elsewhere["ip_users_1h"] == pytest.approx(math.log1p(40))
+    assert elsewhere["network_users_1h"] == pytest.approx(math.log1p(300))
+
+
+NEW_YORK = place("New York", "US", 40.7128, -74.0060, tz="America/New_York", network="AS9009")
+
+
+def test_a_vpn_user_at_the_usual_exit_neither_travels_nor_mismatches() -> None:
+    exit_ip = "89.187.178.20"
+    home = [obs_at(T0 + i * HOUR) for i in range(4)]
+    first = obs_at(T0 + 5 * HOUR, NEW_YORK, ip=exit_ip)
+    # The first time through the exit: far away, the device clock six hours off.
+    values = features(learned(*home), first)
+    assert values["travel_log_km"] > math.log1p(5000)
+    assert values["tz_mismatch_h"] == pytest.approx(6.0)
+
+    habit = learned(*home, first, obs_at(T0 + 6 * HOUR, NEW_YORK, ip=exit_ip), obs_at(T0 + DAY))
+    again = features(habit, obs_at(T0 + 2 * DAY, NEW_YORK, ip="89.187.178.77"))
+    assert again["travel_log_km"] == again["speed_log_kmh"] == 0.0
+    assert again["tz_mismatch_h"] == 0.0
+    assert again["new_network"] == again["new_country"] == 0.0
+    # Another network in that city is no habit: the mismatch still counts.
+    other = features(habit, obs_at(T0 + 2 * DAY, NEW_YORK, ip="23.45.67.89"))
+    assert other["tz_mismatch_h"] == pytest.approx(6.0)

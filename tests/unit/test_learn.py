@@ -21,13 +21,16 @@ from risk_engine.profiles.model import (
     MAX_COUNTRIES,
     MAX_DEVICES,
     MAX_FAILURES,
+    MAX_FAMILIES,
     MAX_IPS,
     MAX_NETWORKS,
+    MAX_PAYEES,
     MAX_PENDING,
     MAX_PENDING_AGE_S,
     MAX_PLACES,
     MAX_RECENT,
     MAX_SESSIONS,
+    MAX_STEPS,
     Profile,
 )
 
@@ -303,14 +306,21 @@ CAPS = {
     "cities": MAX_CITIES,
     "networks": MAX_NETWORKS,
     "ips": MAX_IPS,
+    "families": MAX_FAMILIES,
     "actions": MAX_ACTIONS,
     "amounts": MAX_AMOUNTS,
+    "payees": MAX_PAYEES,
+    "steps": MAX_STEPS,
     "failures": MAX_FAILURES,
     "recent": MAX_RECENT,
     "sessions": MAX_SESSIONS,
     "pending": MAX_PENDING,
     "challenged": MAX_PENDING,
 }
+
+
+# Every other event is trusted; None stands for an ever-new action.
+CYCLE = ("login", "change_mfa", "transfer", "add_payee", "add_payee", None, None, None)
 
 
 def churn(
@@ -335,12 +345,15 @@ def churn(
             base,
             event_id=f"e-{i:08d}",
             ts=T0 + i * 60.0,
-            action="login" if i % 4 == 0 else f"action-{i % 97}",
+            # Logins, payees added and paid, credential changes and unknown actions.
+            action=CYCLE[i % len(CYCLE)] or f"action-{i % 97}",
+            payee_key=f"{i:016x}",
             amount=rng.random() * 10_000,
             success=i % 3 != 0,
             session_id=f"s-{i:012d}",
             ip_key=f"{i:016x}",
             network=f"AS{100_000 + i}",
+            network_family=f"AS{100_000 + i}",
             country=f"C{i % 250:03d}",
             city=f"City {i}",
             latitude=rng.uniform(-80, 80),

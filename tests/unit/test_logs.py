@@ -270,3 +270,25 @@ def test_an_unknown_record_field_in_a_plain_event_is_ignored(tmp_path: Path) -> 
     events = list(read_events(path, report))
     assert [e.event_id for e in events] == ["e-1"]
     assert report.skipped == 1 and report.bad == 0
+
+
+def test_timestamps_out_of_range_are_bad_lines_in_time_order_too(tmp_path: Path) -> None:
+    """Years 0001 and 9999 (issue 15) are reported and skipped, never a crash or a sort key."""
+    path = write_lines(
+        tmp_path / "events.jsonl",
+        [
+            event(1, "2026-03-01T08:05:00Z"),
+            event(2, "9999-12-31T23:59:59Z"),
+            event(3, "0001-01-01T00:00:00Z"),
+            event(4, "2026-03-01T08:00:00Z"),
+            '{"event_id": "e-5", "x": ' + "[" * 2000 + "]" * 2000 + "}",
+        ],
+    )
+    report = LogReport()
+    events = list(events_in_time_order(path, report))
+    assert [e.event_id for e in events] == ["e-4", "e-1"]
+    assert [(p.line, p.field) for p in report.problems] == [
+        (2, "timestamp"),
+        (3, "timestamp"),
+        (5, "event"),
+    ]

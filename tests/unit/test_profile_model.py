@@ -12,13 +12,17 @@ from risk_engine.profiles.model import (
     MAX_CITIES,
     MAX_COUNTRIES,
     MAX_FAILURES,
+    MAX_FAMILIES,
     MAX_IPS,
     MAX_NETWORKS,
+    MAX_PAYEES,
     MAX_PLACES,
     MAX_RECENT,
     MAX_WINDOWS,
     Place,
     Profile,
+    SessionRecord,
+    Step,
     bump,
     push_bounded,
 )
@@ -28,7 +32,9 @@ COUNTER_CAPS = {
     "cities": MAX_CITIES,
     "networks": MAX_NETWORKS,
     "ips": MAX_IPS,
+    "families": MAX_FAMILIES,
     "actions": MAX_ACTIONS,
+    "payees": MAX_PAYEES,
 }
 LIST_CAPS = {"amounts": MAX_AMOUNTS, "failures": MAX_FAILURES, "recent": MAX_RECENT}
 
@@ -91,3 +97,23 @@ def test_note_window_keeps_the_most_recent_windows() -> None:
     assert "ip:k0" in profile.windows and "ip:k1" not in profile.windows
     profile.note_window(f"ip:k{MAX_WINDOWS + 4}", 0.0)  # an older note keeps the later time
     assert profile.windows[f"ip:k{MAX_WINDOWS + 4}"] == float(MAX_WINDOWS + 4)
+
+
+def test_a_profile_stored_before_families_payees_and_steps_still_loads() -> None:
+    profile = Profile("user")
+    bump(profile.networks, "81.2.69.0/24", 1.0, MAX_NETWORKS)
+    bump(profile.families, "81.2.0.0/16@GB/London", 1.0, MAX_FAMILIES)
+    bump(profile.payees, "payee-key", 1.0, MAX_PAYEES)
+    profile.steps.append(Step(1.0, "payee", "add_payee", "s-1", "payee-key"))
+    profile.sessions["s-1"] = SessionRecord(1.0, "ip", "net", "dev", "GB", start_ts=1.0)
+    old = orjson.loads(profile.dumps())
+    for name in ("families", "payees", "steps"):
+        del old[name]
+    del old["sessions"]["s-1"]["start_ts"]
+
+    loaded = Profile.loads(orjson.dumps(old))
+
+    assert loaded.networks == profile.networks
+    assert loaded.families == {} and loaded.payees == {} and loaded.steps == []
+    assert loaded.sessions["s-1"].start_ts is None
+    assert Profile.loads(profile.dumps()) == profile

@@ -1,0 +1,490 @@
+"""The backtest on a Dask cluster, with exactly the decisions of one process.
+
+An event's decision depends on its own user's earlier events, and on the burst
+windows (distinct users and failed logins per address and per network in the
+last hour), which depend on the event stream alone, never on decisions. An
+address belongs to one network, so the windows split by network. Four steps:
+
+1. scan, per piece of the inputs: validate every line (bad ones are reported
+   from here), and split the valid events by network and by user;
+2. bursts, per network partition: order its events (timestamp, then input
+   order) and run the burst windows over them, with the memory store's table;
+3. decide, per user partition: order its events the same way and replay them
+   through the backtest's own loop body, each with its dealt burst counts; the
+   store checks that the engine asks about exactly the keys the scan derived, so
+   a change in how the engine keys its bursts fails loudly instead of deciding
+   differently;
+4. write, on the client: the decisions in the global order, one time slice of
+   all user partitions at a time, so the client holds a slice, never the log.
+
+The tasks are module functions: a worker needs the project installed, and the
+inputs and the model file readable at the same paths.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from risk_engine.engine import Engine, Scorer, load_scorer
+from risk_engine.events import parse_event_line
+from risk_engine.geo import GeoLocator
+from risk_engine.logs import MAX_KEPT_PROBLEMS, BadLine, LogReport, read_piece
+from risk_engine.offline.replayer import (
+    BACKTEST_SECRET,
+    DealtBurstStore,
+    Replayer,
+    TrimmedBurstTable,
+    backtest_engine,
+)
+from risk_engine.offline.sources import Piece
+from risk_engine.privacy import Hasher
+from risk_engine.profiles.memory import MemoryStore
+from risk_engine.profiles.model import BurstCounts
+
+# Events between two trims of a partition's burst windows.
+TRIM_EVERY = 65536
+# Decisions per slice the client writes at a time (about: slices cut time evenly).
+SLICE_EVENTS = 200_000
+
+GeoPaths = tuple[str, str | None, str | None]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a worker needs to build the engine of the one-process backtest."""
+
+    model_path: str | None
+    policy_path: str | None
+    geo_paths: GeoPaths | None
+    network_parts: int
+    user_parts: int
+
+
+@dataclass
+class Rows:
+    """Scanned events: input order key, time, the burst keys, and (for deciding) the line."""
+
+    seq: NDArray[np.int64]
+    stamps: NDArray[np.float64]
+    users: NDArray[np.uint64]
+    ips: NDArray[np.uint64]
+    networks: NDArray[np.object_]
+    failed: NDArray[np.bool_]
+    lines: NDArray[np.object_] | None = None
+
+    def take(self, index: NDArray[Any], lines: bool) -> Rows:
+        return Rows(
+            self.seq[index],
+            self.stamps[index],
+            self.users[index],
+            self.ips[index],
+            self.networks[index],
+            self.failed[index],
+            self.lines[index] if lines and self.lines is not None else None,
+        )
+
+
+@dataclass
+class Scanned:
+    """What the scan of one piece found."""
+
+    physical_lines: int
+    report: LogReport
+    count: int
+    first: float
+    last: float
+    by_network: list[Rows]
+    by_user: list[Rows]
+
+
+@dataclass
+class Slice:
+    """Decisions of one user partition in one time slice, in the global order."""
+
+    stamps: NDArray[np.float64]
+    seq: NDArray[np.int64]
+    ends: NDArray[np.int64]
+    data: bytes
+
+
+@dataclass
+class Decided:
+    """What one user partition decided."""
+
+    events: int = 0
+    decisions: Counter[str] = field(default_factory=Counter)
+    outcomes_applied: int = 0
+    slices: list[Slice] = field(default_factory=list)
+
+
+def key_text(value: int) -> str:
+    """The 16 hex digits of a ``Hasher`` digest, back from the integer the scan kept."""
+    return f"{value:016x}"
+
+
+def network_part(network: str, parts: int) -> int:
+    """The network partition of a network: a hash stable across processes and runs."""
+    return zlib.crc32(network.encode()) % parts
+
+
+@lru_cache(maxsize=4)
+def _geo(paths: GeoPaths | None) -> GeoLocator:
+    if paths is None:
+        return GeoLocator()
+    city, asn, anonymous = paths
+    return GeoLocator(
+        Path(city),
+        asn_db=Path(asn) if asn else None,
+        anonymous_db=Path(anonymous) if anonymous else None,
+    )
+
+
+@lru_cache(maxsize=4)
+def _scorer(model_path: str | None, policy_path: str | None) -> Scorer:
+    return load_scorer(
+        Path(model_path) if model_path else None, Path(policy_path) if policy_path else None
+    )
+
+
+# -- the tasks ----------------------------------------------------------------------------
+
+
+def scan_piece(piece: Piece, setup: Setup) -> Scanned:
+    """Validate every line of a piece; split its events by network and by user."""
+    engine = Engine(
+        store=MemoryStore(),
+        geo=_geo(setup.geo_paths),
+        scorer=None,
+        hasher=Hasher(BACKTEST_SECRET),
+    )
+    report = LogReport()
+    seq: list[int] = []
+    stamps: list[float] = []
+    users: list[int] = []
+    ips: list[int] = []
+    networks: list[str] = []
+    failed: list[bool] = []
+    lines: list[bytes] = []
+    number = 0
+    base = piece.index << 32
+    for number, raw, event in read_piece(Path(piece.path), piece.start, piece.end, report):
+        if event is None:
+            continue
+        seq.append(base | number)
+        stamps.append(event.epoch)
+        # The keys ``Engine.decide`` queries and notes bursts under (checked there).
+        users.append(int(engine.user_key(event.user_id), 16))
+        ips.append(int(engine.hasher.digest("ip", str(event.ip)), 16))
+        networks.append(engine.network_of(event))
+        failed.append(event.action == "login" and not event.success)
+        lines.append(raw)
+    rows = Rows(
+        np.asarray(seq, dtype=np.int64),
+        np.asarray(stamps, dtype=np.float64),
+        np.asarray(users, dtype=np.uint64),
+        np.asarray(ips, dtype=np.uint64),
+        np.asarray(networks, dtype=object),
+        np.asarray(failed, dtype=np.bool_),
+        np.asarray(lines, dtype=object),
+    )
+    del seq, stamps, users, ips, networks, failed, lines
+    net_of = np.asarray(
+        [network_part(n, setup.network_parts) for n in rows.networks.tolist()], dtype=np.int64
+    )
+    user_of = (rows.users % np.uint64(setup.user_parts)).astype(np.int64)
+    return Scanned(
+        physical_lines=number,
+        report=report,
+        count=int(rows.seq.size),
+        first=float(rows.stamps.min()) if rows.seq.size else 0.0,
+        last=float(rows.stamps.max()) if rows.seq.size else 0.0,
+        by_network=[
+            rows.take(np.flatnonzero(net_of == k), lines=False) for k in range(setup.network_parts)
+        ],
+        by_user=[
+            rows.take(np.flatnonzero(user_of == k), lines=True) for k in range(setup.user_parts)
+        ],
+    )
+
+
+def network_rows(scanned: Scanned, part: int) -> Rows:
+    return scanned.by_network[part]
+
+
+def user_rows(scanned: Scanned, part: int) -> Rows:
+    return scanned.by_user[part]
+
+
+def _joined(parts: Sequence[Rows]) -> Rows:
+    lines = [p.lines for p in parts if p.lines is not None]
+    return Rows(
+        np.concatenate([p.seq for p in parts]),
+        np.concatenate([p.stamps for p in parts]),
+        np.concatenate([p.users for p in parts]),
+        np.concatenate([p.ips for p in parts]),
+        np.concatenate([p.networks for p in parts]),
+        np.concatenate([p.failed for p in parts]),
+        np.concatenate(lines) if len(lines) == len(parts) else None,
+    )
+
+
+def run_bursts(user_parts: int, *parts: Rows) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """The burst counts of one network partition's events, by user partition: (seq, counts)."""
+    rows = _joined(parts)
+    order = np.lexsort((rows.seq, rows.stamps))  # time, then input order
+    table = TrimmedBurstTable()
+    counts = np.zeros((order.size, 4), dtype=np.int64)
+    stamps = rows.stamps[order].tolist()
+    ips = rows.ips[order].tolist()
+    networks = rows.networks[order].tolist()
+    users = rows.users[order].tolist()
+    failed = rows.failed[order].tolist()
+    user_text: dict[int, str] = {}
+    values: list[tuple[int, int, int, int]] = []
+    for i, now in enumerate(stamps):
+        ip_key, network = key_text(ips[i]), networks[i]
+        c = table.counts(ip_key, network, now)
+        values.append((c.ip_users, c.ip_failures, c.network_users, c.network_failures))
+        text = user_text.get(users[i])
+        if text is None:
+            text = user_text[users[i]] = key_text(users[i])
+        table.record(ip_key, network, text, now, failed[i])
+        if (i + 1) % TRIM_EVERY == 0:
+            table.trim(now)
+    if values:
+        counts[:] = values
+    seq = rows.seq[order]
+    owner = (rows.users[order] % np.uint64(user_parts)).astype(np.int64)
+    return [(seq[owner == k], counts[owner == k]) for k in range(user_parts)]
+
+
+def burst_share(result: list[tuple[NDArray[np.int64], NDArray[np.int64]]], part: int) -> Any:
+    return result[part]
+
+
+def decide_users(
+    setup: Setup,
+    outcomes: dict[str, bool],
+    edges: NDArray[np.float64],
+    parts: int,
+    *inputs: Any,
+) -> Decided:
+    """Replay one user partition in the global order: ``parts`` Rows, then burst shares."""
+    rows = _joined(inputs[:parts])
+    shares: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]] = inputs[parts:]
+    burst_seq = np.concatenate([s[0] for s in shares])
+    burst_counts = np.concatenate([s[1] for s in shares]).reshape(-1, 4)
+    by_seq = np.argsort(burst_seq, kind="stable")
+    burst_seq, burst_counts = burst_seq[by_seq], burst_counts[by_seq]
+    order = np.lexsort((rows.seq, rows.stamps))
+    seq = rows.seq[order]
+    where = np.searchsorted(burst_seq, seq)
+    if seq.size and (burst_seq.size != seq.size or not bool(np.array_equal(burst_seq[where], seq))):
+        raise RuntimeError("distributed backtest: burst counts missing for some events")
+    counts = burst_counts[where].tolist()
+    store = DealtBurstStore()
+    engine, clock_now = backtest_engine(
+        _scorer(setup.model_path, setup.policy_path), store, _geo(setup.geo_paths)
+    )
+    out = io.BytesIO()
+    replayer = Replayer(engine, clock_now, outcomes, out)
+    assert rows.lines is not None
+    lines = rows.lines[order].tolist()
+    stamps = rows.stamps[order]
+    stamp_list = stamps.tolist()
+    users = rows.users[order].tolist()
+    ips = rows.ips[order].tolist()
+    networks = rows.networks[order].tolist()
+    failed = rows.failed[order].tolist()
+    ends = np.empty(seq.size, dtype=np.int64)
+    for i, line in enumerate(lines):
+        # Validated in the scan: parsing the same bytes again cannot fail.
+        event = parse_event_line(line)
+        store.deal(
+            key_text(ips[i]),
+            networks[i],
+            stamp_list[i],
+            key_text(users[i]),
+            failed[i],
+            BurstCounts(*counts[i]),
+        )
+        replayer.step(event)
+        ends[i] = out.tell()
+    data = out.getbuffer()
+    bucket = np.searchsorted(edges, stamps, side="right")
+    slices = []
+    for k in range(edges.size + 1):
+        index = np.flatnonzero(bucket == k)
+        if not index.size:
+            slices.append(Slice(stamps[:0], seq[:0], ends[:0], b""))
+            continue
+        first, last = int(index[0]), int(index[-1])
+        begin = int(ends[first - 1]) if first else 0
+        slices.append(
+            Slice(
+                stamps[first : last + 1],
+                seq[first : last + 1],
+                ends[first : last + 1] - begin,
+                bytes(data[begin : int(ends[last])]),
+            )
+        )
+    del data
+    return Decided(int(seq.size), replayer.decisions, replayer.outcomes_applied, slices)
+
+
+def decided_slice(decided: Decided, k: int) -> Slice:
+    return decided.slices[k]
+
+
+def decided_counts(decided: Decided) -> Decided:
+    return Decided(decided.events, decided.decisions, decided.outcomes_applied)
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+@dataclass
+class DistributedResult:
+    """What the distributed backtest read and decided, for the summary."""
+
+    report: LogReport
+    decisions: Counter[str]
+    outcomes_applied: int
+
+
+def run_distributed(
+    client: Any,
+    pieces: list[Piece],
+    out: IO[bytes],
+    *,
+    outcomes: dict[str, bool],
+    model_path: Path | None,
+    policy_path: Path | None,
+    geo: GeoLocator | None,
+    partitions: int,
+    on_total: Callable[[int], None],
+    on_tick: Callable[[int], None],
+) -> DistributedResult:
+    """Decide every valid event of ``pieces`` on the cluster of ``client``; write to ``out``."""
+    from distributed import as_completed
+
+    setup = Setup(
+        model_path=str(model_path) if model_path else None,
+        policy_path=str(policy_path) if policy_path else None,
+        geo_paths=(
+            (
+                str(geo.city_path),
+                str(geo.asn_path) if geo.asn_path else None,
+                str(geo.anonymous_path) if geo.anonymous_path else None,
+            )
+            if geo is not None
+            else None
+        ),
+        network_parts=partitions,
+        user_parts=partitions,
+    )
+    submit = client.submit
+    scans = [submit(scan_piece, piece, setup, pure=False) for piece in pieces]
+    summaries = client.gather([submit(_scan_summary, s, pure=False) for s in scans])
+    report = _joined_report(pieces, summaries)
+    total = sum(s[2] for s in summaries)
+    on_total(total)
+    if total == 0:
+        return DistributedResult(report, Counter(), 0)
+    first = min(s[3] for s in summaries if s[2])
+    last = max(s[4] for s in summaries if s[2])
+    slices = max(1, -(-total // SLICE_EVENTS))
+    edges = np.linspace(first, last, slices + 1)[1:-1]
+    bursts = [
+        submit(
+            run_bursts,
+            partitions,
+            *[submit(network_rows, s, k, pure=False) for s in scans],
+            pure=False,
+        )
+        for k in range(partitions)
+    ]
+    # In a list: a scattered dict would become one future per outcome.
+    shared_outcomes = client.scatter([outcomes], broadcast=True)[0] if outcomes else {}
+    decided = [
+        submit(
+            decide_users,
+            setup,
+            shared_outcomes,
+            edges,
+            len(scans),
+            *[submit(user_rows, s, q, pure=False) for s in scans],
+            *[submit(burst_share, b, q, pure=False) for b in bursts],
+            pure=False,
+        )
+        for q in range(partitions)
+    ]
+    del scans, bursts
+    decisions: Counter[str] = Counter()
+    applied = done = 0
+    counted = [submit(decided_counts, d, pure=False) for d in decided]
+    for future in as_completed(counted):
+        result = future.result()
+        decisions.update(result.decisions)
+        applied += result.outcomes_applied
+        done += result.events
+        on_tick(done)
+    for k in range(slices):
+        parts: list[Slice] = client.gather(
+            [submit(decided_slice, d, k, pure=False) for d in decided]
+        )
+        _write_slice(parts, out)
+    return DistributedResult(report, decisions, applied)
+
+
+def _scan_summary(scanned: Scanned) -> tuple[int, LogReport, int, float, float]:
+    return scanned.physical_lines, scanned.report, scanned.count, scanned.first, scanned.last
+
+
+def _joined_report(
+    pieces: list[Piece], summaries: list[tuple[int, LogReport, int, float, float]]
+) -> LogReport:
+    """One report of all pieces, with line numbers counted from each file's start."""
+    report = LogReport()
+    lines_before = 0
+    previous_file = -1
+    for piece, (physical, part, _, _, _) in zip(pieces, summaries, strict=True):
+        if piece.file_index != previous_file:
+            lines_before, previous_file = 0, piece.file_index
+        report.lines += part.lines
+        report.events += part.events
+        report.bad += part.bad
+        report.skipped += part.skipped
+        report.problems.extend(
+            BadLine(problem.source, problem.line + lines_before, problem.message, problem.field)
+            for problem in part.problems
+        )
+        lines_before += physical
+    del report.problems[MAX_KEPT_PROBLEMS:]
+    return report
+
+
+def _write_slice(parts: list[Slice], out: IO[bytes]) -> None:
+    """Interleave one time slice of every user partition into the global order."""
+    if not any(p.seq.size for p in parts):
+        return
+    stamps = np.concatenate([p.stamps for p in parts])
+    seq = np.concatenate([p.seq for p in parts])
+    owner = np.concatenate([np.full(p.seq.size, k, dtype=np.int64) for k, p in enumerate(parts)])
+    position = np.concatenate([np.arange(p.seq.size) for p in parts])
+    views = [memoryview(p.data) for p in parts]
+    starts = [np.concatenate(([0], p.ends[:-1])) for p in parts]
+    write = out.write
+    for i in np.lexsort((seq, stamps)).tolist():
+        k, j = int(owner[i]), int(position[i])
+        write(views[k][int(starts[k][j]) : int(parts[k].ends[j])])

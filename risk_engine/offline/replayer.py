@@ -1,0 +1,228 @@
+"""What every backtest process runs: its engine, its loop body and its progress bar.
+
+The one-process backtest and each partition of the distributed one build the
+same engine (deterministic keys, event time as the clock, an in-memory store) and
+step events through the same ``Replayer``: decide, write, apply the step-up
+outcome at once. A partition gets its burst counts dealt (``DealtBurstStore``)
+from the distributed step that ran the windows over its network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TypeVar
+
+import orjson
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from risk_engine.decision import Outcome
+from risk_engine.engine import Engine, Scorer
+from risk_engine.errors import ConfigurationError
+from risk_engine.events import Event
+from risk_engine.geo import GeoLocator
+from risk_engine.logs import BadLine
+from risk_engine.privacy import Hasher
+from risk_engine.profiles.bursts import BurstTable
+from risk_engine.profiles.memory import MemoryStore
+from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.store import BURST_WINDOW_S, BurstNote, ProfileStore
+
+# Deterministic keys: a backtest is a pure function of its inputs.
+BACKTEST_SECRET = "risk-engine-backtest"
+
+T = TypeVar("T")
+
+
+@dataclass
+class BacktestSummary:
+    """What a backtest did."""
+
+    events: int = 0
+    bad: int = 0
+    decisions: Counter[str] = field(default_factory=Counter)
+    outcomes_applied: int = 0
+    outcome_lines_bad: int = 0
+    seconds: float = 0.0
+    problems: list[BadLine] = field(default_factory=list)
+    model_version: str = ""
+    # Where the work ran: "one process", or the Dask scheduler's address.
+    engine: str = "one process"
+    dashboard: str | None = None
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def load_outcomes(path: Path, summary: BacktestSummary) -> dict[str, bool]:
+    """event_id -> passed, from `{"event_id": ..., "step_up": "passed"|"failed"}` lines."""
+    outcomes: dict[str, bool] = {}
+    source = str(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ConfigurationError(f"outcomes file {path} cannot be read: {exc}") from exc
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            problem = None
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                record, problem = None, (f"not valid JSON ({exc})", "outcome")
+            if problem is None:
+                if not isinstance(record, dict):
+                    problem = ("an outcome must be a JSON object", "outcome")
+                elif not isinstance(record.get("event_id"), str) or not record["event_id"]:
+                    problem = ("event_id: a non-empty string is required", "event_id")
+                elif record.get("step_up") not in ("passed", "failed"):
+                    problem = ('step_up: must be "passed" or "failed"', "step_up")
+            if problem is not None:
+                summary.outcome_lines_bad += 1
+                summary.problems.append(BadLine(source, number, problem[0], problem[1]))
+                continue
+            assert isinstance(record, dict)
+            outcomes[record["event_id"]] = record["step_up"] == "passed"
+    return outcomes
+
+
+class Ticker:
+    """A rich progress bar on a terminal; nothing elsewhere (CI logs stay clean)."""
+
+    def __init__(self, total: int | None, enabled: bool, label: str = "backtest") -> None:
+        self._progress: Progress | None = None
+        self._started = time.perf_counter()
+        if enabled:
+            self._progress = Progress(
+                TextColumn(label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:,.0f} events/s"),
+                TimeRemainingColumn(),
+            )
+            self._task = self._progress.add_task(label, total=total, rate=0.0)
+
+    def __enter__(self) -> Ticker:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, done: int) -> None:
+        if self._progress is not None:
+            rate = done / max(time.perf_counter() - self._started, 1e-9)
+            self._progress.update(self._task, completed=done, rate=rate)
+
+    def set_total(self, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
+
+def backtest_engine(
+    scorer: Scorer, store: ProfileStore, geo: GeoLocator
+) -> tuple[Engine, list[float]]:
+    """The engine every backtest process runs, and the clock cell that holds event time."""
+    clock_now = [0.0]
+    engine = Engine(
+        store=store,
+        geo=geo,
+        scorer=scorer,
+        hasher=Hasher(BACKTEST_SECRET),
+        clock=lambda: clock_now[0],
+    )
+    return engine, clock_now
+
+
+class Replayer:
+    """The backtest's loop body: decide an event, write it, apply its outcome at once."""
+
+    def __init__(
+        self, engine: Engine, clock_now: list[float], outcomes: dict[str, bool], out: IO[bytes]
+    ) -> None:
+        self.engine = engine
+        self.decisions: Counter[str] = Counter()
+        self.outcomes_applied = 0
+        self._clock_now = clock_now
+        self._outcomes = outcomes
+        self._out = out
+
+    def step(self, event: Event) -> None:
+        self._clock_now[0] = event.epoch
+        decision = self.engine.decide(event, issue_challenge=False)
+        self._out.write(orjson.dumps(decision.contract_dict()) + b"\n")
+        self.decisions[decision.decision.value] += 1
+        if decision.decision is Outcome.STEP_UP:
+            passed = self._outcomes.get(event.event_id)
+            if passed is not None:
+                self.engine.apply_outcome(
+                    event.user_id,
+                    event.event_id,
+                    passed=passed,
+                    now=event.epoch,
+                    acr=decision.required_acr,
+                )
+                self.outcomes_applied += 1
+
+
+class DealtBurstStore(MemoryStore):
+    """A memory store whose burst windows were run over the whole stream beforehand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._note: BurstNote | None = None
+        self._counts = BurstCounts()
+
+    def deal(
+        self,
+        ip_key: str,
+        network: str,
+        now: float,
+        user_key: str,
+        failed: bool,
+        counts: BurstCounts,
+    ) -> None:
+        """The next event's burst counts, and the note the engine must make of it."""
+        self._note = BurstNote(ip_key, network, user_key, now, failed)
+        self._counts = counts
+
+    def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
+        if note != self._note:
+            raise RuntimeError(
+                f"distributed backtest: the engine asked about the event {note}"
+                f" where the scan derived {self._note}"
+            )
+        self._note = None
+        return self.update(note.user_key, lambda profile: fn(profile, self._counts))
+
+    def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
+        raise RuntimeError("distributed backtest: burst counts are dealt with each event")
+
+    def record_burst(
+        self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
+    ) -> None:
+        raise RuntimeError("distributed backtest: burst notes are dealt with each event")
+
+
+class TrimmedBurstTable(BurstTable):
+    """The memory store's burst table, fed in time order and trimmed as time passes.
+
+    Time only moves forward here, so an entry older than the window before the
+    current event can never be counted again. ``trim`` drops such entries but
+    keeps each window's newest one, which is all that pruning looks at, so no
+    count changes. Memory stays flat in the number of events, where the table
+    alone would keep up to ``BURST_MAX_ENTRIES`` entries for every key ever seen.
+    """
+
+    def trim(self, now: float) -> None:
+        """Forget entries at or before ``now`` minus the window, except each newest."""
+        start = now - BURST_WINDOW_S
+        for window in self._windows.values():
+            window.drop_before(start)

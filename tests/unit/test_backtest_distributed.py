@@ -1,0 +1,255 @@
+"""The backtest on Dask decides exactly what it decides in one process."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from risk_engine.backtest import BacktestSummary, run_backtest
+from risk_engine.logs import LogReport, read_piece
+from risk_engine.offline.replayer import DealtBurstStore, TrimmedBurstTable
+from risk_engine.offline.sources import byte_ranges, plan_pieces
+from risk_engine.profiles.bursts import BurstTable
+from risk_engine.profiles.model import BurstCounts
+from risk_engine.profiles.store import BurstNote
+
+ROOT = Path(__file__).parents[2]
+SAMPLES = ROOT / "data" / "samples"
+BIN = Path(sys.executable).parent
+
+
+def decisions(path: Path) -> list[dict[str, object]]:
+    """The decisions written, without the random decision ids."""
+    out = []
+    for line in path.read_bytes().splitlines():
+        record = orjson.loads(line)
+        record.pop("decision_id", None)
+        out.append(record)
+    return out
+
+
+def summary_of(summary: BacktestSummary) -> tuple[object, ...]:
+    return (
+        summary.events,
+        summary.bad,
+        dict(summary.decisions),
+        summary.outcomes_applied,
+        [str(problem) for problem in summary.problems],
+        summary.model_version,
+    )
+
+
+def test_a_local_cluster_decides_the_sample_as_one_process_does(tmp_path: Path) -> None:
+    outcomes = SAMPLES / "outcomes.jsonl"
+    one = run_backtest(
+        SAMPLES / "events.jsonl", tmp_path / "one.jsonl", outcomes_path=outcomes, workers=1
+    )
+    two = run_backtest(
+        SAMPLES / "events.jsonl", tmp_path / "two.jsonl", outcomes_path=outcomes, workers=2
+    )
+    assert one.outcomes_applied > 0
+    assert one.engine == "one process"
+    assert two.engine == "local cluster, 2 workers"
+    assert two.dashboard
+    assert summary_of(two) == summary_of(one)
+    assert decisions(tmp_path / "two.jsonl") == decisions(tmp_path / "one.jsonl")
+
+
+def messy_lines(seed: int) -> list[bytes]:
+    """The sample with blank, bad and foreign lines, shuffled neighbours and shared instants."""
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    previous = None
+    for line in (SAMPLES / "events.jsonl").read_bytes().splitlines():
+        record = orjson.loads(line)
+        roll = rng.random()
+        if roll < 0.01:
+            out.append(b"")
+        elif roll < 0.02:
+            out.append(b"{not json")
+        elif roll < 0.03:
+            out.append(orjson.dumps({**record, "amount": -5}))  # bad, with a valid timestamp
+        elif roll < 0.04:
+            out.append(orjson.dumps({**record, "record": "result", "prev_hash": "0"}))  # skipped
+        elif roll < 0.06 and previous is not None:
+            record["timestamp"] = previous  # the same instant as the event before
+        previous = record["timestamp"]
+        out.append(orjson.dumps(record))
+    for _ in range(300):
+        i = rng.randrange(len(out) - 1)
+        out[i], out[i + 1] = out[i + 1], out[i]
+    return out
+
+
+@pytest.mark.slow
+def test_messy_logs_in_pieces_over_files_read_as_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad lines, ties, disorder, several files (plain and gzip) and small pieces."""
+    lines = messy_lines(5)
+    half = len(lines) // 2
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes(b"\n".join(lines[:half]) + b"\n")
+    (tmp_path / "in" / "b.jsonl.gz").write_bytes(gzip.compress(b"\n".join(lines[half:]) + b"\n"))
+    # Many pieces of the plain file: the line numbers of its problems still count from its start.
+    monkeypatch.setattr("risk_engine.offline.sources.PIECE_BYTES", 50_000)
+    one = run_backtest([tmp_path / "in"], tmp_path / "one.jsonl", workers=1)
+    two = run_backtest([tmp_path / "in" / "*.jsonl*"], tmp_path / "two.jsonl", workers=2)
+    assert one.bad > 0
+    assert summary_of(two) == summary_of(one)
+    assert decisions(tmp_path / "two.jsonl") == decisions(tmp_path / "one.jsonl")
+
+
+def test_pieces_cover_a_file_at_line_starts_and_number_its_lines(tmp_path: Path) -> None:
+    log = tmp_path / "lines.jsonl"
+    log.write_bytes(b"".join(b"x" * (i % 7) + b"\n" for i in range(101)))
+    data = log.read_bytes()
+    for parts in (1, 2, 3, 8, 200):
+        ranges = byte_ranges(log, parts)
+        assert ranges[0][0] == 0
+        assert ranges[-1][1] == len(data)
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+        assert all(start == 0 or data[start - 1 : start] == b"\n" for start, _ in ranges)
+    pieces = plan_pieces([log], piece_bytes=40)
+    assert len(pieces) > 5
+    read = [
+        raw
+        for piece in pieces
+        for _, raw, _ in read_piece(log, piece.start, piece.end, LogReport())
+    ]
+    assert b"".join(read) == data
+
+
+def test_dealt_bursts_refuse_events_the_scan_did_not_derive() -> None:
+    store = DealtBurstStore()
+    counts = BurstCounts(3, 1, 7, 2)
+    store.deal("ip1", "net1", 10.0, "user1", False, counts)
+    seen = store.update_event(
+        BurstNote("ip1", "net1", "user1", 10.0, False), lambda profile, bursts: bursts
+    )
+    assert seen == counts
+    store.deal("ip1", "net1", 11.0, "user1", True, counts)
+    with pytest.raises(RuntimeError, match="asked about the event"):
+        store.update_event(BurstNote("ip2", "net1", "user1", 11.0, True), lambda p, b: None)
+    store.deal("ip1", "net1", 13.0, "user1", False, counts)
+    note = BurstNote("ip1", "net1", "user1", 13.0, False)
+    store.update_event(note, lambda p, b: None)
+    with pytest.raises(RuntimeError, match="asked about the event"):
+        store.update_event(note, lambda p, b: None)
+    with pytest.raises(RuntimeError, match="dealt"):
+        store.burst_counts("ip1", "net1", 13.0)
+    with pytest.raises(RuntimeError, match="dealt"):
+        store.record_burst("ip1", "net1", "user1", 13.0, False)
+
+
+@pytest.mark.parametrize("max_keys", [8, 200_000])
+def test_trimmed_burst_windows_count_as_the_untrimmed_ones(max_keys: int) -> None:
+    """In time order, trimming (at any moment) changes no count, even when pruning kicks in."""
+    rng = random.Random(max_keys)
+    plain, trimmed = BurstTable(max_keys=max_keys), TrimmedBurstTable(max_keys=max_keys)
+    now = 0.0
+    for step in range(20_000):
+        now += rng.choice([0.0, 1.0, 30.0, 600.0, 3600.0])
+        ip, net = f"ip{rng.randrange(12)}", f"net{rng.randrange(5)}"
+        user, failed = f"u{rng.randrange(40)}", rng.random() < 0.2
+        assert trimmed.counts(ip, net, now) == plain.counts(ip, net, now), step
+        plain.record(ip, net, user, now, failed)
+        trimmed.record(ip, net, user, now, failed)
+        if rng.random() < 0.05:
+            trimmed.trim(now)
+
+
+# -- a real cluster: `dask scheduler` and two `dask worker` processes ---------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = [(tmp_path / f"dask-{k}.log").open("wb") for k in range(3)]
+    common = {"cwd": ROOT, "stderr": subprocess.STDOUT}
+    processes = [
+        subprocess.Popen(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+            ],
+            stdout=logs[0],
+            **common,  # type: ignore[arg-type]
+        )
+    ]
+    try:
+        processes += [
+            subprocess.Popen(
+                [
+                    str(BIN / "dask"),
+                    "worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--nworkers",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--dashboard-address",
+                    ":0",
+                ],
+                stdout=logs[k],
+                **common,  # type: ignore[arg-type]
+            )
+            for k in (1, 2)
+        ]
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+
+
+@pytest.mark.slow
+def test_a_two_worker_cluster_decides_as_one_process_does(
+    tmp_path: Path, dask_cluster: str
+) -> None:
+    log = tmp_path / "messy.jsonl"
+    log.write_bytes(b"\n".join(messy_lines(11)) + b"\n")
+    outcomes = SAMPLES / "outcomes.jsonl"
+    one = run_backtest(log, tmp_path / "one.jsonl", outcomes_path=outcomes, workers=1)
+    cluster = run_backtest(
+        log, tmp_path / "cluster.jsonl", outcomes_path=outcomes, scheduler=dask_cluster
+    )
+    assert cluster.engine == dask_cluster
+    assert one.bad > 0 and one.outcomes_applied > 0
+    assert summary_of(cluster) == summary_of(one)
+    assert decisions(tmp_path / "cluster.jsonl") == decisions(tmp_path / "one.jsonl")
