@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from importlib.metadata import version
 from pathlib import Path
 
@@ -154,6 +155,27 @@ def redis_server_version(url: str) -> str:
         client.close()
 
 
+def checksum(sample: Profile, runs: int) -> None:
+    """What the stored form's CRC32 adds to one write and one read of the profile."""
+    payload = sample.dumps()
+    stored = sample.stored()
+    for name, fn in (
+        ("write: dumps", sample.dumps),
+        ("write: dumps + crc32 (stored)", sample.stored),
+        ("crc32 alone", lambda: zlib.crc32(payload)),
+        ("read: loads, plain JSON", lambda: Profile.loads(payload)),
+        ("read: loads, checked", lambda: Profile.loads(stored)),
+    ):
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        times.sort()
+        print(f"checksum {name:32s} median {times[len(times) // 2] * 1e6:7.2f} µs")
+    print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=5000)
@@ -173,6 +195,7 @@ def main() -> int:
     )
     print(f"profile: {len(sample.dumps())} bytes of JSON; {args.iterations} updates per store\n")
 
+    checksum(sample, runs)
     report("memory", measure(MemoryStore(), runs, at_caps=at_caps))
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from risk_engine.errors import RiskEngineError
+from risk_engine.errors import ConfigurationError, RiskEngineError
 from risk_engine.scopes import Scope
 
 if TYPE_CHECKING:
@@ -361,7 +361,14 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="worker processes (more than 1 needs RISK_ENGINE_SECRET; /metrics sums them)",
+        ),
+    ] = 1,
     store: Annotated[
         str | None, typer.Option(help="profile store URL (default: RISK_ENGINE_STORE or SQLite)")
     ] = None,
@@ -388,6 +395,7 @@ def serve(
     # Workers are separate processes that build their settings from the environment.
     os.environ["RISK_ENGINE_HOST"] = host
     os.environ["RISK_ENGINE_PORT"] = str(port)
+    os.environ["RISK_ENGINE_WORKERS"] = str(workers)
     if store is not None:
         os.environ["RISK_ENGINE_STORE"] = store
     if no_auth:
@@ -408,9 +416,13 @@ def serve(
     try:
         # Refused here, with one clear line, rather than in every worker's start-up; the
         # audit key is created now, before the workers race to.
+        settings.require_shared_secret()
         settings.secure_files()
         settings.resolve_secret()
+        settings.resolve_previous_secret()
         settings.resolve_audit_key()
+        if workers > 1:
+            _metrics_dir(settings.var_dir)
     except RiskEngineError as exc:
         fail(exc.message)
     uvicorn.run(
@@ -437,6 +449,26 @@ def _server_log_config() -> dict[str, Any]:
         "propagate": False,
     }
     return config
+
+
+def _metrics_dir(var_dir: Path) -> None:
+    """A fresh var/prometheus for the workers' metrics files (prometheus-client multiprocess).
+
+    Emptied at every start: files of an earlier run's workers would be counted again.
+    """
+    import os
+    import shutil
+
+    from risk_engine.config import private_dir
+
+    path = var_dir / "prometheus"
+    try:
+        if path.exists():
+            shutil.rmtree(path)
+        private_dir(path)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot make the metrics directory {path}: {exc}") from exc
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
 
 
 @app.command()

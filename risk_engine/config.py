@@ -91,7 +91,8 @@ class Settings(BaseSettings):
 
     store: str = Field(
         default="sqlite:///var/profiles.db",
-        description="memory://, sqlite:///path.db or redis://host:port/db",
+        description="memory://, sqlite:///path.db, redis://host:port/db or"
+        " redis+cluster://host:port",
     )
     geoip_city_db: Path | None = Field(
         default=None, description="GeoIP2/GeoLite2 City database; default: bundled GeoLite2"
@@ -104,7 +105,13 @@ class Settings(BaseSettings):
     shadow_policy_path: Path | None = None
     secret: SecretStr | None = Field(
         default=None,
-        description="server secret for hashing ids; default: generated once into var/secret.key",
+        description="server secret for hashing ids; default: generated once into"
+        " var/secret.key (required with a Redis store or more than one worker)",
+    )
+    secret_previous: SecretStr | None = Field(
+        default=None,
+        description="the secret before a rotation: profiles keyed by it are still found,"
+        " and moved to the new secret's keys on their next write",
     )
     audit_key: SecretStr | None = Field(
         default=None,
@@ -143,6 +150,11 @@ class Settings(BaseSettings):
     challenge_ttl_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
     device_trust_days: Annotated[float, Field(gt=0, le=3650)] = 90.0
     retention_days: Annotated[float, Field(gt=0, le=3650)] = 180.0
+    store_timeout_s: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=0.05,
+        description="the longest a Redis store call may wait (it blocks the event loop);"
+        " past it the decision is answered degraded",
+    )
     max_body_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 65536
     max_drain_bytes: Annotated[int, Field(ge=0, le=100_000_000)] = Field(
         default=8_388_608,
@@ -302,6 +314,50 @@ class Settings(BaseSettings):
             return value
         except OSError as exc:
             raise ConfigurationError(f"cannot read or create the secret {path}: {exc}") from exc
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the store is one that other processes and machines share (Redis)."""
+        scheme = self.store.partition("://")[0].lower()
+        return scheme in {"redis", "rediss", "redis+cluster", "rediss+cluster"}
+
+    def require_shared_secret(self) -> None:
+        """Refuse a Redis store or several workers without an explicit RISK_ENGINE_SECRET.
+
+        A generated var/secret.key is one machine's: replicas (or workers racing to
+        create it) would key every user's profile and burst windows differently.
+        """
+        if self.secret is not None:
+            return
+        why = (
+            "a Redis profile store"
+            if self.shared_store
+            else f"--workers {self.workers}"
+            if self.workers > 1
+            else None
+        )
+        if why is not None:
+            raise ConfigurationError(
+                f"{why} needs RISK_ENGINE_SECRET set explicitly, the same on every replica"
+                " and worker: the secret generated into var/secret.key is this machine's"
+                " alone, and profiles keyed by it are not found by the others",
+                field="secret",
+            )
+
+    def resolve_previous_secret(self) -> str | None:
+        """The secret before a rotation (RISK_ENGINE_SECRET_PREVIOUS), or None."""
+        if self.secret_previous is None:
+            return None
+        previous = _strong(
+            self.secret_previous.get_secret_value().strip(), "RISK_ENGINE_SECRET_PREVIOUS"
+        )
+        if previous == self.resolve_secret():
+            raise ConfigurationError(
+                "RISK_ENGINE_SECRET_PREVIOUS is the current secret: set RISK_ENGINE_SECRET"
+                " to the new one, or unset RISK_ENGINE_SECRET_PREVIOUS once the rotation is over",
+                field="secret_previous",
+            )
+        return previous
 
     @property
     def audit_key_path(self) -> Path:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -43,7 +43,10 @@ from risk_engine.profiles.learn import hold_pending, learn, resolve_pending, unp
 from risk_engine.profiles.model import BurstCounts, DeviceRecord, Profile, SessionRecord
 from risk_engine.profiles.store import BurstNote, ProfileStore
 from risk_engine.reasons import explain
+from risk_engine.rotation import adopt, never_written, rekey
 from risk_engine.useragent import parse_user_agent
+
+T = TypeVar("T")
 
 DAY_S = 86400.0
 WARM_UP_USER_AGENT = (
@@ -141,6 +144,7 @@ class Engine:
         include_features: bool = False,
         keep_events: bool = False,
         clock: Callable[[], float] = time.time,
+        previous_hasher: Hasher | None = None,
     ) -> None:
         self.store = store
         self.geo = geo
@@ -154,6 +158,8 @@ class Engine:
         # it; a backtest or a training replay does not).
         self.keep_events = keep_events
         self.clock = clock
+        # The secret before a rotation (rotation.py): its keys are looked up second.
+        self.previous_hasher = previous_hasher
 
     def _live(self) -> Scorer:
         if self.scorer is None:
@@ -172,11 +178,24 @@ class Engine:
     def user_key(self, user_id: str) -> str:
         return self.hasher.digest("user", user_id)
 
+    def user_keys(self, user_id: str) -> list[str]:
+        """The user's key, then (during a secret rotation) the previous secret's."""
+        keys = [self.user_key(user_id)]
+        if self.previous_hasher is not None:
+            keys.append(self.previous_hasher.digest("user", user_id))
+        return keys
+
     def session_hash(self, session_id: str | None) -> str | None:
         """The keyed hash that challenge records keep of a session id."""
         return None if session_id is None else self.hasher.digest("session", session_id)
 
-    # -- scoring ------------------------------------------------------------------------
+    def _session_hashes(self, session_id: str | None) -> tuple[str | None, ...]:
+        """The session's keyed hash, and the previous secret's (for challenges issued before)."""
+        if self.previous_hasher is None or session_id is None:
+            return (self.session_hash(session_id),)
+        return (self.session_hash(session_id), self.previous_hasher.digest("session", session_id))
+
+        # -- scoring ------------------------------------------------------------------------
 
     def locate(self, event: Event) -> tuple[Location, str | None]:
         """The event's location, or an unknown one and why (GeoIP failing is not fatal)."""
@@ -202,7 +221,10 @@ class Engine:
         if geo_problem:
             degraded.append(f"GeoIP unavailable: {geo_problem}")
         try:
-            verdict = self.store.update_event(
+            verdict = self._update_event(
+                event,
+                location,
+                obs,
                 burst_note(obs, keep_event=self.keep_events),
                 lambda p, bursts: self._score_and_learn(scorer, p, bursts, obs),
             )
@@ -400,8 +422,66 @@ class Engine:
             )
             return values
 
-        values = self.store.update_event(burst_note(obs), step)
+        values = self._update_event(event, location, obs, burst_note(obs), step)
         return values, obs
+
+    def _update_event(
+        self,
+        event: Event,
+        location: Location,
+        obs: Observation,
+        note: BurstNote,
+        fn: Callable[[Profile, BurstCounts], T],
+    ) -> T:
+        """``store.update_event``; during a secret rotation, carrying the old profile over.
+
+        A user with no profile under the new key is looked up under the previous
+        secret's (one read more, for that user's first event since the rotation);
+        a profile found there is copied to the new key in the same transaction.
+        """
+        previous = self.previous_hasher
+        if previous is None:
+            return self.store.update_event(note, fn)
+        old = observe(event, location, previous, previous.digest("user", event.user_id))
+        carried: list[Profile] = []
+        looked_up = False
+
+        def step(profile: Profile, bursts: BurstCounts) -> T:
+            if never_written(profile):
+                if not looked_up:
+                    raise _LookUpPrevious
+                if carried:
+                    adopt(profile, carried[0])
+            rekey(profile, old, obs)
+            return fn(profile, bursts)
+
+        try:
+            return self.store.update_event(note, step)
+        except _LookUpPrevious:
+            pass
+        looked_up = True
+        found = self.store.get(old.user_key)
+        if found is None:
+            return self.store.update_event(note, step)
+        carried.append(found)
+        result = self.store.update_event(note, step)
+        self._carry_challenges(found, old.user_key, obs.user_key)
+        return result
+
+    def _carry_challenges(self, profile: Profile, old_key: str, new_key: str) -> None:
+        """Point the carried profile's outstanding challenges at its new key."""
+        now = self.clock()
+        for challenge_id in profile.challenge_ids():
+            raw = self.store.load_challenge(challenge_id, now)
+            if raw is None:
+                continue
+            record = orjson.loads(raw)
+            if record.get("user_key") != old_key:
+                continue
+            record["user_key"] = new_key
+            ttl = float(record["expires_at"]) - now
+            if ttl > 0:
+                self.store.save_challenge(challenge_id, orjson.dumps(record), ttl, now)
 
     # -- step-up outcomes ---------------------------------------------------------------
 
@@ -523,7 +603,7 @@ class Engine:
                 "challenge was issued without a session: its result must name none",
                 field="session_id",
             )
-        if bound is not None and self.session_hash(session_id) != bound:
+        if bound is not None and bound not in self._session_hashes(session_id):
             raise ConflictError(
                 "challenge result is for another session than the challenge", field="session_id"
             )
@@ -560,6 +640,10 @@ class _NoProfile(Exception):
     """Raised inside an outcome's update to leave a missing profile missing."""
 
 
+class _LookUpPrevious(Exception):
+    """Raised inside an event's transaction: no profile under the new key, try the old one."""
+
+
 def load_scorer(model_path: Path | None, policy_path: Path | None) -> Scorer:
     """Load a verified model artifact and a validated policy (defaults when None)."""
     return Scorer(
@@ -585,8 +669,14 @@ def build_engine(
             settings.shadow_model_path or settings.model_path,
             settings.shadow_policy_path or settings.policy_path,
         )
+    previous = settings.resolve_previous_secret()
     return Engine(
-        store=store or open_store(settings.store, retention_days=settings.retention_days),
+        store=store
+        or open_store(
+            settings.store,
+            retention_days=settings.retention_days,
+            timeout_s=settings.store_timeout_s,
+        ),
         geo=geo
         or GeoLocator(
             settings.geoip_city_db,
@@ -596,6 +686,7 @@ def build_engine(
         scorer=scorer,
         shadow=shadow,
         hasher=Hasher(settings.resolve_secret()),
+        previous_hasher=Hasher(previous) if previous is not None else None,
         challenge_ttl_s=settings.challenge_ttl_s,
         device_trust_days=settings.device_trust_days,
         include_features=settings.include_features,

@@ -9,6 +9,7 @@ knows the HTTP status the API answers with, so one handler maps them all::
     │   ├── GeoIPError (503)             a GeoIP database is missing or corrupt
     │   └── IncompatibleModelError (500) artifact checksum / schema hash refused
     ├── ProfileStoreError (503)          the profile store failed or is unreachable
+    │   └── StoreUnavailableError (503)  it did not answer in time or cannot be reached
     ├── DecisionLogError (503)           the decision log failed or is unreachable
     ├── NotFoundError (404)              no such challenge, event or user
     ├── ConflictError (409)              a challenge already used, expired or bound elsewhere
@@ -92,6 +93,14 @@ class ProfileStoreError(RiskEngineError):
 
     status_code = 503
     code = "profile_store_error"
+
+
+class StoreUnavailableError(ProfileStoreError):
+    """The profile store did not answer within its timeout, or cannot be reached at all.
+
+    Unlike a failed statement or a malformed record, this says nothing about the
+    next call but "probably the same": callers stop asking for a while (profiles.guard).
+    """
 
 
 class DecisionLogError(RiskEngineError):

@@ -196,3 +196,114 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
     yield f"{postgres_server_url}{separator}options=-csearch_path%3D{schema}"
     with psycopg.connect(postgres_server_url, autocommit=True) as connection:
         connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# -- a real Redis Cluster -------------------------------------------------------------------
+
+CLUSTER_NODES = 3
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    import socket
+
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis+cluster://`` of a real 3-node cluster of redis-server processes started here.
+
+    Skips when redis-server or redis-cli is not installed, unless RISK_ENGINE_REQUIRE_REDIS.
+    """
+    import shutil
+    import subprocess
+
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        if "RISK_ENGINE_REQUIRE_REDIS" in os.environ:
+            pytest.fail(
+                "redis-server and redis-cli are needed, and RISK_ENGINE_REQUIRE_REDIS is set"
+            )
+        pytest.skip("redis-server or redis-cli is not installed")
+    where = tmp_path_factory.mktemp("redis-cluster")
+    ports = [_free_cluster_port() for _ in range(CLUSTER_NODES)]
+    processes = []
+    try:
+        for port in ports:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        server,
+                        "--port", str(port),
+                        "--bind", "127.0.0.1",
+                        "--cluster-enabled", "yes",
+                        "--cluster-config-file", str(where / f"nodes-{port}.conf"),
+                        "--dir", str(where),
+                        "--save", "",
+                        "--appendonly", "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        for port in ports:
+            while not _answers(f"redis://127.0.0.1:{port}/0"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {port} did not start")
+                time.sleep(0.05)
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for port in ports:
+            node = _client(f"redis://127.0.0.1:{port}/0")
+            try:
+                while node.cluster("info").get("cluster_state") != "ok":  # type: ignore[no-untyped-call]
+                    if time.monotonic() > deadline + 30:
+                        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+                    time.sleep(0.1)
+            finally:
+                node.close()
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+def _answers(url: str) -> bool:
+    client = _client(url)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

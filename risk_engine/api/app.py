@@ -108,6 +108,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Build the engine once per process, serve, then release what was built."""
     settings: Settings = app.state.settings
     injected: Engine | None = app.state.injected_engine
+    # Refused before anything is keyed under a secret only this machine has.
+    settings.require_shared_secret()
     # var/ 0700, its files 0600, before the store, the secret or the logs are written.
     log.info("settings: %s", settings.effective())
     await run_in_threadpool(settings.secure_files)
@@ -128,6 +130,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         remove_handler()
         app.state.service = None
         service.close()
+        app.state.metrics.close()
         gc.unfreeze()
 
 

@@ -1,11 +1,25 @@
-"""Prometheus metrics of one app (its own registry), and a store wrapper that counts failures."""
+"""Prometheus metrics of one app (its own registry), and a store wrapper that counts failures.
+
+Under several worker processes (``risk-engine serve --workers N`` sets
+PROMETHEUS_MULTIPROC_DIR) each worker writes its values to files there and a
+scrape, whichever worker answers it, sums them all (prometheus-client's
+multiprocess mode): otherwise each scrape would see one worker's counts.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from risk_engine.decision import Decision
 from risk_engine.engine import Scorer
@@ -64,6 +78,14 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.store_incidents = Counter(
+            "risk_engine_store_incidents",
+            "Store faults met without failing a call: quarantined (a corrupt profile set"
+            " aside, the user started afresh), update_undone (a failed statement undid its"
+            " own update only), update_lost (an answered update that never reached the store)",
+            ["kind"],
+            registry=r,
+        )
         self.challenge_results = Counter(
             "risk_engine_challenge_results",
             "Step-up results reported, by outcome",
@@ -81,7 +103,10 @@ class Metrics:
             "The loaded model and policy (value 1)",
             ["role", "model_version", "policy_version", "schema_hash"],
             registry=r,
+            # Across workers: 1 while any live worker serves that model.
+            multiprocess_mode="livemax",
         )
+        self._model_series: list[tuple[str, str, str, str]] = []
 
     def observe_decision(self, decision: Decision, seconds: float) -> None:
         self.decisions.labels(decision.action_class, decision.decision.value).inc()
@@ -91,15 +116,36 @@ class Metrics:
 
     def set_models(self, live: Scorer | None, shadow: Scorer | None) -> None:
         """Replace the model info series (after start-up or a reload)."""
+        for series in self._model_series:
+            # Zeroed, not only removed: a worker's file keeps what it last wrote.
+            self.model_info.labels(*series).set(0)
         self.model_info.clear()
-        for role, scorer in (("live", live), ("shadow", shadow)):
-            if scorer is not None:
-                self.model_info.labels(
-                    role, scorer.model_version, scorer.policy.version, scorer.artifact.schema_hash
-                ).set(1)
+        self._model_series = [
+            (role, scorer.model_version, scorer.policy.version, scorer.artifact.schema_hash)
+            for role, scorer in (("live", live), ("shadow", shadow))
+            if scorer is not None
+        ]
+        for series in self._model_series:
+            self.model_info.labels(*series).set(1)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """This process is leaving: its live gauges no longer count."""
+        directory = multiprocess_dir()
+        if directory is not None:
+            multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+def multiprocess_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR when set: the worker processes' shared metrics."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class CountingStore:

@@ -41,6 +41,8 @@ from risk_engine.errors import (
     RiskEngineError,
 )
 from risk_engine.events import Event, check_clock_skew
+from risk_engine.profiles.guard import GuardedStore
+from risk_engine.profiles.integrity import Incidents
 from risk_engine.profiles.model import Profile
 from risk_engine.scopes import Scope
 from risk_engine.sealing import seal_into
@@ -109,7 +111,12 @@ class Service:
         self.metrics = metrics
         self.owns_engine = owns_engine
         inner = engine.store.inner if isinstance(engine.store, CountingStore) else engine.store
-        engine.store = CountingStore(inner, metrics.store_errors)
+        # A store that is down is not asked again on every request (profiles.guard).
+        self.guard = inner if isinstance(inner, GuardedStore) else GuardedStore(inner)
+        engine.store = CountingStore(self.guard, metrics.store_errors)
+        incidents = getattr(self.guard.inner, "incidents", None)
+        if isinstance(incidents, Incidents):
+            incidents.listen(lambda kind: metrics.store_incidents.labels(kind).inc())
         # The audit record always carries the features; responses only when configured.
         engine.include_features = True
         # Feedback is accepted only for events decided here: the store keeps their ids.
@@ -299,10 +306,13 @@ class Service:
         decided events. The audit record names the erased profile's ref, which
         now opens nothing, never the user id or its keyed hash.
         """
-        user_key = self.engine.user_key(user_id)
+        profile = None
+        erased = False
         try:
-            profile = self.engine.store.get(user_key)
-            erased = self.engine.store.delete(user_key)
+            # During a secret rotation the user may be kept under the previous key too.
+            for user_key in self.engine.user_keys(user_id):
+                profile = profile or self.engine.store.get(user_key)
+                erased = self.engine.store.delete(user_key) or erased
         except RiskEngineError:
             self.audit(RecordKind.ERASURE, {"outcome": "error"})
             raise
@@ -398,13 +408,16 @@ class Service:
     def readiness(self, *, detailed: bool = False) -> Readiness:
         """Store reachable, GeoIP answering, model loaded: each ``ok`` or ``failed``.
 
+        The store fails the check when its ping fails and also for a while after any
+        of its calls failed: a store whose ping answers may be failing its writes.
         ``detailed`` (for operators) says what failed instead: store URLs and error
         text are no business of an anonymous probe.
         """
         checks: dict[str, str] = {}
         try:
             self.engine.store.ping()
-            checks["store"] = "ok"
+            trouble = self.guard.trouble()
+            checks["store"] = "ok" if trouble is None else f"failing recently: {trouble}"
         except RiskEngineError as exc:
             checks["store"] = exc.message
         try:

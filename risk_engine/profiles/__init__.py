@@ -4,6 +4,7 @@ from risk_engine.profiles.factory import open_store
 from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import BurstCounts, DeviceRecord, Place, Profile, SessionRecord
 from risk_engine.profiles.redis import RedisStore
+from risk_engine.profiles.redis_cluster import RedisClusterStore
 from risk_engine.profiles.sqlite import SQLiteStore
 from risk_engine.profiles.store import BurstNote, ProfileStore
 
@@ -15,6 +16,7 @@ __all__ = [
     "Place",
     "Profile",
     "ProfileStore",
+    "RedisClusterStore",
     "RedisStore",
     "SQLiteStore",
     "SessionRecord",

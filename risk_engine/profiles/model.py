@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from risk_engine.errors import ProfileStoreError
+from risk_engine.profiles.integrity import CorruptProfileError, seal, unseal
 from risk_engine.sealing import new_data_key, new_ref
 
 PROFILE_VERSION = 1
@@ -200,6 +201,10 @@ class Profile:
         """
         return orjson.dumps(self)
 
+    def stored(self) -> bytes:
+        """What a store keeps: ``dumps`` behind a checksum (profiles.integrity)."""
+        return seal(self.dumps())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Profile:
         version = data.get("version")
@@ -240,17 +245,23 @@ class Profile:
                 data_key=data.get("data_key") or new_data_key(),
                 windows=data.get("windows", {}),
             )
-        except (KeyError, TypeError) as exc:
-            raise ProfileStoreError(f"stored profile is malformed: {exc}") from exc
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise CorruptProfileError(f"stored profile is malformed: {exc!r}") from exc
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Profile:
+        """A profile from ``stored`` (checksum verified) or plain ``dumps`` bytes.
+
+        CorruptProfileError when the bytes are damaged (the store quarantines those);
+        ProfileStoreError for a version this engine does not read (never quarantined:
+        a newer engine may share the store).
+        """
         try:
-            data = orjson.loads(raw)
+            data = orjson.loads(unseal(raw))
         except orjson.JSONDecodeError as exc:
-            raise ProfileStoreError(f"stored profile is not valid JSON: {exc}") from exc
+            raise CorruptProfileError(f"stored profile is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise ProfileStoreError("stored profile is not a JSON object")
+            raise CorruptProfileError("stored profile is not a JSON object")
         return cls.from_dict(data)
 
 

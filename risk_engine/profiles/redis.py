@@ -20,6 +20,7 @@ and EXEC.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -30,10 +31,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from risk_engine.errors import ConfigurationError, ProfileStoreError
+from risk_engine.errors import ConfigurationError, ProfileStoreError, StoreUnavailableError
+from risk_engine.profiles.integrity import CorruptProfileError, Incidents
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote, EventLabel
 
@@ -48,6 +52,9 @@ _BACKOFF_BASE_S = 0.0005
 _BACKOFF_CAP_S = 0.02
 # Seconds between the pool's PINGs of an idle connection before reusing it.
 _HEALTH_CHECK_INTERVAL_S = 30
+# The longest one socket operation may wait. A decision runs on the event loop and a
+# Redis call blocks it (README, "Sizing"): this bounds what a frozen Redis costs.
+STORE_TIMEOUT_S = 0.05
 _BURST_TTL_S = math.ceil(BURST_WINDOW_S)
 # Entries are trimmed only once two windows older than the newest insert, so that an
 # event recorded slightly out of order (a skewed clock) cannot trim entries that a
@@ -86,7 +93,7 @@ class RedisStore:
         *,
         prefix: str = "risk-engine",
         retention_days: float = 180.0,
-        socket_timeout: float = 0.5,
+        socket_timeout: float = STORE_TIMEOUT_S,
     ) -> None:
         self._safe_url = redact_url(url)
         if retention_days <= 0:
@@ -104,14 +111,20 @@ class RedisStore:
                 socket_connect_timeout=socket_timeout,
                 health_check_interval=_HEALTH_CHECK_INTERVAL_S,
                 # One quick retry survives a connection that the server dropped while
-                # idle, without turning an outage into seconds of waiting per call.
-                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1),
+                # idle, without turning an outage into seconds of waiting per call. A
+                # timeout is not retried: a frozen server would cost the timeout twice.
+                retry=Retry(
+                    ExponentialWithJitterBackoff(base=0.01, cap=0.05),
+                    retries=1,
+                    supported_errors=(RedisConnectionError,),
+                ),
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"unusable Redis URL {self._safe_url!r}: {exc}", field="url"
             ) from exc
         self._client = redis.Redis(connection_pool=self._pool)
+        self.incidents = Incidents()
         self._claim = self._client.register_script(_CLAIM_SCRIPT)
         self._label = self._client.register_script(_LABEL_SCRIPT)
 
@@ -128,12 +141,12 @@ class RedisStore:
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 raw = pipe.get(key)
-                profile = Profile(user_key=user_key) if raw is None else Profile.loads(raw)
+                profile = self._readable(user_key, raw)
                 in_fn = True
                 result = fn(profile)
                 in_fn = False
                 pipe.multi()
-                pipe.set(key, profile.dumps(), ex=self._retention_s)
+                pipe.set(key, profile.stored(), ex=self._retention_s)
                 pipe.execute()
             except WatchError:
                 # Another writer committed between our read and EXEC (or the connection
@@ -203,7 +216,7 @@ class RedisStore:
                 )
             except RedisError as exc:
                 self._fail(exc, "update_event")
-            profile = Profile(user_key=user_key) if raw is None else Profile.loads(raw)
+            profile = self._readable(user_key, raw)
             bursts = BurstCounts(*_tally(ip_members), *_tally(net_members))
             # A reconnect from here to EXEC would drop the WATCH unseen: refuse it.
             _on_connect(conn, self._refuse_reconnect)
@@ -216,7 +229,7 @@ class RedisStore:
                 profile.note_window(window, ts)
             writes: list[_Command] = [
                 ("MULTI",),
-                ("SET", key, profile.dumps(), "EX", self._retention_s),
+                ("SET", key, profile.stored(), "EX", self._retention_s),
                 *notes,
                 ("EXEC",),
             ]
@@ -246,6 +259,29 @@ class RedisStore:
                 _disconnect(conn)
             self._pool.release(conn)
 
+    def _readable(self, user_key: str, raw: bytes | str | None) -> Profile:
+        """The stored profile; a fresh one when absent, or when corrupt (then quarantined)."""
+        if raw is None:
+            return Profile(user_key=user_key)
+        try:
+            return Profile.loads(raw)
+        except CorruptProfileError as exc:
+            self._quarantine(user_key, raw, exc.message)
+            return Profile(user_key=user_key)
+
+    def _quarantine(self, user_key: str, raw: bytes | str, reason: str) -> None:
+        """Keep a corrupt profile aside (for the retention), log and count it."""
+        with contextlib.suppress(RedisError):  # the user starts afresh either way
+            self._client.set(self._quarantine_key(user_key), raw, ex=self._retention_s)
+        self.incidents.note(
+            "quarantined",
+            "Redis profile store %s: a stored profile is corrupt (%s); kept at %s,"
+            " the user starts afresh",
+            self._safe_url,
+            reason,
+            self._quarantine_key(user_key),
+        )
+
     def _refuse_reconnect(self, connection: Connection) -> None:
         """Connect callback while a connection watches: its WATCH died with the old socket."""
         raise _ReconnectedWhileWatching(
@@ -257,7 +293,7 @@ class RedisStore:
             raw = self._client.get(self._profile_key(user_key))
         except RedisError as exc:
             self._fail(exc, "get")
-        return None if raw is None else Profile.loads(raw)
+        return None if raw is None else _loads_or_none(raw)
 
     def _event_notes(self, event_id: str, user_key: str) -> list[_Command]:
         """Keep a decided event as the user's (the first user to claim an id keeps it)."""
@@ -281,7 +317,7 @@ class RedisStore:
             try:
                 pipe.watch(key, mine)  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 raw = pipe.get(key)
-                profile = None if raw is None else Profile.loads(raw)
+                profile = None if raw is None else _loads_or_none(raw)
                 events = [e.decode() for e in pipe.smembers(mine)]  # type: ignore[union-attr]
                 windows = [self._window_key(w) for w in (profile.windows if profile else ())]
                 doomed: list[tuple[str, list[bytes]]] = []
@@ -296,7 +332,7 @@ class RedisStore:
                     pipe.delete(self._challenge_key(challenge_id))
                 for event_id in events:
                     pipe.delete(self._event_key(event_id))
-                pipe.delete(mine, key)
+                pipe.delete(mine, key, self._quarantine_key(user_key))
                 pipe.execute()
             except WatchError:
                 pass
@@ -339,8 +375,8 @@ class RedisStore:
         if not names:
             return
         for raw in self._client.mget(names):
-            if raw is not None:
-                profile = Profile.loads(raw)
+            profile = None if raw is None else _loads_or_none(raw)
+            if profile is not None:
                 keys[profile.ref] = profile.data_key
 
     def burst_counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
@@ -446,7 +482,16 @@ class RedisStore:
     def _user_events_key(self, user_key: str) -> str:
         return f"{self._prefix}:user-events:{user_key}"
 
+    def _quarantine_key(self, user_key: str) -> str:
+        return f"{self._prefix}:quarantine:{user_key}"
+
     def _fail(self, exc: RedisError, action: str) -> NoReturn:
+        if isinstance(exc, RedisTimeoutError | RedisConnectionError):
+            raise StoreUnavailableError(
+                f"Redis profile store {self._safe_url}: {action} failed: {type(exc).__name__}:"
+                f" {exc}",
+                url=self._safe_url,
+            ) from exc
         raise ProfileStoreError(
             f"Redis profile store {self._safe_url}: {action} failed: {type(exc).__name__}: {exc}",
             url=self._safe_url,
@@ -462,6 +507,14 @@ class RedisStore:
 
 class _ReconnectedWhileWatching(RedisError):
     """A watching connection was re-established: the new one watches nothing."""
+
+
+def _loads_or_none(raw: bytes | str) -> Profile | None:
+    """The stored profile, or None when corrupt (its user's next update quarantines it)."""
+    try:
+        return Profile.loads(raw)
+    except CorruptProfileError:
+        return None
 
 
 def redact_url(url: str) -> str:

@@ -45,10 +45,11 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError
 from risk_engine.profiles.bursts import BurstWindow
+from risk_engine.profiles.integrity import CorruptProfileError, Incidents
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote, EventLabel
 
@@ -69,6 +70,9 @@ _SCHEMA = (
     " event_id TEXT PRIMARY KEY, user_key TEXT NOT NULL, label TEXT,"
     " updated_at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS events_user ON events (user_key)",
+    # Stored profiles that failed their checksum, kept aside for an operator to look at.
+    "CREATE TABLE IF NOT EXISTS quarantine ("
+    " user_key TEXT NOT NULL, data BLOB NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)",
 )
 
 _SELECT_PROFILE = "SELECT data, updated_at FROM profiles WHERE user_key = ? AND updated_at >= ?"
@@ -109,6 +113,9 @@ _LABEL_EVENT = (
 _SELECT_EVENT = "SELECT user_key, label FROM events WHERE event_id = ? AND updated_at >= ?"
 _DELETE_EVENTS = "DELETE FROM events WHERE user_key = ?"
 _PURGE_EVENTS = "DELETE FROM events WHERE updated_at < ?"
+_QUARANTINE = "INSERT INTO quarantine (user_key, data, reason, at) VALUES (?, ?, ?, ?)"
+_FORGET_QUARANTINE = "DELETE FROM quarantine WHERE user_key = ?"
+_PURGE_QUARANTINE = "DELETE FROM quarantine WHERE at < ?"
 _ALL_PROFILES = "SELECT data FROM profiles WHERE updated_at >= ?"
 # The thorough (full-scan) prune, for ``purge`` only.
 _PURGE_BURSTS = "DELETE FROM bursts WHERE ts <= (SELECT MAX(ts) FROM bursts) - ?"
@@ -229,6 +236,11 @@ class SQLiteStore:
         # The open (group) transaction: when it began (monotonic s) and its updates.
         self._opened_at: float | None = None
         self._grouped = 0
+        # The writes of each update in the open group, to apply again should SQLite roll
+        # the group back (a failed commit): no other update is lost with a failing one.
+        self._journal: list[list[tuple[str, tuple[Any, ...]]]] = []
+        self._writes: list[tuple[str, tuple[Any, ...]]] = []
+        self.incidents = Incidents()
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -283,12 +295,13 @@ class SQLiteStore:
                 profile.note_window(ip, note.ts)
                 profile.note_window(net, note.ts)
                 self._save(conn, profile)
-                conn.execute(
+                self._write(
+                    conn,
                     _INSERT_BURSTS,
                     (ip, note.ts, note.user_key, flag, net, note.ts, note.user_key, flag),
                 )
                 if note.event_id:
-                    conn.execute(_INSERT_EVENT, (note.event_id, note.user_key, time.time()))
+                    self._write(conn, _INSERT_EVENT, (note.event_id, note.user_key, time.time()))
                 self._maybe_prune(conn, note.ts)
             # Written: now the mirrors take the new rows (should the group's commit fail,
             # its abort empties the mirrors with it).
@@ -305,7 +318,13 @@ class SQLiteStore:
                 ).fetchone()
             except sqlite3.Error as exc:
                 self._fail(exc, "get")
-        return None if row is None else Profile.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return Profile.loads(row[0])
+        except CorruptProfileError:
+            # Quarantined by the user's next update; until then there is nothing to read.
+            return None
 
     def delete(self, user_key: str) -> bool:
         # Erasure is committed before the call returns, then the WAL is emptied: with
@@ -313,8 +332,8 @@ class SQLiteStore:
         with self._transaction("delete", flush=True) as conn:
             self._profiles.pop(user_key, None)
             row = conn.execute(_SELECT_PROFILE_DATA, (user_key,)).fetchone()
-            if row is not None:
-                profile = Profile.loads(row[0])
+            profile = _readable(row[0]) if row is not None else None
+            if profile is not None:
                 for key in profile.windows:
                     conn.execute(_FORGET_BURSTS, (key, user_key))
                     # Read again from the rows when next needed.
@@ -322,6 +341,7 @@ class SQLiteStore:
                 for challenge_id in profile.challenge_ids():
                     conn.execute(_DELETE_CHALLENGE, (challenge_id,))
             conn.execute(_DELETE_EVENTS, (user_key,))
+            conn.execute(_FORGET_QUARANTINE, (user_key,))
             deleted: bool = conn.execute(_DELETE_PROFILE, (user_key,)).rowcount > 0
         with self._locked("delete") as conn:
             try:
@@ -349,8 +369,9 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 self._fail(exc, "sealing_keys")
         for (data,) in rows:
-            profile = Profile.loads(data)
-            keys[profile.ref] = profile.data_key
+            profile = _readable(data)
+            if profile is not None:
+                keys[profile.ref] = profile.data_key
         return keys
 
     def _load(self, conn: sqlite3.Connection, user_key: str) -> Profile:
@@ -363,11 +384,25 @@ class SQLiteStore:
                 return cached[0]
             del self._profiles[user_key]
         row = conn.execute(_SELECT_PROFILE, (user_key, horizon)).fetchone()
-        return Profile(user_key=user_key) if row is None else Profile.loads(row[0])
+        if row is None:
+            return Profile(user_key=user_key)
+        try:
+            return Profile.loads(row[0])
+        except CorruptProfileError as exc:
+            # Kept aside, not read as a different history: the user starts afresh.
+            self._write(conn, _QUARANTINE, (user_key, row[0], exc.message, time.time()))
+            self.incidents.note(
+                "quarantined",
+                "SQLite profile store %s: a stored profile is corrupt (%s); kept in the"
+                " quarantine table, the user starts afresh",
+                self._path,
+                exc.message,
+            )
+            return Profile(user_key=user_key)
 
     def _save(self, conn: sqlite3.Connection, profile: Profile) -> None:
         now = time.time()
-        conn.execute(_UPSERT_PROFILE, (profile.user_key, profile.dumps(), now))
+        self._write(conn, _UPSERT_PROFILE, (profile.user_key, profile.stored(), now))
         if self._cache_size:
             # Cached before the commit; a group that fails to commit empties the cache.
             self._profiles[profile.user_key] = (profile, now)
@@ -397,7 +432,7 @@ class SQLiteStore:
             with self._transaction("record_burst") as conn:
                 ip_window = self._window(conn, ip)
                 net_window = self._window(conn, net)
-                conn.execute(_INSERT_BURSTS, (ip, ts, user_key, flag, net, ts, user_key, flag))
+                self._write(conn, _INSERT_BURSTS, (ip, ts, user_key, flag, net, ts, user_key, flag))
                 self._maybe_prune(conn, ts)
             ip_window.add(ts, user_key, failed)
             net_window.add(ts, user_key, failed)
@@ -436,7 +471,7 @@ class SQLiteStore:
         # Grouped like an update: its result comes back after a person's step-up, seconds
         # later, long after the group is committed (and visible to other workers).
         with self._transaction("save_challenge") as conn:
-            conn.execute(_SAVE_CHALLENGE, (challenge_id, record, now + ttl_s))
+            self._write(conn, _SAVE_CHALLENGE, (challenge_id, record, now + ttl_s))
 
     def load_challenge(self, challenge_id: str, now: float) -> bytes | None:
         with self._locked("load_challenge") as conn:
@@ -461,6 +496,7 @@ class SQLiteStore:
             removed = conn.execute(_PURGE_PROFILES, (older_than,)).rowcount
             conn.execute(_PURGE_CHALLENGES, (time.time(),))
             conn.execute(_PURGE_EVENTS, (older_than,))
+            conn.execute(_PURGE_QUARANTINE, (older_than,))
             conn.execute(_PURGE_BURSTS, (_PRUNE_AGE_S,))
         return int(removed)
 
@@ -521,7 +557,12 @@ class SQLiteStore:
     def _transaction(self, action: str, *, flush: bool = False) -> Iterator[sqlite3.Connection]:
         """One update in the group transaction, committed when the group is due.
 
-        ``flush`` commits the group as soon as this update is in it.
+        Each update runs in a savepoint of its own, and its writes are journaled: a
+        statement that fails undoes this update alone, and should SQLite roll the
+        whole group back (a failed commit, an I/O error), the other updates are
+        applied again, each alone. ``flush`` commits the group as soon as this
+        update is in it (a flushed update's own writes are not journaled: if the
+        commit fails, it fails).
         """
         with self._locked(action) as conn:
             try:
@@ -529,46 +570,132 @@ class SQLiteStore:
                     conn.execute("BEGIN IMMEDIATE")
                     self._opened_at = time.monotonic()
                     self._grouped = 0
+                    self._journal = []
                     self._sync(conn)
                     self._maintenance.opened()
+                conn.execute("SAVEPOINT one_update")
             except sqlite3.Error as exc:
                 self._abort(conn)
                 self._fail(exc, action)
+            self._writes = []
             try:
                 yield conn
+                conn.execute("RELEASE one_update")
             except sqlite3.Error as exc:
-                # A statement failed half-way through an update: the group goes with it.
-                self._abort(conn)
+                self._undo_update(conn, exc, action)
                 self._fail(exc, action)
             except BaseException:
                 # ``fn`` failed, before this update wrote anything (every caller runs it
                 # first); it may have changed its cached profile, though. The group goes
                 # on; the next read of the profile takes the group's last write of it.
                 self._profiles.clear()
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("RELEASE one_update")
                 raise
+            if not flush:
+                self._journal.append(self._writes)
+            self._writes = []
             self._grouped += 1
             if (
                 flush
                 or self._grouped >= self._commit_every
                 or time.monotonic() - self._opened_at >= self._commit_after_s
             ):
-                self._commit(action)
+                self._commit(action, mine=flush)
 
-    def _commit(self, action: str) -> None:
-        """Commit the group transaction (the lock held); a failure loses the whole group."""
-        grouped, self._opened_at = self._grouped, None
+    def _write(self, conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
+        """Execute one write of the current update, and journal it for ``_replay``."""
+        conn.execute(sql, params)
+        self._writes.append((sql, params))
+
+    def _undo_update(self, conn: sqlite3.Connection, exc: sqlite3.Error, action: str) -> None:
+        """Undo the failed update alone: the rest of its group is applied again."""
+        # What the caches hold may come from the failed update: read again from the file.
+        self._profiles.clear()
+        self._windows.clear()
+        self._writes = []
+        self.incidents.note(
+            "update_undone",
+            "SQLite profile store %s: %s failed and was undone alone: %s",
+            self._path,
+            action,
+            exc,
+        )
+        # Undoing to the savepoint is not enough: after some errors (a corrupt page)
+        # SQLite fails every later statement and the commit of the transaction. The
+        # group is rolled back (if SQLite has not done so) and its other updates,
+        # journaled, are applied again in a fresh transaction and committed.
+        self._replay(f"{action} failed: {exc}")
+
+    def _commit(self, action: str, *, mine: bool = False) -> None:
+        """Commit the group transaction (the lock held).
+
+        When the commit fails, its updates are applied again, each alone (``_replay``);
+        ``mine``: the caller's own writes were not journaled, so its call fails.
+        """
+        self._opened_at = None
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._abort(self._conn)
-            log.error(
-                "SQLite profile store %s: commit of %d updates failed, they are lost: %s",
-                self._path,
-                grouped,
-                exc,
-            )
-            self._fail(exc, action)
+            kept = self._replay(f"commit failed: {exc}")
+            if mine or not kept:
+                self._fail(exc, action)
+        self._journal = []
         self._maintenance.wrote()
+
+    def _replay(self, why: str) -> bool:
+        """Apply the group's journaled updates again after SQLite rolled it back.
+
+        Each in a savepoint of its own, so that one failing again costs only itself;
+        every update that does not reach the file is logged and counted as lost.
+        False when the new transaction could not be committed at all.
+        """
+        journal, self._journal = self._journal, []
+        self._abort(self._conn)
+        conn, lost = self._conn, 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for writes in journal:
+                conn.execute("SAVEPOINT one_update")
+                try:
+                    for sql, params in writes:
+                        conn.execute(sql, params)
+                except sqlite3.Error:
+                    lost += 1
+                    conn.execute("ROLLBACK TO one_update")
+                conn.execute("RELEASE one_update")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            self.incidents.note(
+                "update_lost",
+                "SQLite profile store %s: %s; applying its %d updates again failed too,"
+                " they are lost: %s",
+                self._path,
+                why,
+                len(journal),
+                exc,
+                count=len(journal),
+            )
+            return False
+        if lost:
+            self.incidents.note(
+                "update_lost",
+                "SQLite profile store %s: %s; %d of its %d updates failed again and are lost",
+                self._path,
+                why,
+                lost,
+                len(journal),
+                count=lost,
+            )
+        else:
+            log.warning(
+                "SQLite profile store %s: %s; its %d other updates were applied again",
+                self._path,
+                why,
+                len(journal),
+            )
+        return True
 
     def commit_if_due(self) -> None:
         """Commit the group transaction if it is old enough (the maintenance thread's call)."""
@@ -708,3 +835,11 @@ def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+
+
+def _readable(raw: bytes) -> Profile | None:
+    """The stored profile, or None when it is corrupt (its user's next update quarantines it)."""
+    try:
+        return Profile.loads(raw)
+    except CorruptProfileError:
+        return None

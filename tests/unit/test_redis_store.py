@@ -322,3 +322,21 @@ def test_threads_mixing_update_and_update_event_lose_nothing(store: RedisStore) 
     assert stored is not None and stored.n_seen == total
     # Each update_event noted its event exactly once.
     assert store.burst_counts(IP, NET, NOW + total + 1) == BurstCounts(1, total // 2, 1, total // 2)
+
+
+def test_a_changed_digit_is_quarantined_and_the_user_starts_afresh(
+    store: RedisStore, client: redis.Redis, redis_prefix: str
+) -> None:
+    incidents: list[str] = []
+    store.incidents.listen(incidents.append)
+    key = f"{redis_prefix}:profile:alice"
+    client.set(key, Profile("alice", n_seen=119).stored())
+    damaged = cast(bytes, client.get(key)).replace(b'"n_seen":119', b'"n_seen":921')
+    client.set(key, damaged)
+    assert store.get("alice") is None
+    assert (
+        store.update_event(BurstNote("ip", "net", "alice", 1.0, False), lambda p, b: p.n_seen) == 0
+    )
+    assert incidents == ["quarantined"]
+    assert client.get(f"{redis_prefix}:quarantine:alice") == damaged
+    assert Profile.loads(cast(bytes, client.get(key))).n_seen == 0

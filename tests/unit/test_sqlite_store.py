@@ -32,7 +32,7 @@ def stored_seen(path: Path, user_key: str) -> int | None:
     """n_seen of a profile row as committed in the file, read from outside the store."""
     with raw(path) as conn:
         row = conn.execute("SELECT data FROM profiles WHERE user_key = ?", (user_key,)).fetchone()
-    return None if row is None else int(orjson.loads(row[0])["n_seen"])
+    return None if row is None else Profile.loads(row[0]).n_seen
 
 
 def bump_seen(profile: Profile) -> None:
@@ -276,7 +276,7 @@ def test_a_failed_update_leaves_its_group_intact(tmp_path: Path) -> None:
         store.close()
     with raw(path) as conn:
         rows = dict(conn.execute("SELECT user_key, data FROM profiles").fetchall())
-    assert {user: orjson.loads(data)["n_seen"] for user, data in rows.items()} == {
+    assert {user: Profile.loads(data).n_seen for user, data in rows.items()} == {
         "alice": 1,
         "bob": 1,
     }
@@ -391,5 +391,93 @@ def test_an_erased_users_bytes_are_gone_from_the_file_and_the_wal(tmp_path: Path
         ]
         assert found == []
         assert store.get(other) is not None
+    finally:
+        store.close()
+
+
+def corrupt_overflow_pages(path: Path, marker: bytes) -> int:
+    """Point every overflow page holding ``marker`` past the end of the file; how many.
+
+    An overflow page starts with the number of the next one (a b-tree page with its
+    type, never 0): reading or rewriting the row then fails with SQLITE_CORRUPT.
+    """
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    hits = 0
+    for start in range(page_size, len(data), page_size):
+        page = data[start : start + page_size]
+        if page[0] == 0 and marker in page:
+            data[start : start + 4] = b"\xff\xff\xff\xff"
+            hits += 1
+    path.write_bytes(bytes(data))
+    return hits
+
+
+def test_a_failing_statement_loses_no_other_users_acknowledged_update(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    others = [f"user-{i}" for i in range(9)]
+    store = SQLiteStore(path, checkpoint_every_s=None)
+
+    def fatten(profile: Profile) -> None:
+        # Some 20 KB: the row spills into a chain of overflow pages.
+        for i in range(200):
+            profile.ips[f"victim-marker-{i:04d}-{'x' * 60}"] = [1.0, 0.0]
+
+    store.update("victim", fatten)
+    for user in others:
+        store.update(user, bump_seen)
+    store.close()
+    assert corrupt_overflow_pages(path, b"victim-marker") >= 2
+
+    store = SQLiteStore(path, checkpoint_every_s=None, commit_after_s=1.0, commit_every=1000)
+    try:
+        for user in others:
+            store.update(user, bump_seen)  # answered: acknowledged
+        with pytest.raises(ProfileStoreError, match="corrupt"):
+            store.update("victim", bump_seen)
+        store.update("late", bump_seen)
+    finally:
+        store.close()
+    assert {user: stored_seen(path, user) for user in [*others, "late"]} == dict.fromkeys(
+        others, 2
+    ) | {"late": 1}
+
+
+def test_a_changed_digit_is_quarantined_and_the_user_starts_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, commit_after_s=0)
+    incidents: list[str] = []
+    store.incidents.listen(incidents.append)
+    try:
+        for _ in range(119):
+            store.update("alice", bump_seen)
+        store.update("bob", bump_seen)
+        with raw(path) as conn:
+            (data,) = conn.execute("SELECT data FROM profiles WHERE user_key = 'alice'").fetchone()
+            damaged = bytes(data).replace(b'"n_seen":119', b'"n_seen":921')
+            assert damaged != data
+            conn.execute("UPDATE profiles SET data = ? WHERE user_key = 'alice'", (damaged,))
+        # Not read as a history of 921 events: set aside, and alice starts afresh.
+        assert store.get("alice") is None
+        assert store.update("alice", lambda p: p.n_seen) == 0
+        assert incidents == ["quarantined"]
+        assert store.update("bob", lambda p: p.n_seen) == 1
+    finally:
+        store.close()
+    assert stored_seen(path, "alice") == 0
+    with raw(path) as conn:
+        kept = conn.execute("SELECT user_key, data FROM quarantine").fetchall()
+    assert kept == [("alice", damaged)]
+
+
+def test_profiles_stored_before_the_checksum_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path)
+    try:
+        store.update("alice", bump_seen)
+        with raw(path) as conn:
+            plain = Profile("alice", n_seen=41).dumps()
+            conn.execute("UPDATE profiles SET data = ? WHERE user_key = 'alice'", (plain,))
+        assert store.update("alice", lambda p: p.n_seen) == 41
     finally:
         store.close()

@@ -6,9 +6,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError
 from risk_engine.profiles import MemoryStore, RedisStore, SQLiteStore, open_store
+from risk_engine.profiles.redis_cluster import RedisClusterStore, is_cluster_url
 
 
 def test_memory() -> None:
@@ -106,3 +110,29 @@ def test_ping_without_redis_fails_fast_and_hides_the_password() -> None:
     message = str(excinfo.value)
     assert "redis://:***@127.0.0.1:1/0" in message and "s3cret" not in message
     assert excinfo.value.status_code == 503
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://127.0.0.1:7000",
+        "rediss+cluster://:pw@cache.example:7000",
+        "redis://127.0.0.1:7000/0?cluster=true",
+    ],
+)
+def test_cluster_urls_open_the_cluster_store_without_connecting(url: str) -> None:
+    store = open_store(url)
+    assert isinstance(store, RedisClusterStore)
+    store.close()
+
+
+def test_a_plain_redis_url_is_not_a_cluster() -> None:
+    assert not is_cluster_url("redis://127.0.0.1:6379/0")
+    assert not is_cluster_url("redis://127.0.0.1:6379/0?cluster=false")
+
+
+@given(user_key=st.text(alphabet="0123456789abcdef", min_size=16, max_size=16))
+def test_a_users_transaction_keys_share_one_slot(user_key: str) -> None:
+    store = RedisClusterStore("redis+cluster://127.0.0.1:7000", prefix="p")
+    slot = key_slot(store._profile_key(user_key).encode())
+    assert key_slot(store._user_events_key(user_key).encode()) == slot
