@@ -30,18 +30,32 @@ its decision lines as events (given the keys) and skips the other kinds.
 
 Appends take an exclusive ``flock`` on the file around "read the last line's
 hmac, append one line": several workers writing one file keep one valid chain.
+
+Rotation: past a size or at a new UTC day, the file is closed as the next numbered
+segment beside it (``audit.jsonl`` -> ``audit.000042.jsonl``) and a new file starts
+with a ``segment`` record that names that segment and chains from its last record,
+so the segments form one chain. The new file is written aside and renamed over the
+log's path under the old file's lock: the path always names a whole log, and a
+worker that waited for the lock finds the file moved and takes up the new one.
+``expire`` deletes the oldest segments past retention and first appends a
+``retention`` record naming them and the hmac of the oldest kept file's first
+record: ``verify_segments`` then accepts the chain starting there, and reports any
+other missing, extra or reordered segment as a break.
 """
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import hmac
 import logging
 import os
+import re
+import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -65,6 +79,8 @@ _LEGACY_FIELD = b',"hash":"'
 # The fixed-length end of every line: ,"hmac":"<64 hex>"} (legacy lines: "hash", as long)
 _SUFFIX_LEN = len(_MAC_FIELD) + 64 + 2
 _RESERVED = frozenset(("record", "ts", "key_id", "prev_hash", "hmac", "hash"))
+SEGMENT_DIGITS = 6
+DAY_S = 86400
 
 
 class RecordKind(StrEnum):
@@ -78,6 +94,8 @@ class RecordKind(StrEnum):
     CONSOLE = "console"
     RECOVERY = "recovery"
     MIGRATION = "migration"
+    SEGMENT = "segment"
+    RETENTION = "retention"
 
 
 def _sha256(data: bytes) -> str:
@@ -227,13 +245,30 @@ def seal_personal(
 
 
 class AuditLog:
-    """Appends records, chained under ``key``, to one JSON Lines file."""
+    """Appends records, chained under ``key``, to one JSON Lines file and its segments.
 
-    def __init__(self, path: Path, key: AuditKey) -> None:
+    ``segment_bytes`` (0: no limit) and ``daily`` say when the file is closed as a
+    segment; ``clock`` gives the records' time.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        key: AuditKey,
+        *,
+        segment_bytes: int = 0,
+        daily: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.key = key
+        self.segment_bytes = segment_bytes
+        self.daily = daily
+        self._clock = clock
+        # (inode, UTC day of its first record) of the file last looked at.
+        self._first_day: tuple[int, int | None] = (-1, None)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._fd = self._open()
         # flock does not exclude threads sharing one descriptor: a lock for them too.
         self._lock = threading.Lock()
         # The file's size and last hmac as this process last left them: when the size
@@ -243,7 +278,7 @@ class AuditLog:
         try:
             # Start-up: a crash's torn line is recorded now, not at the first request.
             with self._lock:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._lock_current()
                 try:
                     self._sync(os.fstat(self._fd).st_size, opening=True)
                 finally:
@@ -256,17 +291,134 @@ class AuditLog:
         """Append one record of ``kind``; returns its hmac (the next prev_hash)."""
         body = {k: v for k, v in fields.items() if k not in _RESERVED}
         with self._lock:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._lock_current()
             try:
                 size = os.fstat(self._fd).st_size
                 if size != self._known_size:
                     self._sync(size)
+                if self._due(size):
+                    self._rotate()
                 return self._write(kind, body)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def expire(self, horizon: float) -> list[str]:
+        """Delete the oldest segments whose last record is older than ``horizon``; their names.
+
+        A ``retention`` record written first names them and the first record of the
+        oldest file kept, where verification then starts. A segment whose age cannot
+        be read is kept, and so is every segment after it.
+        """
+        with self._lock:
+            self._lock_current()
+            try:
+                segments = log_segments(self.path)[:-1]
+                expired: list[Path] = []
+                for segment in segments:
+                    last = _last_ts(segment)
+                    if last is None or last >= horizon:
+                        break
+                    expired.append(segment)
+                if not expired:
+                    return []
+                oldest = segments[len(expired)] if len(segments) > len(expired) else self.path
+                start = _first_link(oldest)
+                if start is None:
+                    return []
+                size = os.fstat(self._fd).st_size
+                if size != self._known_size:
+                    self._sync(size)
+                names = [segment.name for segment in expired]
+                self._write(
+                    RecordKind.RETENTION,
+                    {"expired": names, "chain_start": start, "start_segment": oldest.name},
+                )
+                for segment in expired:
+                    segment.unlink(missing_ok=True)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        log.info("audit log %s: %d segments past retention deleted", self.path, len(names))
+        return names
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def _lock_current(self) -> None:
+        """flock the file the log's path names now: another process may have rotated it."""
+        while True:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            mine = os.fstat(self._fd)
+            try:
+                now = os.stat(self.path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = self._open()
+            self._known_size = -1
+
+    def _due(self, size: int) -> bool:
+        """Whether the file must become a segment before the next record."""
+        if size == 0:
+            return False
+        if self.segment_bytes and size >= self.segment_bytes:
+            return True
+        if not self.daily:
+            return False
+        inode = os.fstat(self._fd).st_ino
+        if self._first_day[0] != inode:
+            first = _first_record(self._fd)
+            ts = first.get("ts") if first else None
+            day = int(ts // DAY_S) if isinstance(ts, int | float) else None
+            self._first_day = (inode, day)
+        day = self._first_day[1]
+        return day is not None and day != int(self._clock() // DAY_S)
+
+    def _rotate(self) -> None:
+        """Close the file as the next segment; a new file starts linked to its last record."""
+        segment = self._segment_for_current()
+        aside = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.next")
+        old, old_size = self._fd, self._known_size
+        fd = os.open(aside, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, stat.S_IMODE(os.fstat(old).st_mode))
+            # Locked before its rename makes it the log: a waiting worker queues on it.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._fd, self._known_size = fd, 0
+            self._write(RecordKind.SEGMENT, {"previous_segment": segment.name})
+            os.rename(aside, self.path)
+        except BaseException:
+            self._fd, self._known_size = old, old_size
+            os.close(fd)
+            aside.unlink(missing_ok=True)
+            raise
+        fcntl.flock(old, fcntl.LOCK_UN)
+        os.close(old)
+        log.info("audit log %s: closed segment %s", self.path, segment.name)
+
+    def _segment_for_current(self) -> Path:
+        """The next segment's name, linked to the file now (one name more, same bytes)."""
+        numbered = _numbered(self.path)
+        mine = os.fstat(self._fd)
+        if numbered:
+            last = numbered[-1][1].stat()
+            if (last.st_ino, last.st_dev) == (mine.st_ino, mine.st_dev):
+                # A rotation that crashed before its rename already named this file.
+                return numbered[-1][1]
+        number = numbered[-1][0] if numbered else 0
+        first = _first_record(self._fd)
+        if first is not None and first.get("record") == RecordKind.SEGMENT.value:
+            # Its predecessors may all have expired: the numbers still go on.
+            named = _segment_number(self.path, str(first.get("previous_segment")))
+            number = max(number, named or 0)
+        segment = _segment_path(self.path, number + 1)
+        os.link(self.path, segment)
+        return segment
+
     def _write(self, kind: RecordKind, body: dict[str, Any], prefix: bytes = b"") -> str:
-        record = {"record": kind.value, "ts": round(time.time(), 6), **body}
+        record = {"record": kind.value, "ts": round(self._clock(), 6), **body}
         record["key_id"] = self.key.id
         record["prev_hash"] = self._last_link
         line, mac = _seal(record, self.key)
@@ -340,12 +492,122 @@ class AuditLog:
         os.close(self._fd)
 
 
+def _segment_path(active: Path, number: int) -> Path:
+    return active.with_name(f"{_stem(active)}.{number:0{SEGMENT_DIGITS}d}{active.suffix}")
+
+
+def _stem(active: Path) -> str:
+    return active.name[: -len(active.suffix)] if active.suffix else active.name
+
+
+def _segment_number(active: Path, name: str) -> int | None:
+    """The number in a segment's name of the log ``active``, or None if it is not one."""
+    digits = rf"\.(\d{{{SEGMENT_DIGITS},}})"
+    found = re.fullmatch(re.escape(_stem(active)) + digits + re.escape(active.suffix), name)
+    return int(found.group(1)) if found else None
+
+
+def _numbered(active: Path) -> list[tuple[int, Path]]:
+    """The closed segments of the log ``active``, by number."""
+    found = []
+    for candidate in active.parent.glob(f"{glob.escape(_stem(active))}.*"):
+        number = _segment_number(active, candidate.name)
+        if number is not None and candidate.is_file():
+            found.append((number, candidate))
+    return sorted(found)
+
+
+def log_segments(active: Path) -> list[Path]:
+    """The files of the log ``active`` in chain order: its closed segments, then itself."""
+    segments = [path for _, path in _numbered(active)]
+    if segments and active.exists() and segments[-1].samefile(active):
+        segments.pop()  # a rotation that crashed before its rename: one file, two names
+    return [*segments, active] if active.exists() else segments
+
+
+def audit_segments(path: Path) -> list[Path]:
+    """The files of one audit log in chain order, from its active file or its directory.
+
+    In a directory, a log is a ``NAME.jsonl`` that holds audit records or has numbered
+    segments beside it; a directory with none, or with several, is refused.
+    """
+    if not path.is_dir():
+        return log_segments(path)
+    actives: set[Path] = set()
+    for candidate in path.iterdir():
+        if candidate.name.startswith(".") or not candidate.is_file():
+            continue
+        found = re.fullmatch(rf"(.+)\.\d{{{SEGMENT_DIGITS},}}(\.[^.]+)?", candidate.name)
+        if found:
+            actives.add(path / (found.group(1) + (found.group(2) or "")))
+        elif _first_link(candidate) is not None:
+            actives.add(candidate)
+    if not actives:
+        raise ConfigurationError(f"{path} holds no audit log")
+    if len(actives) > 1:
+        names = ", ".join(sorted(p.name for p in actives))
+        raise ConfigurationError(f"{path} holds several audit logs ({names}): name the files")
+    return log_segments(actives.pop())
+
+
+def _first_line(fd: int) -> bytes:
+    """The first complete line of the open file ``fd`` (empty if none), without its newline."""
+    data, offset = b"", 0
+    while True:
+        chunk = os.pread(fd, _TAIL_CHUNK, offset)
+        cut = chunk.find(b"\n")
+        if cut >= 0:
+            return data + chunk[:cut]
+        if not chunk:
+            return b""
+        data, offset = data + chunk, offset + len(chunk)
+
+
+def _first_record(fd: int) -> dict[str, Any] | None:
+    try:
+        record = orjson.loads(_first_line(fd) or b"null")
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _first_link(path: Path) -> str | None:
+    """The link (hmac) of a file's first line if it is an audit record, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        link, legacy = _link(_first_line(fd))
+    finally:
+        os.close(fd)
+    return link if link is not None and not legacy else None
+
+
+def _last_ts(path: Path) -> float | None:
+    """The ``ts`` of a file's last complete record, or None when none can be read."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - 16 * _TAIL_CHUNK))
+        lines = handle.read().split(b"\n")[:-1]
+    for line in reversed(lines):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        ts = record.get("ts") if isinstance(record, dict) else None
+        if isinstance(ts, int | float):
+            return float(ts)
+    return None
+
+
 @dataclass(frozen=True)
 class Break:
-    """One line where the chain does not hold, and why."""
+    """One line where the chain does not hold, and why (``source``: the file's name)."""
 
     line: int
     problem: str
+    source: str = ""
 
 
 @dataclass
@@ -357,6 +619,9 @@ class VerifyResult:
     # Unkeyed lines of the old chain, and the keyed record that seals them (line, ts).
     legacy: int = 0
     sealed_by: tuple[int, float] | None = None
+    segments: int = 0
+    # The file the chain starts in when a retention record says older segments expired.
+    starts_at: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -402,18 +667,30 @@ def verify_chain(path: Path, keys: Iterable[AuditKey]) -> VerifyResult:
     Every break is reported and the check goes on from the line after it, so an edit
     or a torn line never hides a later one.
     """
+    return verify_segments([path], keys)
+
+
+def verify_segments(paths: Sequence[Path], keys: Iterable[AuditKey]) -> VerifyResult:
+    """Check the files of one log in chain order as one chain (see ``verify_chain``).
+
+    Each file after the first must open with a ``segment`` record naming the file
+    before it; the first may open with one only where a retention record in the
+    chain says the segments before it expired.
+    """
     check = _Verifier({key.id: key for key in keys})
-    offset = 0
-    for number, raw in _lines(path):
-        if not raw.endswith(b"\n"):
-            check.fail(
-                number,
-                "torn: the last line is incomplete (a crash mid-write; the service"
-                " records its recovery when it next opens the log)",
-            )
-            break
-        check.line(number, offset, raw[:-1])
-        offset += len(raw)
+    for path in paths:
+        check.begin(path.name)
+        offset = 0
+        for number, raw in _lines(path):
+            if not raw.endswith(b"\n"):
+                check.fail(
+                    number,
+                    "torn: the last line is incomplete (a crash mid-write; the service"
+                    " records its recovery when it next opens the log)",
+                )
+                break
+            check.line(number, offset, raw[:-1])
+            offset += len(raw)
     return check.finish()
 
 
@@ -437,9 +714,24 @@ class _Verifier:
         self.keyed = False  # a keyed record was seen: no unkeyed line may follow
         self.unsealed: list[int] = []  # unkeyed lines no keyed record seals yet
         self.last: _Line | None = None
+        self.source = ""
+        self.previous_source: str | None = None
+        self.order: dict[str, int] = {}
+        # The first file's opening segment record (its hmac, the segment it names),
+        # accepted at the end if a retention record names it as the chain's start.
+        self.start: tuple[str, str] | None = None
+        self.retention_starts: set[str] = set()
+
+    def begin(self, source: str) -> None:
+        if self.order:
+            self.previous_source = self.source
+        self.source = source
+        self.order.setdefault(source, len(self.order))
+        self.result.segments += 1
+        self.last = None  # a recovery names a line of its own file
 
     def fail(self, number: int, problem: str) -> int:
-        self.result.breaks.append(Break(number, problem))
+        self.result.breaks.append(Break(number, problem, self.source))
         return len(self.result.breaks) - 1
 
     def line(self, number: int, offset: int, line: bytes) -> None:
@@ -450,6 +742,7 @@ class _Verifier:
             expected = self.prev
             if record.get("record") == RecordKind.RECOVERY.value:
                 expected = self._recovery(number, record, problems)
+            expected = self._segment_start(number, record, link, problem, expected, problems)
             if record.get("prev_hash") != expected:
                 problems.append(
                     "prev_hash does not match the previous record"
@@ -461,6 +754,8 @@ class _Verifier:
         broken = self.fail(number, "; ".join(problems)) if problems else -1
         if counted:
             self.result.records += 1
+            if record is not None and record.get("record") == RecordKind.RETENTION.value:
+                self.retention_starts.add(str(record.get("chain_start")))
             if self.unsealed and not self.keyed and record is not None:
                 # The first keyed record's hmac covers the unkeyed chain it links to.
                 self.result.legacy, self.unsealed = len(self.unsealed), []
@@ -487,19 +782,65 @@ class _Verifier:
             f"torn line ({len(torn.data)} bytes, a crash mid-write), recovered at line {number}"
         )
         if torn.broken >= 0:
-            self.result.breaks[torn.broken] = Break(torn.number, problem)
+            self.result.breaks[torn.broken] = Break(torn.number, problem, self.source)
         else:
             self.fail(torn.number, problem)
             self.result.records -= torn.counted
         # Written after the torn bytes but chained from the record before them.
         return torn.prev
 
+    def _segment_start(
+        self,
+        number: int,
+        record: dict[str, Any],
+        link: str | None,
+        sealed: str,
+        expected: str,
+        problems: list[str],
+    ) -> str:
+        """Check a file's opening against the file before it; the link expected of it."""
+        is_segment = record.get("record") == RecordKind.SEGMENT.value
+        if number != 1:
+            if is_segment:
+                problems.append("a segment record that does not open its file")
+            return expected
+        named = str(record.get("previous_segment")) if is_segment else None
+        if self.previous_source is None:
+            if is_segment and not sealed and link is not None:
+                # Older segments gone: fine if a retention record says so (checked at the end).
+                self.start = (link, named or "")
+                return str(record.get("prev_hash"))
+            return expected
+        if named is None:
+            problems.append(
+                f"the file does not open with a segment record: it is not the segment"
+                f" after {self.previous_source}"
+            )
+        elif named != self.previous_source:
+            problems.append(
+                f"it follows {named}, which is missing here ({self.previous_source} comes"
+                " before it: a segment missing, renamed or out of order)"
+            )
+        return expected
+
     def finish(self) -> VerifyResult:
+        if self.start is not None:
+            link, named = self.start
+            source = next(iter(self.order))
+            if link in self.retention_starts:
+                self.result.starts_at = source
+            else:
+                self.source = source
+                self.fail(
+                    1,
+                    f"the chain starts after segment {named}, which is missing (no retention"
+                    " record says the segments before it expired)",
+                )
         if self.unsealed:
             self.fail(
                 self.unsealed[0],
                 f"{len(self.unsealed)} unkeyed (legacy) records from here that no keyed"
                 " record seals: anyone able to write the file could have written them",
             )
-        self.result.breaks.sort(key=lambda b: b.line)
+        self.result.breaks.sort(key=lambda b: (self.order.get(b.source, 0), b.line))
         return self.result

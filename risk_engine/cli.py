@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -401,7 +401,9 @@ def serve(
     if no_auth:
         os.environ["RISK_ENGINE_AUTH_DISABLED"] = "true"
     try:
-        settings = Settings()
+        settings = Settings.from_environment()
+    except RiskEngineError as exc:
+        fail(exc.message)
     except ValueError as exc:  # pydantic's ValidationError: name the bad variable
         fail(f"invalid settings: {exc}")
     if workers > 1 and settings.store.lower().startswith("memory:"):
@@ -429,8 +431,24 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        log_config=_server_log_config(),
         **server_options(access_log=access_log),
     )
+
+
+def _server_log_config() -> dict[str, Any]:
+    """uvicorn's logging, and the engine's own INFO lines (the settings, the model) beside it."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["risk_engine"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
 
 
 def _metrics_dir(var_dir: Path) -> None:
@@ -489,7 +507,14 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 def audit_verify(
-    path: Annotated[Path, typer.Argument(help="audit log (JSON Lines)")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="the audit log's directory, or its files (segments oldest first, then the"
+            " active file)",
+            show_default=False,
+        ),
+    ],
     key_file: Annotated[
         list[Path] | None,
         typer.Option(
@@ -499,14 +524,23 @@ def audit_verify(
         ),
     ] = None,
 ) -> None:
-    """Check every record's hmac and link: 'ok: N records', or every break (exit 1)."""
+    """Check every record's hmac and link across segments: 'ok: N records', or every break."""
     from datetime import UTC
 
-    from risk_engine.audit import AuditKey, verify_chain
+    from risk_engine.audit import AuditKey, audit_segments, verify_segments
     from risk_engine.config import Settings
 
-    if not path.is_file():
-        fail(f"audit log not found: {path}")
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            try:
+                files.extend(audit_segments(path))
+            except RiskEngineError as exc:
+                fail(exc.message)
+        elif path.is_file():
+            files.append(path)
+        else:
+            fail(f"audit log not found: {path}")
     try:
         settings = Settings()
     except ValueError as exc:  # pydantic's ValidationError: name the bad variable
@@ -524,19 +558,23 @@ def audit_verify(
             f"no audit key: give --key-file, set RISK_ENGINE_AUDIT_KEY or run where"
             f" {settings.audit_key_path} is"
         )
-    result = verify_chain(path, keys)
+    result = verify_segments(files, keys)
     legacy = ""
     if result.sealed_by is not None:
         # When the unkeyed part was sealed: a date after the upgrade means a rewrite.
         line, ts = result.sealed_by
         when = datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
         legacy = f" (and {result.legacy} unkeyed legacy records, sealed at line {line}, {when})"
+    if result.starts_at is not None:
+        legacy += f" (the chain starts at {result.starts_at}: older segments expired)"
     for found in result.breaks:
-        typer.echo(f"line {found.line}: {found.problem}")
+        where = f"{found.source}, " if len(files) > 1 else ""
+        typer.echo(f"{where}line {found.line}: {found.problem}")
     if result.breaks:
         typer.echo(f"{len(result.breaks)} break(s); {result.records} records verified{legacy}")
         raise typer.Exit(1)
-    typer.echo(f"ok: {result.records} records{legacy}")
+    segments = f" in {len(files)} segments" if len(files) > 1 else ""
+    typer.echo(f"ok: {result.records} records{segments}{legacy}")
 
 
 @app.command()

@@ -3,16 +3,25 @@
 API keys have scopes. Each key is one variable, ``RISK_ENGINE_API_KEY_<NAME>=<scope>:<sha256>``
 (what ``risk-engine apikey --scope ...`` prints), so the settings of several keys
 combine line by line; the older list ``RISK_ENGINE_API_KEYS_SHA256`` grants ``decide``.
+
+Any other ``RISK_ENGINE_*`` variable stops start-up (``check_environment``): a
+misspelled setting would otherwise be ignored and its default used in silence.
+Two namespaces are not settings and are let through: ``RISK_ENGINE_TEST_*`` and
+``RISK_ENGINE_REQUIRE_*`` (read by the test suite), and the variables applications
+give ``risk_engine.client`` (``RISK_ENGINE_URL``, ``RISK_ENGINE_API_KEY``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -29,6 +38,9 @@ ENV_PREFIX = "RISK_ENGINE_"
 KEY_VARIABLE_PREFIX = ENV_PREFIX + "API_KEY_"
 # A generated secret has 64 hex characters; anything under 32 is guessable or a typo.
 MIN_SECRET_CHARS = 32
+# Not settings: the test suite's switches and the client's variables.
+IGNORED_PREFIXES = (ENV_PREFIX + "TEST_", ENV_PREFIX + "REQUIRE_")
+CLIENT_VARIABLES = frozenset((ENV_PREFIX + "URL", ENV_PREFIX + "API_KEY"))
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
@@ -108,6 +120,13 @@ class Settings(BaseSettings):
     )
     var_dir: Path = Path("var")
     audit_log: Path | None = Field(default=None, description="default: var/audit.jsonl")
+    audit_segment_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=256 * 1024 * 1024,
+        description="close the audit log as a numbered segment past this size (0: no limit)",
+    )
+    audit_segment_daily: bool = Field(
+        default=True, description="close the audit log as a segment at each new UTC day"
+    )
     feedback_log: Path | None = Field(default=None, description="default: var/feedback.jsonl")
     decision_log: str = Field(
         default="",
@@ -205,6 +224,32 @@ class Settings(BaseSettings):
                 entry = {"scope": scope, "sha256": digest}
             entries[str(name).lower()] = entry
         return entries
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """The settings of a start-up: refused if a RISK_ENGINE_* variable is not one."""
+        check_environment()
+        return cls()
+
+    def effective(self) -> str:
+        """Every setting as ``name=value``, secrets and key digests masked, URL passwords out."""
+        shown = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "***"
+            elif name in ("secret", "audit_key") and value is None:
+                text = "(generated)"
+            elif name == "api_keys":
+                text = "{" + ", ".join(f"{k}: {v.scope.value}" for k, v in value.items()) + "}"
+            elif name == "api_keys_sha256":
+                text = f"[{len(value)} digest{'' if len(value) == 1 else 's'}]"
+            elif name in ("store", "decision_log"):
+                text = _redacted(value)
+            else:
+                text = str(value)
+            shown.append(f"{name}={text}")
+        return ", ".join(shown)
 
     @model_validator(mode="after")
     def _auth(self) -> Settings:
@@ -354,6 +399,57 @@ class Settings(BaseSettings):
         except OSError as exc:
             where = exc.filename or self.var_dir
             raise ConfigurationError(f"cannot make {where} private: {exc}") from exc
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``RISK_ENGINE_*`` variable that is no setting, naming the closest one.
+
+    Names are matched as pydantic-settings reads them, case-insensitively.
+    """
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    for variable in sorted(os.environ if environ is None else environ):
+        name = variable.upper()
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in settings
+            or name in CLIENT_VARIABLES
+            or name.startswith(IGNORED_PREFIXES)
+            or (name.startswith(KEY_VARIABLE_PREFIX) and len(name) > len(KEY_VARIABLE_PREFIX))
+        ):
+            continue
+        close = _closest(name, settings)
+        if close:
+            hint = f": did you mean {close}? (unset it or correct its name)"
+        else:
+            hint = " (no setting has a name like it: the README's Configuration lists them)"
+        raise ConfigurationError(f"unknown variable {variable}{hint}", field=variable)
+
+
+def _closest(name: str, settings: set[str]) -> str | None:
+    """The valid name most like ``name``, if any is alike enough.
+
+    A setting first; else a key variable, when all but the last word of ``name`` is
+    like ``RISK_ENGINE_API_KEY`` (``RISK_ENGINE_APIKEY_OPS``).
+    """
+    # RISK_ENGINE_API_KEYS (the keys as one JSON object) works but is never offered.
+    offered = sorted(settings - {ENV_PREFIX + "API_KEYS"})
+    close = difflib.get_close_matches(name, offered, n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    head = name.rpartition("_")[0]
+    if difflib.SequenceMatcher(None, head, KEY_VARIABLE_PREFIX[:-1]).ratio() >= 0.8:
+        return KEY_VARIABLE_PREFIX + "<NAME>"
+    return None
+
+
+def _redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _strong(secret: str, where: str) -> str:

@@ -70,10 +70,22 @@ class LogReport:
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:
-    """Files as given; directories become their log files, sorted by name."""
+    """Files as given; directories and glob patterns become their log files, sorted by name.
+
+    A rotated audit log's segments (``audit.000001.jsonl``, ...) sort before its
+    active ``audit.jsonl``: a directory or ``audit*.jsonl`` reads them in order.
+    """
     out: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if not path.exists() and _is_glob(path):
+            # Quoted on the command line, or given by a program: expanded here.
+            anchor = Path(path.anchor) if path.is_absolute() else Path()
+            pattern = str(path.relative_to(anchor)) if path.is_absolute() else str(path)
+            matched = sorted(p for p in anchor.glob(pattern) if p.is_file() and _is_log(p))
+            if not matched:
+                raise ConfigurationError(f"no event logs match {path}")
+            out.extend(matched)
+        elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and _is_log(p))
             if not found:
                 raise ConfigurationError(f"directory {path} holds no event logs ({LOG_SUFFIXES})")
@@ -83,6 +95,10 @@ def expand_paths(paths: list[Path]) -> list[Path]:
         else:
             raise ConfigurationError(f"event log not found: {path}")
     return out
+
+
+def _is_glob(path: Path) -> bool:
+    return any(char in str(path) for char in "*?[")
 
 
 def _is_log(path: Path) -> bool:

@@ -90,8 +90,17 @@ def server_options(*, access_log: bool = False) -> dict[str, Any]:
 
 
 def create_app_from_env() -> FastAPI:
-    """The factory uvicorn imports in each worker (``--factory``): settings from RISK_ENGINE_*."""
-    return create_app(Settings())
+    """The factory uvicorn imports in each worker (``--factory``): settings from RISK_ENGINE_*.
+
+    Bad settings end the process with one line, not a traceback per worker.
+    """
+    try:
+        settings = Settings.from_environment()
+    except RiskEngineError as exc:
+        raise SystemExit(f"risk-engine: error: {exc.message}") from None
+    except ValueError as exc:  # pydantic's ValidationError names the variable
+        raise SystemExit(f"risk-engine: error: invalid settings: {exc}") from None
+    return create_app(settings)
 
 
 @asynccontextmanager
@@ -102,6 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Refused before anything is keyed under a secret only this machine has.
     settings.require_shared_secret()
     # var/ 0700, its files 0600, before the store, the secret or the logs are written.
+    log.info("settings: %s", settings.effective())
     await run_in_threadpool(settings.secure_files)
     engine = injected if injected is not None else await run_in_threadpool(build_engine, settings)
     await run_in_threadpool(engine.warm_up)
@@ -125,7 +135,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _purge_expired(service: Service, retention_s: float) -> None:
-    """Erase profiles and decision log rows past retention at start-up, then hourly.
+    """Erase profiles, decision log rows and audit segments past retention: at start, hourly.
 
     (Redis expires its keys by itself.)
     """
@@ -139,6 +149,10 @@ async def _purge_expired(service: Service, retention_s: float) -> None:
                 await run_in_threadpool(service.decision_log.log.purge, horizon)
         except RiskEngineError as exc:
             log.warning("retention purge failed: %s", exc.message)
+        try:
+            await run_in_threadpool(service.audit_log.expire, horizon)
+        except OSError as exc:
+            log.warning("audit segments past retention not deleted: %s", exc)
         await asyncio.sleep(PURGE_EVERY_S)
 
 

@@ -121,7 +121,12 @@ class Service:
         engine.include_features = True
         # Feedback is accepted only for events decided here: the store keeps their ids.
         engine.keep_events = True
-        self.audit_log = AuditLog(settings.audit_path, settings.resolve_audit_key())
+        self.audit_log = AuditLog(
+            settings.audit_path,
+            settings.resolve_audit_key(),
+            segment_bytes=settings.audit_segment_bytes,
+            daily=settings.audit_segment_daily,
+        )
         self.feedback_log = JsonLinesFile(settings.feedback_path)
         self.decision_log: DecisionLogWriter | None = None
         url = settings.decision_log_url
