@@ -96,9 +96,9 @@ def main() -> None:
     print(f"compute_features           {fmt(t_feat)}")
     print(f"learn                      {fmt(t_learn)}")
     print(f"pipeline total             {fmt(total)}")
-    size = len(profile.dumps())
     print(
-        f"profile after {len(stream)} events: {size:,} bytes serialised "
+        f"profile after {len(stream)} events: {len(profile.stored()):,} bytes stored"
+        f" ({len(profile.dumps()):,} bytes of JSON) "
         f"({len(profile.devices)} devices, {len(profile.networks)} networks, "
         f"{len(profile.countries)} countries, {len(profile.places)} places)"
     )

@@ -18,9 +18,12 @@ import tempfile
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
+import msgpack
+import orjson
 import redis
 
 from risk_engine.errors import ProfileStoreError
@@ -155,15 +158,70 @@ def redis_server_version(url: str) -> str:
         client.close()
 
 
+def deflated_json(profile: Profile) -> bytes:
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return deflate.compress(profile.dumps()) + deflate.flush()
+
+
+Candidate = tuple[str, int, Callable[[], object], Callable[[], object] | None]
+
+
+def candidates(sample: Profile) -> list[Candidate]:
+    """Each form: its name, its size, how to write it and how to read it back."""
+    json, deflated, packed = sample.dumps(), deflated_json(sample), sample.pack()
+    # The dict made once: what msgpack itself costs, not dataclasses.asdict.
+    fields = orjson.loads(json)
+    return [
+        ("JSON (version 1)", len(json), sample.dumps, lambda: Profile.loads(json)),
+        (
+            "JSON, deflated",
+            len(deflated),
+            lambda: deflated_json(sample),
+            lambda: Profile.loads(zlib.decompress(deflated, -15)),
+        ),
+        (
+            "msgpack, named fields",
+            len(msgpack.packb(fields)),
+            lambda: msgpack.packb(fields),
+            None,
+        ),
+        ("binary (version 2)", len(packed), sample.pack, lambda: Profile.loads(packed)),
+    ]
+
+
+def formats(runs: int) -> None:
+    """Size and (de)serialisation time of the candidate forms, typical and at the caps."""
+    for at_caps in (False, True):
+        sample = Profile(USER)
+        realistic(sample, at_caps=at_caps)
+        tag = "at caps" if at_caps else "typical"
+        for name, size, encode, decode in candidates(sample):
+            line = f"format {tag} {name:22s} {size:6,d} bytes"
+            line += f"   encode {median_us(encode, runs):6.1f} µs"
+            if decode is not None:
+                line += f"   decode {median_us(decode, runs):6.1f} µs"
+            print(line)
+    print()
+
+
+def median_us(fn: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
 def checksum(sample: Profile, runs: int) -> None:
     """What the stored form's CRC32 adds to one write and one read of the profile."""
-    payload = sample.dumps()
+    payload = sample.pack()
     stored = sample.stored()
     for name, fn in (
-        ("write: dumps", sample.dumps),
-        ("write: dumps + crc32 (stored)", sample.stored),
+        ("write: pack", sample.pack),
+        ("write: pack + crc32 (stored)", sample.stored),
         ("crc32 alone", lambda: zlib.crc32(payload)),
-        ("read: loads, plain JSON", lambda: Profile.loads(payload)),
+        ("read: loads, unchecked", lambda: Profile.loads(payload)),
         ("read: loads, checked", lambda: Profile.loads(stored)),
     ):
         times = []
@@ -193,8 +251,12 @@ def main() -> int:
         f"sqlite {sqlite3.sqlite_version}, redis-py {version('redis')},"
         f" redis server {redis_server_version(args.redis_url)}, orjson {version('orjson')}"
     )
-    print(f"profile: {len(sample.dumps())} bytes of JSON; {args.iterations} updates per store\n")
+    print(
+        f"profile: {len(sample.stored())} bytes stored ({len(sample.dumps())} bytes of JSON);"
+        f" {args.iterations} updates per store\n"
+    )
 
+    formats(runs)
     checksum(sample, runs)
     report("memory", measure(MemoryStore(), runs, at_caps=at_caps))
 

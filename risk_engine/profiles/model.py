@@ -2,7 +2,9 @@
 
 Every collection has a cap and evicts its least recently seen entry, so a user
 with a million events costs the same few kilobytes as one with a hundred. The
-serialised form carries ``version`` so that stored profiles survive upgrades.
+stored form starts with its version so that stored profiles survive upgrades:
+version 2 is the compact binary form (profiles.packed); version 1 records (JSON)
+still read, and are written as version 2 on their user's next update.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgpack
 import orjson
 
 from risk_engine.errors import ProfileStoreError
 from risk_engine.profiles.integrity import CorruptProfileError, seal, unseal
 from risk_engine.sealing import new_data_key, new_ref
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+# Versions whose dict form (``to_dict``, JSON) ``from_dict`` reads: the dict form is
+# the same in both; version 2 changed only the bytes the stores keep.
+_DICT_VERSIONS = (1, 2)
 HOURS_OF_WEEK = 168
 
 # Caps: generous for real users, small enough to keep a profile near 10 KB.
@@ -194,23 +200,29 @@ class Profile:
         return asdict(self)
 
     def dumps(self) -> bytes:
-        """The versioned JSON form that every store keeps.
+        """The JSON form (``to_dict``'s), for people and tools; stores keep ``pack``.
 
         orjson serialises dataclasses natively, field by field: the same JSON as
         ``to_dict`` gives, some twenty times faster than ``asdict``'s deep copy.
         """
         return orjson.dumps(self)
 
+    def pack(self) -> bytes:
+        """The compact binary form, version byte first (profiles.packed)."""
+        from risk_engine.profiles.packed import pack
+
+        return pack(self)
+
     def stored(self) -> bytes:
-        """What a store keeps: ``dumps`` behind a checksum (profiles.integrity)."""
-        return seal(self.dumps())
+        """What a store keeps: ``pack`` behind a checksum (profiles.integrity)."""
+        return seal(self.pack())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Profile:
         version = data.get("version")
-        if version != PROFILE_VERSION:
+        if version not in _DICT_VERSIONS:
             raise ProfileStoreError(
-                f"stored profile has version {version!r}; this engine reads {PROFILE_VERSION}"
+                f"stored profile has version {version!r}; this engine reads {_DICT_VERSIONS}"
             )
         try:
             return cls(
@@ -250,14 +262,33 @@ class Profile:
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Profile:
-        """A profile from ``stored`` (checksum verified) or plain ``dumps`` bytes.
+        """A profile from ``stored`` (checksum verified), ``pack`` or ``dumps`` bytes.
 
-        CorruptProfileError when the bytes are damaged (the store quarantines those);
-        ProfileStoreError for a version this engine does not read (never quarantined:
-        a newer engine may share the store).
+        The first byte tells the form: the binary version, or ``{`` for JSON (version
+        1 records, and ``dumps``). CorruptProfileError when the bytes are damaged (the
+        store quarantines those); ProfileStoreError for a version this engine does not
+        read (never quarantined: a newer engine may share the store).
         """
+        from risk_engine.profiles.packed import BINARY_VERSION, unpack
+
+        payload = unseal(raw)
+        version = payload[0] if payload else None
+        if version == BINARY_VERSION:
+            try:
+                return unpack(payload)
+            except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException) as exc:
+                raise CorruptProfileError(f"stored profile is malformed: {exc!r}") from exc
+        if version is not None and BINARY_VERSION < version < 0x20:
+            # A control byte, never the start of JSON: a later binary version.
+            raise ProfileStoreError(
+                f"stored profile has version {version}; this engine reads {PROFILE_VERSION}"
+            )
+        return cls._from_json(payload)
+
+    @classmethod
+    def _from_json(cls, payload: bytes) -> Profile:
         try:
-            data = orjson.loads(unseal(raw))
+            data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise CorruptProfileError(f"stored profile is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -103,12 +104,13 @@ def test_readyz_reports_a_store_whose_writes_fail(
     victim = build_engine(settings, store=store, with_model=False).user_key("victim")
 
     def fatten(profile: Profile) -> None:
-        for i in range(200):
-            profile.ips[f"victim-marker-{i:04d}-{'x' * 60}"] = [1.0, 0.0]
+        for _ in range(200):
+            # Random, so that the stored form's compression cannot shrink it.
+            profile.ips[f"victim-{os.urandom(40).hex()}"] = [1.0, 0.0]
 
     store.update(victim, fatten)
     store.close()
-    assert corrupt_overflow_pages(path, b"victim-marker") >= 2
+    assert corrupt_overflow_pages(path, victim) >= 2
     auth = {"Authorization": f"Bearer {api_key}"}
     with TestClient(create_app(settings), headers=auth) as client:
         assert (

@@ -1,0 +1,205 @@
+"""The stored binary form (version 2): lossless, small, and version-1 JSON still read."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from risk_engine.errors import ProfileStoreError
+from risk_engine.profiles import RedisStore, SQLiteStore
+from risk_engine.profiles.integrity import CorruptProfileError, seal
+from risk_engine.profiles.model import (
+    HOURS_OF_WEEK,
+    PROFILE_VERSION,
+    DeviceRecord,
+    Place,
+    Profile,
+    SessionRecord,
+    Step,
+)
+
+# Every float, NaN and the infinities too: the binary form keeps float64 as it is.
+floats = st.floats()
+maybe_floats = st.none() | floats
+text = st.text(max_size=12)
+maybe_text = st.none() | text
+pair = st.lists(floats, min_size=2, max_size=2)
+counter = st.dictionaries(text, pair, max_size=6)
+devices = st.builds(
+    DeviceRecord,
+    key=text,
+    has_id=st.booleans(),
+    ua_family=text,
+    ua_major=text,
+    os_family=text,
+    os_major=text,
+    device_class=text,
+    platform=text,
+    timezone=text,
+    language=text,
+    screen=text,
+    first_ts=floats,
+    last_ts=floats,
+    count=st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    trusted=st.booleans(),
+    trusted_until=maybe_floats,
+    acr=maybe_text,
+    auth_time=maybe_floats,
+    auth_network=maybe_text,
+    action_digest=maybe_text,
+)
+sessions = st.builds(
+    SessionRecord,
+    ts=floats,
+    ip_key=text,
+    network=text,
+    device_key=text,
+    country=text,
+    latitude=maybe_floats,
+    longitude=maybe_floats,
+    accuracy_km=floats,
+    place=text,
+    acr=maybe_text,
+    auth_time=maybe_floats,
+    action_digest=maybe_text,
+    start_ts=maybe_floats,
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | floats | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+profiles = st.builds(
+    Profile,
+    user_key=text,
+    created_ts=floats,
+    last_ts=floats,
+    last_seen_ts=floats,
+    n_events=st.integers(min_value=0, max_value=2**63 - 1),
+    n_seen=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    places=st.lists(st.builds(Place, floats, floats, floats, floats, text, text), max_size=4),
+    # Keyed by anything, not only their own key: the form keeps both.
+    devices=st.dictionaries(text, devices, max_size=3),
+    hours=st.lists(floats, min_size=HOURS_OF_WEEK, max_size=HOURS_OF_WEEK),
+    countries=counter,
+    cities=counter,
+    networks=counter,
+    ips=counter,
+    families=counter,
+    actions=counter,
+    amounts=st.lists(floats, max_size=8),
+    failures=st.lists(floats, max_size=8),
+    recent=st.lists(floats, max_size=8),
+    sessions=st.dictionaries(text, sessions, max_size=3),
+    payees=counter,
+    steps=st.lists(st.builds(Step, floats, text, text, maybe_text, text), max_size=3),
+    pending=st.dictionaries(text, st.dictionaries(text, json_values, max_size=4), max_size=3),
+    challenged=counter,
+    ref=text,
+    data_key=text,
+    windows=st.dictionaries(text, floats, max_size=4),
+)
+
+
+def bits(value: Any) -> Any:
+    """``value`` with every float as its bit pattern: NaN equals NaN, -0.0 differs from 0.0."""
+    if isinstance(value, float):
+        return ("float", struct.pack("<d", value))
+    if isinstance(value, dict):
+        return {k: bits(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bits(v) for v in value]
+    return value
+
+
+@settings(deadline=None, max_examples=300)
+@given(profiles)
+def test_every_field_survives_the_stored_form_bit_for_bit(profile: Profile) -> None:
+    back = Profile.loads(profile.stored())
+    assert bits(back.to_dict()) == bits(profile.to_dict())
+    assert (back.ref, back.data_key) == (profile.ref, profile.data_key)
+    assert [type(d) for d in back.devices.values()] == [DeviceRecord] * len(profile.devices)
+
+
+def test_the_stored_form_starts_with_its_version() -> None:
+    profile = Profile("alice", n_seen=3)
+    assert profile.pack()[0] == PROFILE_VERSION == 2
+    assert Profile.loads(profile.pack()) == profile
+
+
+def test_a_later_version_is_refused_not_quarantined() -> None:
+    later = bytes([PROFILE_VERSION + 1]) + Profile("alice").pack()[1:]
+    with pytest.raises(ProfileStoreError, match="version 3") as caught:
+        Profile.loads(seal(later))
+    assert not isinstance(caught.value, CorruptProfileError)
+
+
+def version_1(profile: Profile, *, sealed: bool) -> bytes:
+    """The record a version-1 engine stored: JSON, behind a checksum or (older) not."""
+    raw = orjson.dumps({**profile.to_dict(), "version": 1})
+    return seal(raw) if sealed else raw
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["crc32", "plain"])
+def test_version_1_json_reads(sealed: bool) -> None:
+    profile = Profile("alice", n_seen=41)
+    profile.ips["ipk"] = [2.0, 1_700_000_000.5]
+    back = Profile.loads(version_1(profile, sealed=sealed))
+    assert back == profile
+    assert (back.ref, back.data_key) == (profile.ref, profile.data_key)
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["crc32", "plain"])
+def test_sqlite_reads_version_1_and_writes_version_2(tmp_path: Path, sealed: bool) -> None:
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path)
+    store.update("alice", lambda p: None)
+    store.close()
+    old = Profile("alice", n_seen=41)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "UPDATE profiles SET data = ? WHERE user_key = 'alice'",
+            (version_1(old, sealed=sealed),),
+        )
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.get("alice") == old
+        assert store.update("alice", lambda p: setattr(p, "n_seen", p.n_seen + 1)) is None
+        assert store.get("alice") == Profile("alice", n_seen=42)
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    (data,) = conn.execute("SELECT data FROM profiles WHERE user_key = 'alice'").fetchone()
+    conn.close()
+    assert data == Profile("alice", n_seen=42, ref=old.ref, data_key=old.data_key).stored()
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["crc32", "plain"])
+def test_redis_reads_version_1_and_writes_version_2(
+    redis_url: str, redis_prefix: str, sealed: bool
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    old = Profile("alice", n_seen=41)
+    try:
+        store.update("alice", lambda p: None)
+        (key,) = client.keys(f"{redis_prefix}:profile:*")
+        client.set(key, version_1(old, sealed=sealed))
+        assert store.get("alice") == old
+        store.update("alice", lambda p: setattr(p, "n_seen", p.n_seen + 1))
+        assert store.get("alice") == Profile("alice", n_seen=42)
+        written = client.get(key)
+        assert written == Profile("alice", n_seen=42, ref=old.ref, data_key=old.data_key).stored()
+    finally:
+        store.close()
+        client.close()
