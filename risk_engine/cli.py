@@ -194,6 +194,21 @@ _ATTACK_KINDS = (
 )
 
 
+# The attack synthesis options `train` and `evaluate` share.
+AttackRate = Annotated[
+    float, typer.Option(min=0.0001, max=0.5, help="injected events per real event")
+]
+AttackMix = Annotated[
+    str | None,
+    typer.Option(help="kind=weight,... (" + ", ".join(_ATTACK_KINDS) + "; default: all)"),
+]
+AttackKnowledge = Annotated[
+    str,
+    typer.Option(help="what the attackers know, comma-separated: naive, vpn, targeted, device"),
+]
+DEFAULT_KNOWLEDGE = "naive,vpn,targeted,device"
+
+
 def _synthesis_config(seed: int, rate: float, mix: str | None, knowledge: str) -> SynthesisConfig:
     """The attack synthesis options as a validated configuration."""
     from training.synthesize import DEFAULT_MIX, SynthesisConfig, parse_mix
@@ -230,17 +245,9 @@ def train(
             show_default=False,
         ),
     ] = None,
-    attack_rate: Annotated[
-        float, typer.Option(min=0.0001, max=0.5, help="injected events per real event")
-    ] = 0.01,
-    attack_mix: Annotated[
-        str | None,
-        typer.Option(help="kind=weight,... (" + ", ".join(_ATTACK_KINDS) + "; default: all)"),
-    ] = None,
-    attack_knowledge: Annotated[
-        str,
-        typer.Option(help="what the attackers know, comma-separated: naive, vpn, targeted, device"),
-    ] = "naive,vpn,targeted,device",
+    attack_rate: AttackRate = 0.01,
+    attack_mix: AttackMix = None,
+    attack_knowledge: AttackKnowledge = DEFAULT_KNOWLEDGE,
     attack_seed: Annotated[
         int | None, typer.Option(help="seed of the synthesized attacks (default: --seed)")
     ] = None,
@@ -610,16 +617,9 @@ def evaluate(
             " (beside the labels' own figures, which stay the independent judge)",
         ),
     ] = False,
-    attack_rate: Annotated[
-        float, typer.Option(min=0.0001, max=0.5, help="injected events per real event")
-    ] = 0.01,
-    attack_mix: Annotated[
-        str | None, typer.Option(help="kind=weight,... (default: every kind)")
-    ] = None,
-    attack_knowledge: Annotated[
-        str,
-        typer.Option(help="what the attackers know, comma-separated: naive, vpn, targeted, device"),
-    ] = "naive,vpn,targeted,device",
+    attack_rate: AttackRate = 0.01,
+    attack_mix: AttackMix = None,
+    attack_knowledge: AttackKnowledge = DEFAULT_KNOWLEDGE,
     attack_seed: Annotated[int, typer.Option(help="seed of the synthesized attacks")] = 1,
     split_days: Annotated[
         int | None,
