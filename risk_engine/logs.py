@@ -232,20 +232,15 @@ def _line_event(raw: bytes, number: int, source: str, report: LogReport) -> Even
         report.skipped += 1
         return None
     sealed = _sealed_record(raw)
-    if sealed is not None:
-        opened = open_record(sealed, report.keys or {})
-        if opened is None or opened.get("sealed", "") is None:
-            report.sealed += 1
-            return None
-        try:
-            event = parse_event(opened, line=number)
-        except InvalidEventError as exc:
-            report.add_bad(source, exc, number)
-            return None
-        report.events += 1
-        return event
     try:
-        event = parse_event_line(raw, line=number)
+        if sealed is None:
+            event = parse_event_line(raw, line=number)
+        else:
+            opened = open_record(sealed, report.keys or {})
+            if opened is None or opened.get("sealed", "") is None:
+                report.sealed += 1
+                return None
+            event = parse_event(opened, line=number)
     except InvalidEventError as exc:
         report.add_bad(source, exc, number)
         return None

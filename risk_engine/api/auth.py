@@ -57,9 +57,15 @@ def authorize(settings: Settings, key: str | None, scope: Scope) -> str:
 def _match(settings: Settings, key: str) -> tuple[str, frozenset[Scope]]:
     """The key's digest and the scopes of every configured entry it matches."""
     digest = hashlib.sha256(key.encode()).hexdigest()
+    return digest, scopes_of_digest(settings, digest)
+
+
+def scopes_of_digest(settings: Settings, digest: str) -> frozenset[Scope]:
+    """The scopes of every configured entry whose sha256 is ``digest`` (the console's
+    session holds the digest, not the key)."""
     # Compare against every entry, without stopping early: timing tells nothing.
     granted: frozenset[Scope] = frozenset()
     for expected, scopes in settings.key_table:
         if hmac.compare_digest(digest, expected):
             granted |= scopes
-    return digest, granted
+    return granted

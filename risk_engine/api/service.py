@@ -7,7 +7,6 @@ stay a line or two of HTTP.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from risk_engine.api.auth import current_caller
+from risk_engine.api.auth import current_caller, scopes_of_digest
 from risk_engine.api.metrics import CountingStore, Metrics
 from risk_engine.api.schemas import (
     ChallengeResultIn,
@@ -341,15 +340,7 @@ class Service:
 
     def key_allowed(self, key_sha256: str, scope: Scope) -> bool:
         """Whether the key with this digest holds ``scope`` (any key when auth is off)."""
-        settings = self.settings
-        if settings.auth_disabled:
-            return True
-        granted: frozenset[Scope] = frozenset()
-        # Compare against every entry, without stopping early: timing tells nothing.
-        for expected, scopes in settings.key_table:
-            if hmac.compare_digest(key_sha256, expected):
-                granted |= scopes
-        return scope in granted
+        return self.settings.auth_disabled or scope in scopes_of_digest(self.settings, key_sha256)
 
     def note_console(self, what: str, key_id: str | None) -> None:
         """Audit a console sign-in, refusal or sign-out."""
