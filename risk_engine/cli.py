@@ -145,6 +145,13 @@ def simulate(
     attacker_skill: Annotated[
         str | None, typer.Option(help="naive, mixed or skilled attackers")
     ] = None,
+    id_prefix: Annotated[
+        str,
+        typer.Option(
+            help="put before every user, session and event id (to train on several worlds"
+            " at once)"
+        ),
+    ] = "",
 ) -> None:
     """Write a seeded, realistic event stream and its labels (with each event's context)."""
     from datetime import UTC
@@ -175,6 +182,7 @@ def simulate(
         start=first,
         attack_fraction=attack_fraction,
         world=chosen,
+        id_prefix=id_prefix,
     )
     summary = write_simulation(config, out, labels, outcomes)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_attack_type.items()))

@@ -65,6 +65,9 @@ class SimulationConfig:
     start: datetime = datetime(2026, 1, 5, tzinfo=UTC)
     attack_fraction: float = 0.01  # roughly the share of events that are attacks
     world: World = WORLDS["default"]
+    # Put before every user, session and event id, so that logs of several worlds can
+    # be trained and calibrated on together without one world's users becoming another's.
+    id_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,13 +118,17 @@ def _stamp(ts: int) -> str:
 
 
 def _finish(
-    ready: list[Pending], counter: list[int]
+    ready: list[Pending], counter: list[int], prefix: str = ""
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     n = counter[0]
     for ts, _seq, event, attack, scenario, context in ready:
         n += 1
-        event_id = f"e-{n:08d}"
+        event_id = f"{prefix}e-{n:08d}"
         event["event_id"] = event_id
+        if prefix:
+            event["user_id"] = prefix + event["user_id"]
+            if event.get("session_id"):
+                event["session_id"] = prefix + event["session_id"]
         event["timestamp"] = _stamp(ts)
         label = {
             "event_id": event_id,
@@ -165,8 +172,10 @@ def simulate(config: SimulationConfig) -> Iterator[tuple[dict[str, Any], dict[st
             days.user_day(user, day)
         attacks.run_day(day, days.sessions)
         boundary = clock.utc_midnight(day + 1) - _RELEASE_MARGIN
-        yield from _finish(emitter.release(min(boundary, clock.end_ts)), counter)
-    yield from _finish(emitter.release(None), counter)
+        yield from _finish(
+            emitter.release(min(boundary, clock.end_ts)), counter, config.id_prefix
+        )
+    yield from _finish(emitter.release(None), counter, config.id_prefix)
 
 
 def write_simulation(
