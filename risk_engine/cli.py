@@ -148,8 +148,7 @@ def simulate(
     id_prefix: Annotated[
         str,
         typer.Option(
-            help="put before every user, session and event id (to train on several worlds"
-            " at once)"
+            help="put before every user, session and event id (to train on several worlds at once)"
         ),
     ] = "",
 ) -> None:

@@ -172,9 +172,7 @@ def simulate(config: SimulationConfig) -> Iterator[tuple[dict[str, Any], dict[st
             days.user_day(user, day)
         attacks.run_day(day, days.sessions)
         boundary = clock.utc_midnight(day + 1) - _RELEASE_MARGIN
-        yield from _finish(
-            emitter.release(min(boundary, clock.end_ts)), counter, config.id_prefix
-        )
+        yield from _finish(emitter.release(min(boundary, clock.end_ts)), counter, config.id_prefix)
     yield from _finish(emitter.release(None), counter, config.id_prefix)
 
 

@@ -247,10 +247,14 @@ def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreF
 
 
 def wary(scorer: Scorer, step_up: float) -> Scorer:
-    """The bundled model with every class's step-up threshold at ``step_up`` (if lower)."""
+    """The bundled model with every class's step-up threshold at ``step_up`` (if lower).
+
+    No class denies by score: a denied event is no challenged one, and the events
+    under test are the challenged ones.
+    """
     policy = scorer.policy.model_copy(deep=True)
     for cls in policy.classes.values():
-        cls.step_up = min(cls.step_up, step_up)
+        cls.step_up, cls.deny = min(cls.step_up, step_up), 1.0
     policy = type(policy).model_validate(policy.model_dump())
     return Scorer(artifact=scorer.artifact, policy=policy)
 

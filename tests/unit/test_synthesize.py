@@ -139,7 +139,6 @@ def test_vpn_takeover_is_in_the_victims_country_on_a_network_it_never_used(
 def test_targeted_takeover_copies_browser_family_city_and_hours(
     synthesis: Synthesis, real: list[dict[str, Any]], geo: GeoLocator
 ) -> None:
-    in_city = 0
     for episode in _episodes(synthesis, "targeted_takeover"):
         user = episode.victims[0]
         history = _before(real, user, episode.start)
