@@ -92,6 +92,28 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     assert outputs[0][0] != outputs[2][0]
 
 
+def test_id_prefix_renames_users_sessions_and_events_only() -> None:
+    config = SimulationConfig(users=15, days=5, seed=7)
+    plain = list(simulate(config))
+    prefixed = list(simulate(SimulationConfig(users=15, days=5, seed=7, id_prefix="w1-")))
+    assert len(prefixed) == len(plain)
+    sessions = 0
+    for (event, label), (p_event, p_label) in zip(plain, prefixed, strict=True):
+        assert p_event["event_id"] == p_label["event_id"] == "w1-" + event["event_id"]
+        assert p_event["user_id"] == "w1-" + event["user_id"]
+        if event.get("session_id"):
+            sessions += 1
+            assert p_event["session_id"] == "w1-" + event["session_id"]
+        renamed = ("event_id", "user_id", "session_id")
+        assert {k: v for k, v in p_event.items() if k not in renamed} == {
+            k: v for k, v in event.items() if k not in renamed
+        }
+        assert {k: v for k, v in p_label.items() if k != "event_id"} == {
+            k: v for k, v in label.items() if k != "event_id"
+        }
+    assert sessions > 0
+
+
 def test_city_pool_is_a_pure_function_of_the_seed() -> None:
     build = build_city_pool.__wrapped__
     first, second = build(11, samples=30_000), build(11, samples=30_000)
