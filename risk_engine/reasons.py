@@ -224,6 +224,17 @@ def _action(profile: Profile, obs: Observation, values: list[float]) -> list[Wei
                 ),
             )
         )
+        if sequence_features.first_privileged_use(profile, obs):
+            out.append(
+                (
+                    6.0,
+                    Reason(
+                        code="first_privileged_action",
+                        detail=f"first {obs.action} (hands out control or data) in "
+                        f"{profile.n_events} events of this user",
+                    ),
+                )
+            )
     elif _f(values, "account_change") and _f(values, "action_familiarity") == 0.0:
         out.append(
             (2.0, Reason(code="sensitive_action", detail=f"first {obs.action} for this user"))

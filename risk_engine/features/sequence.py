@@ -24,6 +24,10 @@ MONEY_ACTIONS = frozenset({"transfer"})
 CONTROL_ACTIONS = frozenset(
     {"transfer", "add_payee", "export_data", "create_api_key", "grant_role"}
 )
+# Actions that hand out control or data (a role, an API key, an export): rare for most
+# users and what an attacker on the device is after, so a user's first one is asked
+# about whatever the score (policy floor ``first_privileged_action``).
+PRIVILEGED_ACTIONS = frozenset({"grant_role", "create_api_key", "export_data"})
 # Trusted events before "never done this" and "never at this hour" carry meaning.
 FIRST_USE_MIN_EVENTS = 5
 QUIET_MIN_EVENTS = 10
@@ -81,6 +85,11 @@ def first_use(profile: Profile, obs: Observation) -> bool:
         and SENSITIVITY.get(obs.action, 0.0) >= FIRST_USE_MIN_SENSITIVITY
         and obs.action not in profile.actions
     )
+
+
+def first_privileged_use(profile: Profile, obs: Observation) -> bool:
+    """The first privileged action (a role, an API key, an export) of an established user."""
+    return obs.action in PRIVILEGED_ACTIONS and first_use(profile, obs)
 
 
 def amount_over_max(history: list[float], amount: float | None) -> float:

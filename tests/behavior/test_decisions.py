@@ -211,6 +211,24 @@ def test_payee_then_a_large_transfer_at_3am_on_the_victims_own_device(harness: H
     assert "quiet_hour_takeover" in details
 
 
+def test_a_first_data_export_at_a_usual_hour_on_the_own_device_is_asked_about_once(
+    harness: Harness,
+) -> None:
+    harness.usual_month()
+    usual = START + timedelta(days=30, minutes=5)
+    harness.decide(usual, session_id="x")
+    # Malware (or the user) exports data for the first time, at the usual hour, at home.
+    first = harness.decide(usual + timedelta(minutes=2), session_id="x", action="export_data")
+    assert first.decision is Outcome.STEP_UP, first
+    assert "first_privileged_action" in {r.code for r in first.reasons}
+    # The user passed that step-up: the next export is no first and goes through.
+    later = START + timedelta(days=31, minutes=5)
+    harness.decide(later, session_id="y")
+    again = harness.decide(later + timedelta(minutes=2), session_id="y", action="export_data")
+    assert "first_privileged_action" not in {r.code for r in again.reasons}
+    assert again.decision is Outcome.ALLOW, again
+
+
 def test_a_phone_hopping_carrier_addresses_in_its_city_is_allowed(harness: Harness) -> None:
     for day in range(30):
         ip = CARRIER_IPS[day % len(CARRIER_IPS)]

@@ -87,6 +87,7 @@ def test_bundled_floors_make_strong_signals_at_least_step_up() -> None:
     assert bundled.floors["impossible_travel"].rank >= Outcome.STEP_UP.rank
     assert bundled.floors["session_hijack"] is Outcome.DENY
     assert bundled.floors["quiet_hour_takeover"] is Outcome.STEP_UP
+    assert bundled.floors["first_privileged_action"] is Outcome.STEP_UP
 
 
 @pytest.mark.parametrize("action", ["approve_invoice", "", "LOGIN", "login "])

@@ -198,6 +198,32 @@ def test_first_data_export_of_an_established_user() -> None:
     assert features(profile, obs(at(32, 19), "export_data"))["first_use_sensitivity"] == 0.0
 
 
+@pytest.mark.parametrize("action", ["grant_role", "create_api_key", "export_data"])
+def test_a_first_privileged_action_at_a_usual_hour_has_a_reason_of_its_own(action: str) -> None:
+    profile = habitual()
+    first = obs(at(31, 19, 5), action, session_id="e-31")
+    assert codes(profile, first)["first_privileged_action"] == (
+        f"first {action} (hands out control or data) in 90 events of this user"
+    )
+    assert "quiet_hour_takeover" not in codes(profile, first)
+    # Done once in a trusted event, the next one is no first.
+    profile = then(profile, first)
+    assert "first_privileged_action" not in codes(profile, obs(at(32, 19), action))
+
+
+@pytest.mark.parametrize("action", ["transfer", "add_payee", "change_mfa", "view_account"])
+def test_a_first_use_of_another_action_is_not_a_privileged_one(action: str) -> None:
+    profile = Profile(user_key=HASHER.digest("user", "user"))
+    for day in range(10):
+        learn(profile, obs(at(day, 8), session_id=f"m-{day}"), trusted=True)
+    assert "first_privileged_action" not in codes(profile, obs(at(11, 8), action, amount=10.0))
+
+
+def test_no_first_privileged_action_without_a_history() -> None:
+    cold = then(Profile(user_key="u"), obs(at(0, 8)), obs(at(0, 9)))
+    assert "first_privileged_action" not in codes(cold, obs(at(0, 10), "grant_role"))
+
+
 def test_first_use_needs_a_history_and_a_sensitive_action() -> None:
     cold = then(Profile(user_key="u"), obs(at(0, 8)), obs(at(0, 9)))
     assert features(cold, obs(at(0, 10), "export_data"))["first_use_sensitivity"] == 0.0
