@@ -28,9 +28,8 @@ targeted_takeover      targeted   the victim's city (else country), another netw
                                   victim's time zone and language, the victim's usual
                                   hours
 compromised_device     device     the victim's own device and home address, at the
-                                  victim's quiet hours (or, a share of the time, at
-                                  the victim's usual hours, hiding in them): a payee
-                                  added and paid, data exported, MFA changed
+                                  victim's quiet hours: a payee added and paid, data
+                                  exported, MFA changed
 =====================  =========  ===================================================
 
 The judge is kept apart: this module shares no code with the simulator's attack
@@ -128,10 +127,6 @@ HIJACK_PLANS: tuple[tuple[str, ...], ...] = (
     ("change_email", "change_mfa"),
     ("view_account", "export_data"),
 )
-# The share of compromised-device episodes at the victim's usual hours. Malware or a
-# thief on the device needs no quiet hour: taught only night-time episodes, the model
-# learns "quiet hour" instead of the payee, credential and amount steps themselves.
-DEVICE_BY_DAY = 0.5
 DEVICE_PLANS: tuple[tuple[str, ...], ...] = (
     ("add_payee", "transfer"),
     ("export_data",),
@@ -530,17 +525,6 @@ class Synthesizer:
         moment = midnight + timedelta(hours=hour, seconds=self.rng.randrange(3600))
         return moment.timestamp()
 
-    def _knows_all_before(self, victim: Victim, ts: float) -> bool:
-        """The victim's history is exactly the user's events before ``ts``.
-
-        An attack at ``ts`` is built from what the log showed before it: a moment
-        before the last known event, or after real events the victim's history
-        missed, would use other knowledge than the attack's own.
-        """
-        return ts > victim.history[-1].ts and len(self.index.history(victim.user, ts)) == len(
-            victim.history
-        )
-
     def _inside(self, ts: float, length: float = HOUR_S) -> bool:
         return self.index.first_ts < ts and ts + length < self.index.last_ts
 
@@ -708,7 +692,7 @@ class Synthesizer:
         hours, counts = zip(*victim.hours.items(), strict=True)
         hour = self.rng.choices(hours, counts)[0]
         ts = self._at_local_hour(victim, at, hour)
-        if not self._inside(ts) or not self._knows_all_before(victim, ts):
+        if not self._inside(ts) or ts <= victim.history[-1].ts:
             return None
         plan = self.rng.choice(TARGETED_PLANS)
         events = self._emit(
@@ -784,19 +768,13 @@ class Synthesizer:
         victim = self._victim(at)
         if victim is None or victim.primary.device is None:
             return None
-        if self.rng.random() < DEVICE_BY_DAY:
-            hours, counts = zip(*victim.hours.items(), strict=True)
-            hour = self.rng.choices(hours, counts)[0]
-            by_day = True
-        else:
-            # The quiet hours: those the victim was least active in, at night first.
-            least = min(victim.hours.get(h, 0) for h in range(24))
-            quiet = [h for h in range(24) if victim.hours.get(h, 0) == least]
-            night = [h for h in quiet if h < 6] or quiet
-            hour = self.rng.choice(night)
-            by_day = False
+        # The quiet hours: those the victim was least active in, at night first.
+        least = min(victim.hours.get(h, 0) for h in range(24))
+        quiet = [h for h in range(24) if victim.hours.get(h, 0) == least]
+        night = [h for h in quiet if h < 6] or quiet
+        hour = self.rng.choice(night)
         ts = self._at_local_hour(victim, at, hour)
-        if not self._inside(ts) or not self._knows_all_before(victim, ts):
+        if not self._inside(ts) or ts <= victim.history[-1].ts:
             return None
         plan = self.rng.choice(DEVICE_PLANS)
         events = self._emit(
@@ -808,12 +786,7 @@ class Synthesizer:
             amounts=(10.0, 40.0),
         )
         return self._episode(
-            "compromised_device",
-            victim,
-            events,
-            hour=hour,
-            by_day=by_day,
-            network=victim.home.network,
+            "compromised_device", victim, events, hour=hour, network=victim.home.network
         )
 
 

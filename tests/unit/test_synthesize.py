@@ -139,6 +139,7 @@ def test_vpn_takeover_is_in_the_victims_country_on_a_network_it_never_used(
 def test_targeted_takeover_copies_browser_family_city_and_hours(
     synthesis: Synthesis, real: list[dict[str, Any]], geo: GeoLocator
 ) -> None:
+    in_city = 0
     for episode in _episodes(synthesis, "targeted_takeover"):
         user = episode.victims[0]
         history = _before(real, user, episode.start)
@@ -170,17 +171,10 @@ def test_targeted_takeover_copies_browser_family_city_and_hours(
             assert _network(event["ip"]) not in networks
             location = geo.lookup(ip_address(event["ip"]))
             assert location.country == home_city[0]
-            if episode.detail["where"] == "city":
-                assert (location.country, location.city) == home_city
+            in_city += (location.country, location.city) == home_city
         start = datetime.fromtimestamp(episode.start, ZoneInfo(zone.time_zone or "UTC"))
         assert hours[start.hour] > 0, "the attack starts at one of the victim's usual hours"
-
-
-def test_targeted_takeover_prefers_the_victims_own_city(geo: GeoLocator) -> None:
-    # Only targeted takeovers, enough of them that some victims share a city with others.
-    config = SynthesisConfig(seed=3, rate=0.05, mix=parse_mix("targeted_takeover=1"))
-    where = Counter(ep.detail["where"] for ep in synthesize([EVENTS], config, geo=geo).episodes)
-    assert where["city"] > 0, "some targeted attacks come from the victim's own city"
+    assert in_city > 0, "some targeted attacks come from the victim's own city"
 
 
 def test_session_hijack_rides_the_victims_live_session_from_abroad(
@@ -195,8 +189,7 @@ def test_session_hijack_rides_the_victims_live_session_from_abroad(
             assert event["device"] == last["device"]
             here = geo.lookup(ip_address(event["ip"])).country
             assert here != geo.lookup(ip_address(last["ip"])).country
-        # Within 20 minutes of the victim's last event, plus the first action's delay.
-        assert 0 < episode.start - _epoch(last) <= 1200 + 150
+        assert 0 < episode.start - _epoch(last) <= 1200
 
 
 def test_credential_stuffing_tries_many_accounts_from_one_network(synthesis: Synthesis) -> None:
@@ -209,13 +202,11 @@ def test_credential_stuffing_tries_many_accounts_from_one_network(synthesis: Syn
         assert all("id" not in e["device"] for e in episode.events)
 
 
-def test_compromised_device_is_the_victims_device_and_home_at_quiet_or_usual_hours(
+def test_compromised_device_is_the_victims_device_and_home_at_quiet_hours(
     synthesis: Synthesis, real: list[dict[str, Any]], geo: GeoLocator
 ) -> None:
     allowed = {"login", "add_payee", "transfer", "export_data", "change_mfa"}
-    episodes = _episodes(synthesis, "compromised_device")
-    assert {ep.detail["by_day"] for ep in episodes} == {True, False}
-    for episode in episodes:
+    for episode in _episodes(synthesis, "compromised_device"):
         user = episode.victims[0]
         history = _before(real, user, episode.start)
         devices = Counter(e["device"]["id"] for e in history if e.get("device", {}).get("id"))
@@ -223,9 +214,7 @@ def test_compromised_device_is_the_victims_device_and_home_at_quiet_or_usual_hou
         zone = ZoneInfo(geo.lookup(ip_address(home)).time_zone or "UTC")
         hours = Counter(datetime.fromtimestamp(_epoch(e), zone).hour for e in history)
         quiet = min(hours.get(h, 0) for h in range(24))
-        seen = hours.get(datetime.fromtimestamp(episode.start, zone).hour, 0)
-        # At the victim's quietest hour, or (hiding in them) at an hour the victim uses.
-        assert seen > 0 if episode.detail["by_day"] else seen == quiet
+        assert hours.get(datetime.fromtimestamp(episode.start, zone).hour, 0) == quiet
         payees = set()
         for event in episode.events:
             assert event["device"]["id"] == devices.most_common(1)[0][0]
