@@ -13,7 +13,7 @@ import threading
 import time
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import orjson
 
@@ -37,6 +37,7 @@ from risk_engine.decision_log import (
     LogEntry,
     open_decision_log_writer,
 )
+from risk_engine.decision_log.writer import EntryFields
 from risk_engine.engine import Engine, Scorer, load_scorer
 from risk_engine.errors import (
     ConfigurationError,
@@ -329,7 +330,7 @@ class Service:
 
     # -- the decision log and the console ------------------------------------------------
 
-    def _log_entry(self, kind: LogEntry, **fields: Any) -> None:
+    def _log_entry(self, kind: LogEntry, **fields: Unpack[EntryFields]) -> None:
         if self.decision_log is not None:
             self.decision_log.entry(kind, **fields)
 

@@ -40,7 +40,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 import orjson
 
@@ -50,6 +50,7 @@ from risk_engine.decision_log.sql import DecisionLog, open_decision_log
 from risk_engine.decision_log.writer import (
     MAX_QUEUE,
     DecisionLogWriter,
+    EntryFields,
     decision_record,
     entry_record,
 )
@@ -127,28 +128,9 @@ class DecisionLogProcess:
         """Send one decision: a serialisation and one non-blocking send."""
         self._send(DECISION + orjson.dumps(decision_record(event, decision, time.time())))
 
-    def entry(
-        self,
-        kind: LogEntry,
-        *,
-        event_id: str | None = None,
-        user_id: str | None = None,
-        challenge_id: str | None = None,
-        outcome: str | None = None,
-        detail: dict[str, Any] | None = None,
-        ts: float | None = None,
-    ) -> None:
-        """Send a step-up result, a feedback or an erasure (at ``ts``, default now)."""
-        row = entry_record(
-            kind,
-            event_id=event_id,
-            user_id=user_id,
-            challenge_id=challenge_id,
-            outcome=outcome,
-            detail=detail,
-            ts=ts,
-        )
-        self._send(ENTRY + orjson.dumps(row))
+    def entry(self, kind: LogEntry, **fields: Unpack[EntryFields]) -> None:
+        """Send a step-up result, a feedback or an erasure."""
+        self._send(ENTRY + orjson.dumps(entry_record(kind, **fields)))
 
     def _send(self, message: bytes) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import orjson
 
@@ -91,25 +91,28 @@ def decision_record(event: Event, decision: Decision, decided_at: float) -> list
     ]
 
 
-def entry_record(
-    kind: LogEntry,
-    *,
-    event_id: str | None = None,
-    user_id: str | None = None,
-    challenge_id: str | None = None,
-    outcome: str | None = None,
-    detail: dict[str, Any] | None = None,
-    ts: float | None = None,
-) -> list[Any]:
-    """The row of a step-up result, a feedback or an erasure (at ``ts``, default now)."""
+class EntryFields(TypedDict, total=False):
+    """What a step-up result, a feedback or an erasure records (``ts``: default now)."""
+
+    event_id: str | None
+    user_id: str | None
+    challenge_id: str | None
+    outcome: str | None
+    detail: dict[str, Any] | None
+    ts: float | None
+
+
+def entry_record(kind: LogEntry, **fields: Unpack[EntryFields]) -> list[Any]:
+    """The row of a step-up result, a feedback or an erasure."""
+    ts, detail = fields.get("ts"), fields.get("detail")
     return [
         secrets.token_hex(12),
         kind.value,
         time.time() if ts is None else ts,
-        user_id,
-        event_id,
-        challenge_id,
-        outcome,
+        fields.get("user_id"),
+        fields.get("event_id"),
+        fields.get("challenge_id"),
+        fields.get("outcome"),
         orjson.dumps(detail).decode() if detail else None,
     ]
 
@@ -155,29 +158,9 @@ class DecisionLogWriter:
         """Queue one ``entry_record``."""
         self._put(("entry", row))
 
-    def entry(
-        self,
-        kind: LogEntry,
-        *,
-        event_id: str | None = None,
-        user_id: str | None = None,
-        challenge_id: str | None = None,
-        outcome: str | None = None,
-        detail: dict[str, Any] | None = None,
-        ts: float | None = None,
-    ) -> None:
-        """Queue a step-up result, a feedback or an erasure (at ``ts``, default now)."""
-        self.put_entry(
-            entry_record(
-                kind,
-                event_id=event_id,
-                user_id=user_id,
-                challenge_id=challenge_id,
-                outcome=outcome,
-                detail=detail,
-                ts=ts,
-            )
-        )
+    def entry(self, kind: LogEntry, **fields: Unpack[EntryFields]) -> None:
+        """Queue a step-up result, a feedback or an erasure."""
+        self.put_entry(entry_record(kind, **fields))
 
     def _put(self, item: Any) -> None:
         try:
