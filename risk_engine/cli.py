@@ -13,7 +13,7 @@ from risk_engine.errors import ConfigurationError, RiskEngineError
 from risk_engine.scopes import Scope
 
 if TYPE_CHECKING:
-    from training.synthesize import SynthesisConfig
+    from risk_engine.offline.synthesize import SynthesisConfig
 
 app = typer.Typer(
     name="risk-engine",
@@ -81,7 +81,7 @@ def backtest(
     ] = None,
 ) -> None:
     """Replay EVENTS in time order through the engine and write the decisions."""
-    from risk_engine.backtest import run_backtest
+    from risk_engine.offline.backtest import run_backtest
 
     try:
         summary = run_backtest(
@@ -149,8 +149,8 @@ def simulate(
     """Write a seeded, realistic event stream and its labels (with each event's context)."""
     from datetime import UTC
 
-    from training.sim_world import load_world, with_settings
-    from training.simulate import SimulationConfig, write_simulation
+    from risk_engine.offline.simulate.simulator import SimulationConfig, write_simulation
+    from risk_engine.offline.simulate.world import load_world, with_settings
 
     try:
         first = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
@@ -211,7 +211,7 @@ DEFAULT_KNOWLEDGE = "naive,vpn,targeted,device"
 
 def _synthesis_config(seed: int, rate: float, mix: str | None, knowledge: str) -> SynthesisConfig:
     """The attack synthesis options as a validated configuration."""
-    from training.synthesize import DEFAULT_MIX, SynthesisConfig, parse_mix
+    from risk_engine.offline.synthesize import DEFAULT_MIX, SynthesisConfig, parse_mix
 
     return SynthesisConfig(
         seed=seed,
@@ -261,8 +261,8 @@ def train(
 ) -> None:
     """Replay logs through the feature pipeline and fit the risk model."""
     from risk_engine.model.detector import DetectorParams
+    from risk_engine.offline.train import train as run_training
     from risk_engine.profiles.factory import open_store
-    from training.train import train as run_training
 
     params = DetectorParams(n_estimators=trees, supervised=supervised, seed=seed)
     try:
@@ -651,14 +651,14 @@ def evaluate(
     """
     from rich.console import Console
 
-    from training.evaluate import evaluate as run_evaluation
-    from training.evaluate import render, write_json
+    from risk_engine.offline.evaluate import evaluate as run_evaluation
+    from risk_engine.offline.evaluate import render, write_json
 
     # Off a terminal (a log, a report), do not squeeze the table into 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 160)
     if split_days is not None:
         from risk_engine.model.detector import DetectorParams
-        from training.deployment import evaluate_deployment, render_deployment
+        from risk_engine.offline.deployment import evaluate_deployment, render_deployment
 
         if model is not None or decisions is not None or baseline_train:
             fail("--split-days trains its own model: drop --model, --decisions, --baseline-train")
@@ -685,7 +685,7 @@ def evaluate(
             typer.echo(f"figures -> {json_out}", err=True)
         return
     if synthesize_attacks:
-        from training.synthetic_eval import evaluate_with_synthesis
+        from risk_engine.offline.synthetic_eval import evaluate_with_synthesis
 
         if decisions is not None or outcomes is not None:
             fail("--decisions and --outcomes cannot be combined with --synthesize-attacks")
@@ -773,7 +773,7 @@ def calibrate(
     """Per action class, thresholds that meet the targets; writes a new policy version."""
     from rich.console import Console
 
-    from training.calibrate import calibrate_log, render_calibration
+    from risk_engine.offline.calibrate import calibrate_log, render_calibration
 
     try:
         written, rows = calibrate_log(

@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from risk_engine.engine import Engine, Scorer, load_scorer
 from risk_engine.events import parse_event_line
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import MAX_KEPT_PROBLEMS, BadLine, LogReport, read_piece
+from risk_engine.offline.logs import MAX_KEPT_PROBLEMS, BadLine, LogReport, read_piece
 from risk_engine.offline.replayer import (
     BACKTEST_SECRET,
     DealtBurstStore,

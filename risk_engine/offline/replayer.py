@@ -24,7 +24,7 @@ from risk_engine.engine import Engine, Scorer
 from risk_engine.errors import ConfigurationError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import BadLine
+from risk_engine.offline.logs import BadLine
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.memory import MemoryStore

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from risk_engine.errors import ConfigurationError
-from risk_engine.logs import expand_paths
+from risk_engine.offline.logs import expand_paths
 
 # A plain JSON Lines file is cut into ranges of about this size.
 PIECE_BYTES = 32 << 20

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from risk_engine.api import create_app
 from risk_engine.config import Settings
+from risk_engine.offline.labels import load_labels
 from risk_engine.policy import load_policy, save_policy
-from training.labels import load_labels
 
 EventFactory = Callable[..., dict[str, Any]]
 

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from risk_engine.audit import AuditKey, AuditLog, RecordKind
 from risk_engine.cli import app
 from risk_engine.errors import ConfigurationError
+from risk_engine.offline.calibrate import observed_labels
+from risk_engine.offline.deployment import DAY, split_log
+from risk_engine.offline.labels import audit_labels, load_labels
 from risk_engine.policy import load_policy
-from training.calibrate import observed_labels
-from training.deployment import DAY, split_log
-from training.labels import audit_labels, load_labels
 
 runner = CliRunner()
 TARGET = 0.08

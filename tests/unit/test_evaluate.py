@@ -10,15 +10,14 @@ import numpy as np
 import orjson
 import pytest
 
-from training.evaluate import (
-    LabelledRun,
+from risk_engine.offline.evaluate import (
     build_run,
     figures,
     threshold_at_rate,
     threshold_for_count,
     write_json,
 )
-from training.labels import load_labels
+from risk_engine.offline.labels import LabelledRun, load_labels
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
 

@@ -16,8 +16,8 @@ from risk_engine.model import fastpath
 from risk_engine.model.artifact import default_model_path, load_artifact
 from risk_engine.model.detector import DetectorParams, RiskModel
 from risk_engine.model.fastpath import FlatEnsemble, FlatGradientBoosting, FlatIsolationForest
-from training.labels import load_labels
-from training.replay import replay
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.replay import replay
 
 ROOT = Path(__file__).parents[2]
 SAMPLE_EVENTS = ROOT / "data" / "samples" / "events.jsonl"

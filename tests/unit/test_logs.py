@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from risk_engine.errors import ConfigurationError
-from risk_engine.logs import (
+from risk_engine.offline.logs import (
     LogReport,
     events_in_time_order,
     expand_paths,

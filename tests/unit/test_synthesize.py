@@ -15,7 +15,6 @@ import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from risk_engine.backtest import BACKTEST_SECRET
 from risk_engine.cli import app
 from risk_engine.engine import Engine
 from risk_engine.errors import ConfigurationError
@@ -23,12 +22,10 @@ from risk_engine.events import parse_event
 from risk_engine.geo import GeoLocator
 from risk_engine.model.artifact import load_artifact
 from risk_engine.model.detector import DetectorParams
-from risk_engine.privacy import Hasher
-from risk_engine.profiles.memory import MemoryStore
-from risk_engine.useragent import parse_user_agent
-from training.labels import load_labels
-from training.replay import replay
-from training.synthesize import (
+from risk_engine.offline.backtest import BACKTEST_SECRET
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.replay import replay
+from risk_engine.offline.synthesize import (
     KINDS,
     LABEL_PREFIX,
     Episode,
@@ -37,7 +34,10 @@ from training.synthesize import (
     parse_mix,
     synthesize,
 )
-from training.train import train
+from risk_engine.offline.train import train
+from risk_engine.privacy import Hasher
+from risk_engine.profiles.memory import MemoryStore
+from risk_engine.useragent import parse_user_agent
 
 SAMPLES = Path(__file__).parents[2] / "data" / "samples"
 EVENTS = SAMPLES / "events.jsonl"

@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from risk_engine.engine import load_scorer
 from risk_engine.errors import InvalidEventError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import BadLine, LogReport, events_in_time_order
 from risk_engine.offline.cluster import dask_client, local_cores, worker_count
+from risk_engine.offline.distributed import run_distributed
+from risk_engine.offline.logs import BadLine, LogReport, events_in_time_order
 from risk_engine.offline.replayer import (
     BACKTEST_SECRET,
     BacktestSummary,
@@ -97,8 +99,6 @@ def run_backtest(
     more, none below: this process); 1 means this process. The decisions do not
     depend on where they were computed.
     """
-    from risk_engine.engine import load_scorer
-
     paths = events_path if isinstance(events_path, list) else [events_path]
     files = resolve_inputs(paths)
     summary = BacktestSummary()
@@ -111,8 +111,6 @@ def run_backtest(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     local_workers = plan_engine(files, scheduler, workers)
     if scheduler is not None or local_workers:
-        from risk_engine.offline.distributed import run_distributed
-
         del scorer  # each worker loads its own; the client only plans and writes
         with dask_client(scheduler, local_workers) as client:
             summary.engine = scheduler or f"local cluster, {local_workers} workers"

@@ -1,7 +1,7 @@
 """Catch per attack kind on a bank's own log, before it goes live: synthesized attacks.
 
-The log (unlabelled, or labelled) gets the synthesizer's attacks (training/synthesize.py)
-interleaved by timestamp, and the usual evaluation (training/evaluate.py) runs on
+The log (unlabelled, or labelled) gets the synthesizer's attacks (``synthesize``)
+interleaved by timestamp, and the usual evaluation (``evaluate``) runs on
 the result. These attacks come from the synthesizer a model may have been trained
 on, so they are never the only judge: where the log has labels of its own (the
 simulator's attack generators, confirmed fraud), the independent evaluation on the
@@ -18,11 +18,12 @@ import orjson
 
 from risk_engine.errors import RiskEngineError
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport
-from training.evaluate import FIXED_RATE, Figures, evaluate
-from training.labels import load_labels
-from training.replay import merged_events
-from training.synthesize import SynthesisConfig, synthesize
+from risk_engine.model.artifact import default_model_path, load_artifact
+from risk_engine.offline.evaluate import FIXED_RATE, Figures, evaluate
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
+from risk_engine.offline.replay import merged_events
+from risk_engine.offline.synthesize import SynthesisConfig, synthesize
 
 
 def write_merged(paths: list[Path], out: Path) -> Path:
@@ -38,8 +39,6 @@ def _model_warnings(
     events_path: Path, model_path: Path | None, config: SynthesisConfig
 ) -> list[str]:
     """An in-sample model, or one trained on this synthesizer's attacks with the same seed."""
-    from risk_engine.model.artifact import default_model_path, load_artifact
-
     try:
         artifact = load_artifact(model_path or default_model_path())
     except RiskEngineError:

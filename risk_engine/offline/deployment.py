@@ -28,10 +28,8 @@ from rich.table import Table
 from risk_engine.errors import ConfigurationError
 from risk_engine.events import utc_from_epoch
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, events_in_time_order
 from risk_engine.model.detector import DetectorParams
-from risk_engine.policy import load_policy
-from training.calibrate import (
+from risk_engine.offline.calibrate import (
     MIN_LEGIT,
     ClassCalibration,
     calibrate_policy,
@@ -39,9 +37,8 @@ from training.calibrate import (
     render_calibration,
     write_policy,
 )
-from training.contexts import context_figures, contexts_of, render_contexts
-from training.evaluate import (
-    ESTABLISHED_MIN_PRIOR,
+from risk_engine.offline.contexts import context_figures, contexts_of, render_contexts
+from risk_engine.offline.evaluate import (
     FIXED_RATE,
     Figures,
     build_run,
@@ -49,8 +46,10 @@ from training.evaluate import (
     scope_figures,
     write_label_outcomes,
 )
-from training.labels import load_labels
-from training.train import train
+from risk_engine.offline.labels import ESTABLISHED_MIN_PRIOR, load_labels
+from risk_engine.offline.logs import LogReport, events_in_time_order
+from risk_engine.offline.train import train
+from risk_engine.policy import load_policy
 
 DAY = 86_400
 

@@ -33,15 +33,14 @@ from rich.table import Table
 from risk_engine.decision import Outcome
 from risk_engine.errors import ConfigurationError
 from risk_engine.geo import GeoLocator
-from risk_engine.policy import Policy, load_policy, parse_policy, save_policy
-from training.evaluate import (
-    LabelledRun,
+from risk_engine.offline.evaluate import (
     build_run,
     labelled_backtest,
     load_decisions,
     threshold_for_count,
 )
-from training.labels import Label, audit_labels, load_labels
+from risk_engine.offline.labels import Label, LabelledRun, audit_labels, load_labels
+from risk_engine.policy import Policy, load_policy, parse_policy, save_policy
 
 DECIMALS = 6  # decisions carry scores rounded to 6 decimals; thresholds sit on that grid
 STEP = 10.0**-DECIMALS

@@ -5,7 +5,7 @@ devices and daily rhythms, benign noise (travel, new phones, VPNs, ...) looks be
 to a careful behavioral model, and attacks look like real attacks. Geography is the
 real GeoLite2 City database: every emitted IP resolves to the intended city.
 
-A ``World`` (``training/sim_world.py``) sets who the users are and who attacks them:
+A ``World`` (``world``) sets who the users are and who attacks them:
 cellular, VPN and office users, travel, borrowed devices, the attack mix and the
 attackers' skill. Every legitimate event's label says its ``context`` (home, work,
 corporate, cellular, vpn, trip_domestic, trip_abroad, borrowed_device), so friction
@@ -29,14 +29,14 @@ from typing import Any
 
 import orjson
 
-from training.sim_attacks import AttackPlanner
-from training.sim_benign import BENIGN_SCENARIOS, DayGenerator
-from training.sim_benign import assign_scenarios as _assign_scenarios
-from training.sim_core import HOUR, Clock, Emitter, Pending
-from training.sim_geo import CityPool, build_city_pool
-from training.sim_networks import SharedNetworks, assign_world
-from training.sim_profiles import COUNTRIES, User, make_user
-from training.sim_world import ATTACK_TYPES, CONTEXTS, WORLDS, World
+from risk_engine.offline.simulate.attacks import AttackPlanner
+from risk_engine.offline.simulate.benign import BENIGN_SCENARIOS, DayGenerator
+from risk_engine.offline.simulate.benign import assign_scenarios as _assign_scenarios
+from risk_engine.offline.simulate.core import HOUR, Clock, Emitter, Pending
+from risk_engine.offline.simulate.geo import CityPool, build_city_pool
+from risk_engine.offline.simulate.networks import SharedNetworks, assign_world
+from risk_engine.offline.simulate.profiles import COUNTRIES, User, make_user
+from risk_engine.offline.simulate.world import ATTACK_TYPES, CONTEXTS, WORLDS, World
 
 __all__ = [
     "ATTACK_TYPES",

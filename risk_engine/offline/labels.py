@@ -6,16 +6,25 @@ happened: home, cellular, vpn, corporate, ...), the service's feedback ``{"event
 "label": "confirmed_fraud" | "confirmed_legit"}``, and the backtest outcomes
 ``{"event_id", "step_up": "failed"}`` (a failed step-up counts as an attack label, a
 passed one as legitimate).
+
+``LabelledRun`` is a log joined with its labels and decisions, what evaluation,
+calibration and the per-context figures all read.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from risk_engine.errors import InvalidEventError
+
+# A user with at least this many earlier events in the log is "established".
+ESTABLISHED_MIN_PRIOR = 10
 
 
 @dataclass(frozen=True)
@@ -113,3 +122,25 @@ def audit_labels(paths: list[Path]) -> dict[str, Label]:
                     if label is not None:
                         labels[event_id] = label
     return labels
+
+
+@dataclass
+class LabelledRun:
+    """Per event in time order: truth, the engine's decision, and the baseline's score."""
+
+    event_ids: list[str]
+    actions: list[str]
+    attack: NDArray[np.bool_]
+    attack_types: NDArray[np.str_]  # "" for legitimate events
+    prior_events: NDArray[np.int64]  # events of the same user earlier in the log
+    score: NDArray[np.float64]
+    outcome: NDArray[np.int8]  # OUTCOME_RANK of the decision
+    reason_codes: list[tuple[str, ...]]
+    baseline: NDArray[np.float64] | None = None
+    window: tuple[float, float] = (math.nan, math.nan)
+    unlabelled: int = 0
+    undecided: int = 0
+
+    @property
+    def established(self) -> NDArray[np.bool_]:
+        return self.prior_events >= ESTABLISHED_MIN_PRIOR

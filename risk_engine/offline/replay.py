@@ -19,11 +19,11 @@ from risk_engine.engine import Engine
 from risk_engine.events import Event
 from risk_engine.features.registry import FEATURE_NAMES
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, events_in_time_order, expand_paths
+from risk_engine.offline.labels import Label
+from risk_engine.offline.logs import LogReport, events_in_time_order, expand_paths
 from risk_engine.offline.replayer import BACKTEST_SECRET
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
-from training.labels import Label
 
 
 @dataclass

@@ -17,7 +17,6 @@ import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +27,20 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from risk_engine.backtest import BacktestSummary, run_backtest
 from risk_engine.errors import ConfigurationError, RiskEngineError
 from risk_engine.events import utc_from_epoch
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, events_in_time_order
-from training.contexts import context_figures, contexts_of, render_contexts
-from training.freeman import freeman_backtest
-from training.labels import Label, load_labels
+from risk_engine.model.artifact import default_model_path, load_artifact
+from risk_engine.offline.backtest import BacktestSummary, run_backtest
+from risk_engine.offline.contexts import context_figures, contexts_of, render_contexts
+from risk_engine.offline.freeman import freeman_backtest
+from risk_engine.offline.labels import ESTABLISHED_MIN_PRIOR, Label, LabelledRun, load_labels
+from risk_engine.offline.logs import LogReport, events_in_time_order
 
-ESTABLISHED_MIN_PRIOR = 10
 FIXED_RATE = 0.02
 OUTCOME_RANK = {"allow": 0, "step_up": 1, "deny": 2}
 
 Figures = dict[str, Any]
-
-
-@dataclass
-class LabelledRun:
-    """Per event in time order: truth, the engine's decision, and the baseline's score."""
-
-    event_ids: list[str]
-    actions: list[str]
-    attack: NDArray[np.bool_]
-    attack_types: NDArray[np.str_]  # "" for legitimate events
-    prior_events: NDArray[np.int64]  # events of the same user earlier in the log
-    score: NDArray[np.float64]
-    outcome: NDArray[np.int8]  # OUTCOME_RANK of the decision
-    reason_codes: list[tuple[str, ...]]
-    baseline: NDArray[np.float64] | None = None
-    window: tuple[float, float] = (math.nan, math.nan)
-    unlabelled: int = 0
-    undecided: int = 0
-
-    @property
-    def established(self) -> NDArray[np.bool_]:
-        return self.prior_events >= ESTABLISHED_MIN_PRIOR
 
 
 def load_decisions(path: Path) -> dict[str, tuple[float, int, tuple[str, ...]]]:
@@ -291,8 +268,6 @@ def _split_warnings(
         )
     if not check_model:
         return []
-    from risk_engine.model.artifact import default_model_path, load_artifact
-
     try:
         artifact = load_artifact(model_path or default_model_path())
     except RiskEngineError:

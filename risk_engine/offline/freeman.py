@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 from pathlib import Path
 
-from risk_engine.backtest import BacktestSummary, load_outcomes
 from risk_engine.errors import GeoIPError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator, IPAddress, network_prefix
-from risk_engine.logs import LogReport, events_in_time_order
+from risk_engine.offline.backtest import BacktestSummary, load_outcomes
+from risk_engine.offline.logs import LogReport, events_in_time_order
+from risk_engine.offline.replay import merged_events
 from risk_engine.useragent import parse_user_agent
-from training.replay import merged_events
 
 KeyPath = tuple[str, ...]
 

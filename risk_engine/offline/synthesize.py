@@ -33,7 +33,7 @@ compromised_device     device     the victim's own device and home address, at t
 =====================  =========  ===================================================
 
 The judge is kept apart: this module shares no code with the simulator's attack
-generators (``training/sim_attacks.py``), whose attacks stay the independent test
+generators (``simulate.attacks``), whose attacks stay the independent test
 of a model trained on these.
 
 **Replay rule.** An injected event is replayed as a refused one
@@ -67,10 +67,10 @@ import orjson
 from risk_engine.errors import ConfigurationError
 from risk_engine.features.observation import zone
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport
+from risk_engine.offline.labels import Label
+from risk_engine.offline.logs import LogReport
+from risk_engine.offline.replay import merged_events
 from risk_engine.useragent import parse_user_agent
-from training.labels import Label
-from training.replay import merged_events
 
 KINDS: tuple[str, ...] = (
     "new_country_takeover",
