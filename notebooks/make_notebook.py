@@ -65,6 +65,7 @@ from risk_engine.offline.calibrate import (
 )
 from risk_engine.offline.evaluate import build_run, labelled_backtest, rates
 from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
 from risk_engine.policy import load_policy
 
 ROOT = Path(risk_engine.__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def show(fig):
     ("markdown", "## Backtest: the engine's decisions on the labelled log"),
     (
         "code",
-        """labels = load_labels([LABELS])
+        """labels = load_labels([LABELS], LogReport())
 workdir = Path(tempfile.mkdtemp(prefix="calibrate-notebook-"))
 decisions, outcomes, summary = labelled_backtest(
     EVENTS, labels, workdir, model_path=MODEL, policy_path=POLICY

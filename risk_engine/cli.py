@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -50,6 +51,18 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Bad lines named one by one on stderr; the rest are counted in the summary.
+SHOWN_PROBLEMS = 20
+
+
+def echo_skipped(problems: Sequence[object], bad: int) -> None:
+    """Name the first bad lines skipped (file, line, what is wrong) on stderr."""
+    for problem in problems[:SHOWN_PROBLEMS]:
+        typer.echo(f"skipped {problem}", err=True)
+    if bad > SHOWN_PROBLEMS:
+        typer.echo(f"... and {bad - SHOWN_PROBLEMS} more bad lines", err=True)
+
+
 @app.command()
 def backtest(
     events: Annotated[
@@ -95,13 +108,11 @@ def backtest(
         )
     except RiskEngineError as exc:
         fail(exc.message)
-    for problem in summary.problems[:20]:
-        typer.echo(f"skipped {problem}", err=True)
-    if len(summary.problems) > 20:
-        typer.echo(f"... and {len(summary.problems) - 20} more problems", err=True)
+    echo_skipped(summary.problems, summary.bad + summary.outcome_lines_bad)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.decisions.items()))
     typer.echo(
-        f"{summary.events} events -> {out} ({counts}); {summary.bad} bad lines skipped; "
+        f"{summary.events} events -> {out} ({counts});"
+        f" {summary.bad + summary.outcome_lines_bad} bad lines skipped; "
         f"{summary.outcomes_applied} step-up outcomes applied; "
         f"{summary.events_per_second:,.0f} events/s ({summary.engine});"
         f" model {summary.model_version}",
@@ -287,8 +298,7 @@ def train(
         )
     except (RiskEngineError, ValueError) as exc:
         fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
-    for problem in table.report.problems[:20]:
-        typer.echo(f"skipped {problem}", err=True)
+    echo_skipped(table.report.problems, table.report.bad)
     if table.report.sealed:
         typer.echo(
             f"skipped {table.report.sealed} sealed audit decisions (erased users, or no --store)",
@@ -680,6 +690,7 @@ def evaluate(
         except (RiskEngineError, ValueError) as exc:
             fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
         render_deployment(report, rows, console)
+        echo_skipped(report["inputs"]["problems"], report["inputs"]["bad_lines"])
         if json_out is not None:
             write_json(report, json_out)
             typer.echo(f"figures -> {json_out}", err=True)
@@ -709,6 +720,7 @@ def evaluate(
         for name, report in reports.items():
             console.rule(titles[name])
             render(report, console)
+            echo_skipped(report["inputs"]["problems"], report["inputs"]["bad_lines"])
         if json_out is not None:
             write_json(reports, json_out)
             typer.echo(f"figures -> {json_out}", err=True)
@@ -729,6 +741,7 @@ def evaluate(
     except RiskEngineError as exc:
         fail(exc.message)
     render(report, console)
+    echo_skipped(report["inputs"]["problems"], report["inputs"]["bad_lines"])
     if json_out is not None:
         write_json(report, json_out)
         typer.echo(f"figures -> {json_out}", err=True)
@@ -776,7 +789,7 @@ def calibrate(
     from risk_engine.offline.calibrate import calibrate_log, render_calibration
 
     try:
-        written, rows = calibrate_log(
+        written, rows, reading = calibrate_log(
             events,
             labels,
             out,
@@ -792,7 +805,10 @@ def calibrate(
     except RiskEngineError as exc:
         fail(exc.message)
     render_calibration(rows, written.version, Console(width=None if sys.stdout.isatty() else 160))
-    typer.echo(f"policy {written.version} -> {out} (validated)", err=True)
+    echo_skipped(reading.problems, reading.bad)
+    typer.echo(
+        f"policy {written.version} -> {out} (validated); {reading.bad} bad lines skipped", err=True
+    )
 
 
 def main() -> None:

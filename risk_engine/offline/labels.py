@@ -14,14 +14,16 @@ calibration and the per-context figures all read.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
 from risk_engine.errors import InvalidEventError
+from risk_engine.offline.logs import LogReport, expand_paths, raw_lines, read_records, required_text
 
 # A user with at least this many earlier events in the log is "established".
 ESTABLISHED_MIN_PRIOR = 10
@@ -59,68 +61,56 @@ def _label_of(record: dict[str, object]) -> Label | None:
     return None
 
 
-def load_labels(paths: list[Path]) -> dict[str, Label]:
-    """event_id -> Label from every file; later files override earlier ones."""
-    labels: dict[str, Label] = {}
-    for path in paths:
-        with path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    raise InvalidEventError(
-                        f"{path}:{number}: not valid JSON ({exc})", field="label", line=number
-                    ) from None
-                if not isinstance(record, dict) or not isinstance(record.get("event_id"), str):
-                    raise InvalidEventError(
-                        f"{path}:{number}: a label needs an event_id", field="event_id", line=number
-                    )
-                label = _label_of(record)
-                if label is None:
-                    raise InvalidEventError(
-                        f"{path}:{number}: no is_attack, label or step_up field",
-                        field="label",
-                        line=number,
-                    )
-                labels[record["event_id"]] = label
-    return labels
+def parse_label(record: dict[str, Any]) -> tuple[str, Label]:
+    """(event_id, Label) of one label line; InvalidEventError naming the field otherwise."""
+    event_id = required_text(record, "event_id")
+    label = _label_of(record)
+    if label is None:
+        raise InvalidEventError("label: no is_attack, label or step_up field", field="label")
+    return event_id, label
+
+
+def load_labels(paths: list[Path], report: LogReport) -> dict[str, Label]:
+    """event_id -> Label from every log; later lines override earlier ones.
+
+    Bad lines are reported (file, line, field), counted and skipped, as for events.
+    """
+    return dict(read_records(paths, parse_label, report, "label file"))
 
 
 def audit_labels(paths: list[Path]) -> dict[str, Label]:
     """The labels an audit log holds: failed and passed step-ups, and feedback.
 
     A plain event log has none of these records and gives no labels; a decision
-    record is an event, not a label. Later records override earlier ones.
+    record is an event, not a label. Later records override earlier ones. A torn
+    line is not reported here: reading the same log as events reports it.
     """
     labels: dict[str, Label] = {}
-    for path in paths:
-        if not path.is_file() or path.name.endswith((".gz", ".parquet")):
-            continue
-        with path.open("rb") as handle:
-            for raw in handle:
-                if b'"prev_hash"' not in raw or (
-                    b'"challenge_result"' not in raw and b'"feedback"' not in raw
-                ):
-                    continue
-                try:
-                    record = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue  # a torn line: `risk-engine audit verify` reports it
-                event_id = record.get("event_id") if isinstance(record, dict) else None
-                if not isinstance(event_id, str):
-                    continue
-                if record.get("record") == "challenge_result":
-                    outcome = record.get("outcome")
-                    if outcome in ("passed", "failed"):
-                        labels[event_id] = Label(
-                            outcome == "failed", "failed_step_up" if outcome == "failed" else None
-                        )
-                elif record.get("record") == "feedback":
-                    label = _label_of(record)
-                    if label is not None:
-                        labels[event_id] = label
+    for path in expand_paths(paths):
+        if path.name.endswith(".parquet"):
+            continue  # the service writes its audit log as JSON Lines
+        for raw in raw_lines(path):
+            if b'"prev_hash"' not in raw or (
+                b'"challenge_result"' not in raw and b'"feedback"' not in raw
+            ):
+                continue
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            event_id = record.get("event_id") if isinstance(record, dict) else None
+            if not isinstance(event_id, str):
+                continue
+            if record.get("record") == "challenge_result":
+                outcome = record.get("outcome")
+                if outcome in ("passed", "failed"):
+                    labels[event_id] = Label(
+                        outcome == "failed", "failed_step_up" if outcome == "failed" else None
+                    )
+            elif record.get("record") == "feedback":
+                label = _label_of(record)
+                if label is not None:
+                    labels[event_id] = label
     return labels
 
 
@@ -140,6 +130,8 @@ class LabelledRun:
     window: tuple[float, float] = (math.nan, math.nan)
     unlabelled: int = 0
     undecided: int = 0
+    # What was read to build it (the events and the decisions): bad lines, counted.
+    report: LogReport = field(default_factory=LogReport)
 
     @property
     def established(self) -> NDArray[np.bool_]:

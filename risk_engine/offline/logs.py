@@ -1,4 +1,17 @@
-"""Reading event logs: JSON Lines (plain or gzip) and Parquet, one or many files.
+"""The one reader and writer of the offline logs: JSON Lines (plain or gzip) and Parquet.
+
+Every offline command reads its inputs here (events, labels, step-up outcomes,
+decisions, feedback) and writes its outputs here (decisions, simulated events,
+labels and outcomes). The format follows the name: ``.parquet`` is Parquet, a
+name ending in ``.gz`` is gzip-compressed JSON Lines, anything else plain JSON
+Lines. Inputs may be files, directories (their logs, sorted by name) and glob
+patterns.
+
+One rule for bad input everywhere: a line (or Parquet row) that is not a valid
+record is reported with its file and line number, and the field at fault when
+it fails validation (``BadLine``), counted in the ``LogReport`` and skipped; the
+rest is read. A file that cannot be read at all is a ``ConfigurationError``
+naming it.
 
 Audit logs are read too: their decision lines are events once their sealed
 personal fields are opened with the keys in ``LogReport.keys`` (the store's
@@ -13,17 +26,23 @@ index of (timestamp, position) and reads each line again by its offset.
 
 from __future__ import annotations
 
+import glob
 import gzip
+import heapq
+import tempfile
 import zlib
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from types import TracebackType
+from typing import IO, Any, Protocol, TypeVar, cast
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from risk_engine.errors import ConfigurationError, InvalidEventError
 from risk_engine.events import Event, parse_event, parse_event_line
@@ -31,6 +50,10 @@ from risk_engine.sealing import open_record
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".parquet")
 MAX_KEPT_PROBLEMS = 1000
+# Rows of a Parquet output converted, and written, at a time (one row group each).
+PARQUET_ROW_GROUP = 65_536
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,32 +91,44 @@ class LogReport:
             message = error.message.removeprefix(f"line {line}: ")
             self.problems.append(BadLine(source, line, message, error.field))
 
+    def absorb(self, other: LogReport) -> None:
+        """Add the counts and problems of another read (of other files) to this one."""
+        self.lines += other.lines
+        self.events += other.events
+        self.bad += other.bad
+        self.skipped += other.skipped
+        self.sealed += other.sealed
+        room = MAX_KEPT_PROBLEMS - len(self.problems)
+        self.problems.extend(other.problems[: max(room, 0)])
 
-def expand_paths(paths: list[Path]) -> list[Path]:
+
+def expand_paths(paths: list[Path], what: str = "event log") -> list[Path]:
     """Files as given; directories and glob patterns become their log files, sorted by name.
 
-    A rotated audit log's segments (``audit.000001.jsonl``, ...) sort before its
-    active ``audit.jsonl``: a directory or ``audit*.jsonl`` reads them in order.
+    A glob (quoted on the command line, or given by a program) may use ``**``; a
+    directory it matches gives its logs. A rotated audit log's segments
+    (``audit.000001.jsonl``, ...) sort before its active ``audit.jsonl``: a
+    directory or ``audit*.jsonl`` reads them in order.
     """
     out: list[Path] = []
     for path in paths:
         if not path.exists() and _is_glob(path):
-            # Quoted on the command line, or given by a program: expanded here.
-            anchor = Path(path.anchor) if path.is_absolute() else Path()
-            pattern = str(path.relative_to(anchor)) if path.is_absolute() else str(path)
-            matched = sorted(p for p in anchor.glob(pattern) if p.is_file() and _is_log(p))
-            if not matched:
-                raise ConfigurationError(f"no event logs match {path}")
-            out.extend(matched)
+            matched = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+            found = [p for p in matched if p.is_file() and _is_log(p)]
+            for directory in (p for p in matched if p.is_dir()):
+                found.extend(expand_paths([directory], what))
+            if not found:
+                raise ConfigurationError(f"no {what}s match {path}")
+            out.extend(sorted(set(found)))
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and _is_log(p))
             if not found:
-                raise ConfigurationError(f"directory {path} holds no event logs ({LOG_SUFFIXES})")
+                raise ConfigurationError(f"directory {path} holds no {what}s ({LOG_SUFFIXES})")
             out.extend(found)
         elif path.is_file():
             out.append(path)
         else:
-            raise ConfigurationError(f"event log not found: {path}")
+            raise ConfigurationError(f"{what} not found: {path}")
     return out
 
 
@@ -112,18 +147,21 @@ def _open(path: Path) -> IO[bytes]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """Each row (numbered from 1) as a record: nulls dropped, timestamps as RFC 3339 text."""
     try:
         table = pq.ParquetFile(path)
         row = 0
         for batch in table.iter_batches(batch_size=10_000):
             for record in batch.to_pylist():
                 row += 1
-                yield row, {k: v for k, v in record.items() if v is not None}
+                out = {k: v for k, v in record.items() if v is not None}
+                stamp = out.get("timestamp")
+                if isinstance(stamp, datetime):
+                    # Parquet keeps real timestamps; the contract's form is RFC 3339 text.
+                    out["timestamp"] = stamp.isoformat()
+                yield row, out
     except pa.ArrowException as exc:
-        raise ConfigurationError(f"event log {path} cannot be read: {exc}") from exc
+        raise ConfigurationError(f"log {path} cannot be read: {exc}") from exc
 
 
 def _not_an_event(raw: bytes) -> bool:
@@ -186,10 +224,6 @@ def _read_piece(
     if path.name.endswith(".parquet"):
         for row, record in _parquet_rows(path):
             report.lines += 1
-            stamp = record.get("timestamp")
-            if isinstance(stamp, datetime):
-                # Parquet keeps real timestamps; the contract's form is RFC 3339 text.
-                record["timestamp"] = stamp.isoformat()
             try:
                 parsed = parse_event(record, line=row)
             except InvalidEventError as exc:
@@ -297,3 +331,206 @@ def events_in_time_order(path: Path, report: LogReport) -> Iterator[Event]:
             event = _line_event(handle.readline(), number, source, report)
             if event is not None:
                 yield event
+
+
+def merged_events(paths: list[Path], report: LogReport) -> Iterator[Event]:
+    """The events of logs (files, directories, globs) merged into one time order.
+
+    Ties keep input order: file after file, and file order within one.
+    """
+    streams = [events_in_time_order(path, report) for path in expand_paths(paths)]
+    keyed = (
+        ((event.epoch, index, event) for event in stream) for index, stream in enumerate(streams)
+    )
+    for _, _, event in heapq.merge(*keyed, key=lambda item: (item[0], item[1])):
+        yield event
+
+
+# -- records other than events: labels, outcomes, decisions, feedback ---------------------
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidEventError]]:
+    """Each record of one log with its line (or row) number, or the error that stops it."""
+    if path.name.endswith(".parquet"):
+        yield from _parquet_rows(path)
+        return
+    with _open(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                yield number, InvalidEventError(f"not valid JSON ({exc})", line=number)
+                continue
+            if not isinstance(record, dict):
+                yield number, InvalidEventError("a record must be a JSON object", line=number)
+                continue
+            yield number, record
+
+
+def read_records(
+    paths: list[Path],
+    parse: Callable[[dict[str, Any]], T],
+    report: LogReport,
+    what: str = "log",
+) -> Iterator[T]:
+    """The valid records of logs (files, directories, globs) in input order.
+
+    ``parse`` turns one JSON object into a record, or raises InvalidEventError
+    naming the field; such a line, or one that is not a JSON object, is a bad
+    line of the report. ``report.events`` counts the records read.
+    """
+    for path in expand_paths(paths, what):
+        source = str(path)
+        try:
+            for number, record in _records(path):
+                report.lines += 1
+                if isinstance(record, InvalidEventError):
+                    report.add_bad(source, record, number)
+                    continue
+                try:
+                    parsed = parse(record)
+                except InvalidEventError as exc:
+                    report.add_bad(source, exc, number)
+                    continue
+                report.events += 1
+                yield parsed
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ConfigurationError(f"{what} {path} cannot be read: {exc}") from exc
+
+
+def raw_lines(path: Path) -> Iterator[bytes]:
+    """The lines of one JSON Lines log (plain or gzip), as bytes, for a quick scan."""
+    try:
+        with _open(path) as handle:
+            yield from handle
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConfigurationError(f"log {path} cannot be read: {exc}") from exc
+
+
+def required_text(record: dict[str, Any], name: str) -> str:
+    """A record's non-empty string field; InvalidEventError naming it otherwise."""
+    value = record.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidEventError(f"{name}: a non-empty string is required", field=name)
+    return value
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+class LineSink(Protocol):
+    """Where JSON lines go: a ``LogWriter``, or a buffer in a worker."""
+
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
+class LogWriter:
+    """One output log, in the format its name says: plain or gzip JSON Lines, or Parquet.
+
+    ``write`` takes whole JSON lines (what the commands produce), ``write_record``
+    one JSON object. A gzip output carries no timestamp, so the same records give
+    the same bytes. A Parquet output is spooled as JSON Lines and converted at
+    ``close``, in row groups, with the columns of every record: a field first
+    seen late, or an int that turns float, is kept; a field whose types cannot
+    be reconciled (text here, a number there) is a ConfigurationError naming it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._parquet = path.name.endswith(".parquet")
+        if self._parquet:
+            # Closed by close(), like the plain file. Beside the output: the spool is as
+            # large as the log it becomes.
+            self._raw: IO[bytes] = tempfile.TemporaryFile(dir=path.parent)  # noqa: SIM115
+        else:
+            self._raw = path.open("wb", buffering=1 << 20)  # closed by close()
+        self._handle: IO[bytes] = self._raw
+        if path.name.endswith(".gz"):
+            gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
+            self._handle = cast(IO[bytes], gz)
+        self._closed = False
+
+    def __enter__(self) -> LogWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._discard()
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        """Whole JSON lines, each ending in a newline."""
+        return self._handle.write(data)
+
+    def write_record(self, record: Mapping[str, Any]) -> None:
+        """One JSON object."""
+        self._handle.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def write_records(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Every record of ``records``; how many."""
+        count = 0
+        for record in records:
+            self.write_record(record)
+            count += 1
+        return count
+
+    def close(self) -> None:
+        """Finish the file (for Parquet: convert the spool)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._handle is not self._raw:
+            self._handle.close()
+        try:
+            if self._parquet:
+                self._write_parquet()
+        finally:
+            self._raw.close()
+
+    def _discard(self) -> None:
+        """After an error: close without converting (a Parquet output is not written)."""
+        self._closed = True
+        if self._handle is not self._raw:
+            self._handle.close()
+        self._raw.close()
+
+    def _spooled_batches(self) -> Iterator[list[dict[str, Any]]]:
+        self._raw.seek(0)
+        rows: list[dict[str, Any]] = []
+        for line in self._raw:
+            if line.strip():
+                rows.append(orjson.loads(line))
+                if len(rows) >= PARQUET_ROW_GROUP:
+                    yield rows
+                    rows = []
+        if rows:
+            yield rows
+
+    def _write_parquet(self) -> None:
+        try:
+            schemas = [pa.Table.from_pylist(rows).schema for rows in self._spooled_batches()]
+            schema = (
+                pa.unify_schemas(schemas, promote_options="permissive")
+                if schemas
+                else pa.schema([])
+            )
+            with pq.ParquetWriter(self.path, schema) as writer:
+                for rows in self._spooled_batches():
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise ConfigurationError(f"{self.path} cannot be written as Parquet: {exc}") from exc
+
+
+def write_records(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
+    """Write ``records`` to the log at ``path`` (format by name); how many."""
+    with LogWriter(path) as out:
+        return out.write_records(records)

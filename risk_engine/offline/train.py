@@ -26,6 +26,7 @@ from risk_engine.model.artifact import (
 )
 from risk_engine.model.detector import DetectorParams, RiskModel
 from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
 from risk_engine.offline.replay import FeatureTable, replay
 from risk_engine.offline.synthesize import SynthesisConfig, auto_synthesis, injected_log
 from risk_engine.policy import load_policy
@@ -97,7 +98,8 @@ def train(
     ``keys`` open sealed audit records (see ``replay``).
     """
     params = params or DetectorParams()
-    label_map = load_labels(labels or [])
+    label_report = LogReport()
+    label_map = load_labels(labels or [], label_report)
     wanted, why = auto_synthesis(label_map, synthesize, params.supervised_min_attacks)
     injected: dict[str, Any] = {"enabled": False, "reason": why}
     if wanted:
@@ -110,6 +112,8 @@ def train(
         injected = {**synthesized.summary(), "reason": why}
     else:
         table = replay(events, label_map, geo=geo, keys=keys)
+    # The table's report covers every input: the events' bad lines, then the labels'.
+    table.report.absorb(label_report)
     if table.X.shape[0] < 50:
         raise ValueError(f"too few valid events to train on ({table.X.shape[0]})")
     metrics = holdout_metrics(table, params) if label_map or wanted else {}

@@ -40,7 +40,7 @@ def geo() -> Iterator[GeoLocator]:
 @pytest.fixture(scope="module")
 def rows(geo: GeoLocator) -> list[Row]:
     """Every sample event, score-then-learn; attacks are not learned (they would be stopped)."""
-    labels = load_labels([SAMPLES / "labels.jsonl"])
+    labels = load_labels([SAMPLES / "labels.jsonl"], LogReport())
     engine = Engine(store=MemoryStore(), geo=geo, scorer=None, hasher=Hasher("behavior"))
     report = LogReport()
     out = []

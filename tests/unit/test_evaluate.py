@@ -18,6 +18,7 @@ from risk_engine.offline.evaluate import (
     write_json,
 )
 from risk_engine.offline.labels import LabelledRun, load_labels
+from risk_engine.offline.logs import LogReport
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
 
@@ -58,7 +59,7 @@ def run(tmp_path: Path) -> LabelledRun:
         )
     )
     baseline = [(r[0], r[6]) for r in ROWS]
-    return build_run(events, load_labels([labels]), decisions, baseline)
+    return build_run(events, load_labels([labels], LogReport()), decisions, baseline)
 
 
 def test_thresholds_flag_at_most_the_rate_and_never_split_ties() -> None:

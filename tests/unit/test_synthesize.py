@@ -24,6 +24,7 @@ from risk_engine.model.artifact import load_artifact
 from risk_engine.model.detector import DetectorParams
 from risk_engine.offline.backtest import BACKTEST_SECRET
 from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
 from risk_engine.offline.replay import replay
 from risk_engine.offline.synthesize import (
     KINDS,
@@ -295,7 +296,7 @@ def test_train_synthesizes_when_labels_are_scarce_and_records_it(
 
 def test_train_with_enough_labels_does_not_synthesize(geo: GeoLocator, tmp_path: Path) -> None:
     labels = SAMPLES / "labels.jsonl"
-    assert sum(label.is_attack for label in load_labels([labels]).values()) >= 20
+    assert sum(label.is_attack for label in load_labels([labels], LogReport()).values()) >= 20
     params = DetectorParams(n_estimators=20, supervised_max_iter=10)
     with threadpool_limits(limits=1):
         artifact, _ = train(

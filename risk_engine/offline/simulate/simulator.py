@@ -27,8 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from risk_engine.offline.logs import LogWriter
 from risk_engine.offline.simulate.attacks import AttackPlanner
 from risk_engine.offline.simulate.benign import BENIGN_SCENARIOS, DayGenerator
 from risk_engine.offline.simulate.benign import assign_scenarios as _assign_scenarios
@@ -175,25 +174,27 @@ def write_simulation(
     labels_path: Path,
     outcomes_path: Path | None = None,
 ) -> SimulationSummary:
-    """Write events, labels and (optionally) step-up outcomes as JSON Lines.
+    """Write events, labels and (optionally) step-up outcomes, as each name says.
+
+    (JSON Lines, gzip-compressed for a name ending in ``.gz``, or Parquet: see
+    ``offline.logs.LogWriter``.)
 
     Outcomes follow section 3 of the contract: every legitimate event "passed",
     every attack event "failed"; the engine only applies them where it stepped up.
     """
-    newline = orjson.OPT_APPEND_NEWLINE
     events = attacks = 0
     by_attack: Counter[str] = Counter()
     by_scenario: Counter[str] = Counter()
     by_context: Counter[str] = Counter()
     with ExitStack() as stack:
-        ev_out = stack.enter_context(Path(events_path).open("wb", buffering=1 << 20))
-        lab_out = stack.enter_context(Path(labels_path).open("wb", buffering=1 << 20))
+        ev_out = stack.enter_context(LogWriter(Path(events_path)))
+        lab_out = stack.enter_context(LogWriter(Path(labels_path)))
         out_file = None
         if outcomes_path is not None:
-            out_file = stack.enter_context(Path(outcomes_path).open("wb", buffering=1 << 20))
+            out_file = stack.enter_context(LogWriter(Path(outcomes_path)))
         for event, label in simulate(config):
-            ev_out.write(orjson.dumps(event, option=newline))
-            lab_out.write(orjson.dumps(label, option=newline))
+            ev_out.write_record(event)
+            lab_out.write_record(label)
             events += 1
             attack = label["attack_type"]
             if attack is not None:
@@ -208,7 +209,7 @@ def write_simulation(
                     "event_id": label["event_id"],
                     "step_up": "failed" if attack is not None else "passed",
                 }
-                out_file.write(orjson.dumps(outcome, option=newline))
+                out_file.write_record(outcome)
     return SimulationSummary(
         events=events,
         attacks=attacks,
