@@ -69,7 +69,13 @@ def backtest(
         list[Path],
         typer.Argument(help="events (contract section 1): JSONL, JSONL.gz, Parquet, dirs, globs"),
     ],
-    out: Annotated[Path, typer.Option("--out", help="where to write one decision per event")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="where to write one decision per event (.jsonl, .jsonl.gz or .parquet)",
+        ),
+    ],
     outcomes: Annotated[
         Path | None,
         typer.Option(help='step-up outcomes: {"event_id": ..., "step_up": "passed"|"failed"}'),
@@ -122,7 +128,9 @@ def backtest(
 
 @app.command()
 def simulate(
-    out: Annotated[Path, typer.Option("--out", help="events file to write (JSON Lines)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="events file to write (.jsonl, .jsonl.gz, .parquet)")
+    ],
     labels: Annotated[Path, typer.Option("--labels", help="labels file to write")],
     outcomes: Annotated[
         Path | None, typer.Option(help="also write step-up outcomes (legit passed, attacks failed)")
@@ -235,7 +243,7 @@ def _synthesis_config(seed: int, rate: float, mix: str | None, knowledge: str) -
 @app.command()
 def train(
     events: Annotated[
-        list[Path], typer.Argument(help="event logs: JSONL, JSONL.gz, Parquet, dirs")
+        list[Path], typer.Argument(help="event logs: JSONL, JSONL.gz, Parquet, dirs, globs")
     ],
     out: Annotated[Path, typer.Option("--out", help="artifact to write, e.g. models/my.npz")],
     labels: Annotated[

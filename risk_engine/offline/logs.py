@@ -517,7 +517,8 @@ class LogWriter:
 
     def _write_parquet(self) -> None:
         try:
-            schemas = [pa.Table.from_pylist(rows).schema for rows in self._spooled_batches()]
+            # pa.array infers a struct of every row's fields (from_pylist: the first row's).
+            schemas = [pa.schema(list(pa.array(rows).type)) for rows in self._spooled_batches()]
             schema = (
                 pa.unify_schemas(schemas, promote_options="permissive")
                 if schemas
