@@ -74,6 +74,7 @@ class LogReport:
     """Counts of what was read, and the first problems found."""
 
     lines: int = 0
+    # Valid records: events, for an event log (labels, outcomes, ... for read_records).
     events: int = 0
     bad: int = 0
     # Audit records of other kinds than "decision" (results, feedback, erasures).
