@@ -55,8 +55,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except IncompatibleModelError:
         pass
     from risk_engine.model.detector import DetectorParams
-    from training.simulate import SimulationConfig, write_simulation
-    from training.train import train
+    from risk_engine.offline.simulate.simulator import SimulationConfig, write_simulation
+    from risk_engine.offline.train import train
 
     work = tmp_path_factory.mktemp("model")
     events, labels = work / "events.jsonl", work / "labels.jsonl"
