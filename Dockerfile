@@ -11,7 +11,6 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY risk_engine ./risk_engine
-COPY training ./training
 RUN python -m pip wheel --no-deps --no-cache-dir -w /dist .
 
 FROM python:3.11-slim

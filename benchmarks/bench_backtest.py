@@ -41,7 +41,7 @@ RUN_TIMEOUT_S = 3600.0
 
 def simulate(workdir: Path, users: int, days: int, seed: int) -> Path:
     """The seeded simulation, written with the package's own simulator."""
-    from training.simulate import SimulationConfig, write_simulation
+    from risk_engine.offline.simulate.simulator import SimulationConfig, write_simulation
 
     events = workdir / "simulated.jsonl"
     config = SimulationConfig(
@@ -69,7 +69,7 @@ def child_run(
     events: Path, out: Path, workers: int | None, scheduler: str | None, model: Path | None
 ) -> None:
     """In the child: one backtest, its summary as JSON on stdout."""
-    from risk_engine.backtest import run_backtest
+    from risk_engine.offline.backtest import run_backtest
 
     # Only what was asked: the options are newer than the one-process backtest.
     options: dict[str, object] = {"workers": workers} if workers is not None else {}

@@ -48,8 +48,9 @@ from risk_engine.engine import Engine, load_scorer
 from risk_engine.errors import ProfileStoreError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, events_in_time_order
 from risk_engine.model.detector import DetectorParams, RiskModel
+from risk_engine.offline.logs import LogReport, events_in_time_order
+from risk_engine.offline.simulate.simulator import SimulationConfig, write_simulation
 from risk_engine.policy import PolicyTable
 from risk_engine.privacy import Hasher
 from risk_engine.profiles import (
@@ -63,7 +64,6 @@ from risk_engine.profiles import (
 )
 from risk_engine.profiles.bursts import BurstTable, walk
 from risk_engine.profiles.store import BURST_MAX_ENTRIES
-from training.simulate import SimulationConfig, write_simulation
 
 T = TypeVar("T")
 CLOCK = time.perf_counter

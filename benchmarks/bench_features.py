@@ -22,7 +22,7 @@ from risk_engine.events import Event
 from risk_engine.features.observation import observe
 from risk_engine.features.registry import compute_features
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, read_events
+from risk_engine.offline.logs import LogReport, read_events
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.learn import learn
 from risk_engine.profiles.model import BurstCounts, Profile

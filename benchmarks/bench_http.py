@@ -13,7 +13,7 @@ contacted; every run is bounded in time, every wait in time and count.
 
     .venv/bin/python benchmarks/bench_http.py [--duration 15] [--connections 16]
         [--client auto|wrk|httpx] [--redis-url redis://127.0.0.1:6379/13] [--gc-compare]
-        [--decision-log-compare]
+        [--decision-log-compare [--pairs 6]] [--decision-log-only]
         [--access-log]
 """
 
@@ -193,6 +193,15 @@ def risk_engine_command() -> list[str]:
 @contextlib.contextmanager
 def server(command: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[str]:
     """Start a server in its own process group; yield its base URL once it answers."""
+    with server_process(command, port, env, log) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def server_process(
+    command: list[str], port: int, env: dict[str, str], log: Path
+) -> Iterator[tuple[str, int]]:
+    """As ``server``, yielding the base URL and the server's process id."""
     # The access log goes to a file: an undrained pipe would fill and stall the server.
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -217,7 +226,7 @@ def server(command: list[str], port: int, env: dict[str, str], log: Path) -> Ite
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        yield base
+        yield base, process.pid
     finally:
         # The group holds the server and, with several workers, its worker processes.
         with contextlib.suppress(ProcessLookupError):
@@ -329,10 +338,20 @@ def httpx_run(base: str, duration: float, connections: int, users: int) -> Resul
 
 def drive(base: str, args: argparse.Namespace, script: Path | None) -> Result:
     """A short warm-up, then the measured run."""
+    drive_warm(base, args, script)
+    return measured(base, args, script)
+
+
+def drive_warm(base: str, args: argparse.Namespace, script: Path | None) -> None:
     if script is not None:
         wrk_run(base, WARMUP_S, args.connections, args.threads, script)
+    else:
+        httpx_run(base, WARMUP_S, args.connections, args.users)
+
+
+def measured(base: str, args: argparse.Namespace, script: Path | None) -> Result:
+    if script is not None:
         return wrk_run(base, args.duration, args.connections, args.threads, script)
-    httpx_run(base, WARMUP_S, args.connections, args.users)
     return httpx_run(base, args.duration, args.connections, args.users)
 
 
@@ -341,6 +360,94 @@ def show(name: str, result: Result) -> None:
     print(
         f"{name:<34} {result.rps:9,.0f} req/s   p50 {result.p50_ms:7.2f} ms"
         f"   p99 {result.p99_ms:7.2f} ms   ({result.requests:,} requests{errors})"
+    )
+
+
+@dataclass
+class CpuTimes:
+    """CPU seconds a process spent, on its main thread and on all its other threads."""
+
+    main: float
+    others: float
+
+
+def cpu_times(pid: int) -> CpuTimes:
+    """Per-thread CPU time of ``pid`` (Linux /proc; utime + stime of each task)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended in between
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(task.name) == pid:
+            main += seconds
+        else:
+            others += seconds
+    return CpuTimes(main, others)
+
+
+def descendants_cpu(pid: int) -> float:
+    """CPU seconds of the children of ``pid`` (a writer process, say), dead ones included."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def decision_log_ab(
+    on: tuple[str, int], off: tuple[str, int], args: argparse.Namespace, script: Path | None
+) -> None:
+    """Drive the two servers in turn, ``--pairs`` times, and compare like with like.
+
+    One run after the other on a shared machine moves by more than the effect sought
+    (other load comes and goes), so the runs alternate and the median of the per-pair
+    ratios is reported, beside the CPU each server spent per request: main thread
+    (what bounds one worker's throughput), its other threads and its child processes.
+    """
+    ratios: list[float] = []
+    per_request: dict[str, list[tuple[float, float, float]]] = {"on": [], "off": []}
+    for pair in range(args.pairs):
+        rates = {}
+        order = (("on", on), ("off", off)) if pair % 2 == 0 else (("off", off), ("on", on))
+        for name, (base, pid) in order:
+            drive_warm(base, args, script)
+            before, before_children = cpu_times(pid), descendants_cpu(pid)
+            result = measured(base, args, script)
+            after, after_children = cpu_times(pid), descendants_cpu(pid)
+            n = max(1, result.requests)
+            per_request[name].append(
+                (
+                    (after.main - before.main) / n * 1e6,
+                    (after.others - before.others) / n * 1e6,
+                    (after_children - before_children) / n * 1e6,
+                )
+            )
+            rates[name] = result.rps
+            show(f"  pair {pair + 1}: decision log {name}", result)
+        ratios.append(rates["on"] / rates["off"])
+    for name in ("on", "off"):
+        main_us = statistics.median(x[0] for x in per_request[name])
+        other_us = statistics.median(x[1] for x in per_request[name])
+        child_us = statistics.median(x[2] for x in per_request[name])
+        print(
+            f"{'CPU per request, log ' + name:<34} main thread {main_us:6.1f} us,"
+            f" other threads {other_us:5.1f} us, child processes {child_us:5.1f} us"
+        )
+    spread = f"{min(ratios):.3f}-{max(ratios):.3f}"
+    print(
+        f"{'decision log on / off':<34} {statistics.median(ratios):9.3f} x throughput"
+        f" (median of {len(ratios)} alternating pairs; range {spread})"
+        "   (target: change under 5%)"
     )
 
 
@@ -400,6 +507,14 @@ def main() -> int:
         action="store_true",
         help="also with the decision log off (RISK_ENGINE_DECISION_LOG=off), same settings",
     )
+    parser.add_argument(
+        "--decision-log-only",
+        action="store_true",
+        help="only the decision log on/off comparison (implies --decision-log-compare, no Redis)",
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=6, help="alternating on/off pairs for --decision-log-compare"
+    )
     parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
     parser.add_argument("--access-log", action="store_true", help="uvicorn access log on")
     parser.add_argument("--serve-noop", type=int, help=argparse.SUPPRESS)
@@ -415,6 +530,8 @@ def main() -> int:
     if not 0 < args.duration <= 600 or not 0 < args.connections <= 1024:
         parser.error("--duration must be in (0, 600] s and --connections in (0, 1024]")
 
+    if args.decision_log_only:
+        args.decision_log_compare = args.no_redis = True
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "httpx"
@@ -433,24 +550,6 @@ def main() -> int:
         if args.model is not None:
             env["RISK_ENGINE_MODEL_PATH"] = str(args.model)
 
-        log_flag = ["--access-log"] if args.access_log else []
-        noops = {}
-        for factory, name in (("noop_app", "no-op FastAPI app"), ("bare_app", "no-op bare ASGI")):
-            port = free_port()
-            command = [
-                sys.executable,
-                __file__,
-                "--serve-noop",
-                str(port),
-                "--noop-factory",
-                factory,
-                *log_flag,
-            ]
-            with server(command, port, {}, workdir / f"{factory}.log") as base:
-                noops[factory] = drive(base, args, script)
-            show(f"{name}, 1 worker", noops[factory])
-        noop = noops["noop_app"]
-
         def serve_args(port: int, workers: int, store: str) -> list[str]:
             return [
                 "serve",
@@ -466,35 +565,62 @@ def main() -> int:
                 *("--access-log" if args.access_log else "--no-access-log",),
             ]
 
-        port = free_port()
-        sqlite = f"sqlite:///{workdir / 'profiles.db'}"
-        command = [*risk_engine_command(), *serve_args(port, 1, sqlite)]
-        with server(command, port, env, workdir / "sqlite.log") as base:
-            real = drive(base, args, script)
-        show("risk-engine, SQLite, 1 worker", real)
-        print(
-            f"{'ratio risk-engine / no-op FastAPI':<34} {real.rps / noop.rps:9.2f} x throughput,"
-            f" p50 x{real.p50_ms / noop.p50_ms:.1f}, p99 x{real.p99_ms / noop.p99_ms:.1f}"
-            "   (targets: >= 0.60 x, p99 <= x3)"
-        )
-        bare = noops["bare_app"]
-        print(
-            f"{'ratio risk-engine / bare ASGI':<34} {real.rps / bare.rps:9.2f} x throughput,"
-            f" p50 x{real.p50_ms / bare.p50_ms:.1f}, p99 x{real.p99_ms / bare.p99_ms:.1f}"
-        )
+        if not args.decision_log_only:
+            log_flag = ["--access-log"] if args.access_log else []
+            noops = {}
+            for factory, name in (
+                ("noop_app", "no-op FastAPI app"),
+                ("bare_app", "no-op bare ASGI"),
+            ):
+                port = free_port()
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--serve-noop",
+                    str(port),
+                    "--noop-factory",
+                    factory,
+                    *log_flag,
+                ]
+                with server(command, port, {}, workdir / f"{factory}.log") as base:
+                    noops[factory] = drive(base, args, script)
+                show(f"{name}, 1 worker", noops[factory])
+            noop = noops["noop_app"]
+
+            port = free_port()
+            sqlite = f"sqlite:///{workdir / 'profiles.db'}"
+            command = [*risk_engine_command(), *serve_args(port, 1, sqlite)]
+            with server(command, port, env, workdir / "sqlite.log") as base:
+                real = drive(base, args, script)
+            show("risk-engine, SQLite, 1 worker", real)
+            print(
+                f"{'ratio risk-engine / no-op FastAPI':<34}"
+                f" {real.rps / noop.rps:9.2f} x throughput,"
+                f" p50 x{real.p50_ms / noop.p50_ms:.1f}, p99 x{real.p99_ms / noop.p99_ms:.1f}"
+                "   (targets: >= 0.60 x, p99 <= x3)"
+            )
+            bare = noops["bare_app"]
+            print(
+                f"{'ratio risk-engine / bare ASGI':<34} {real.rps / bare.rps:9.2f} x throughput,"
+                f" p50 x{real.p50_ms / bare.p50_ms:.1f}, p99 x{real.p99_ms / bare.p99_ms:.1f}"
+            )
 
         if args.decision_log_compare:
-            port = free_port()
-            sqlite = f"sqlite:///{workdir / 'profiles-nolog.db'}"
-            command = [*risk_engine_command(), *serve_args(port, 1, sqlite)]
-            off = {**env, "RISK_ENGINE_DECISION_LOG": "off"}
-            with server(command, port, off, workdir / "nolog.log") as base:
-                without = drive(base, args, script)
-            show("risk-engine, SQLite, decision log off", without)
-            print(
-                f"{'decision log on / off':<34} {real.rps / without.rps:9.3f} x throughput"
-                "   (target: change under 5%)"
-            )
+            print(f"decision log on and off, {args.pairs} alternating pairs (SQLite, 1 worker):")
+            with contextlib.ExitStack() as stack:
+                servers = []
+                for name, extra in (("on", {}), ("off", {"RISK_ENGINE_DECISION_LOG": "off"})):
+                    port = free_port()
+                    sqlite = f"sqlite:///{workdir / f'profiles-log-{name}.db'}"
+                    command = [*risk_engine_command(), *serve_args(port, 1, sqlite)]
+                    var = {"RISK_ENGINE_VAR_DIR": str(workdir / f"var-log-{name}")}
+                    log_file = workdir / f"log-{name}.log"
+                    servers.append(
+                        stack.enter_context(
+                            server_process(command, port, {**env, **var, **extra}, log_file)
+                        )
+                    )
+                decision_log_ab(servers[0], servers[1], args, script)
 
         if args.gc_compare:
             port = free_port()

@@ -2,8 +2,8 @@
 
 The notebook is generated so that its JSON stays reviewable and reproducible:
 edit the cells here, run ``.venv/bin/python notebooks/make_notebook.py``, and
-commit both files. The computations live in training/evaluate.py and
-training/calibrate.py; the notebook only calls them and draws.
+commit both files. The computations live in risk_engine/offline/evaluate.py and
+risk_engine/offline/calibrate.py; the notebook only calls them and draws.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ Replays a labelled log through the engine (the contract backtest, with step-up
 outcomes taken from the labels), shows how well the scores separate attacks from
 legitimate activity, and turns a friction target (challenge at most 2% of
 legitimate events per action class) into per-class thresholds with
-`training/calibrate.py`, the code behind `risk-engine calibrate`.
+`risk_engine/offline/calibrate.py`, the code behind `risk-engine calibrate`.
 
 Inputs come from environment variables (defaults in brackets):
 
@@ -53,21 +53,22 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-import training
 from IPython.display import Image, display
+import risk_engine
 from risk_engine.model.artifact import default_model_path
-from risk_engine.policy import load_policy
-from training.calibrate import (
+from risk_engine.offline.calibrate import (
     calibrate_policy,
     challenged,
     class_curves,
     class_names,
     write_policy,
 )
-from training.evaluate import build_run, labelled_backtest, rates
-from training.labels import load_labels
+from risk_engine.offline.evaluate import build_run, labelled_backtest, rates
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
+from risk_engine.policy import load_policy
 
-ROOT = Path(training.__file__).resolve().parents[1]
+ROOT = Path(risk_engine.__file__).resolve().parents[1]
 EVENTS = Path(os.environ.get("CALIBRATE_EVENTS", ROOT / "data/samples/events.jsonl"))
 LABELS = Path(os.environ.get("CALIBRATE_LABELS", ROOT / "data/samples/labels.jsonl"))
 MODEL = Path(os.environ.get("CALIBRATE_MODEL", default_model_path()))
@@ -91,7 +92,7 @@ def show(fig):
     ("markdown", "## Backtest: the engine's decisions on the labelled log"),
     (
         "code",
-        """labels = load_labels([LABELS])
+        """labels = load_labels([LABELS], LogReport())
 workdir = Path(tempfile.mkdtemp(prefix="calibrate-notebook-"))
 decisions, outcomes, summary = labelled_backtest(
     EVENTS, labels, workdir, model_path=MODEL, policy_path=POLICY

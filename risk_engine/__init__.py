@@ -44,7 +44,7 @@ _LAZY: dict[str, str] = {
     "load_artifact": "risk_engine.model.artifact",
     "load_policy": "risk_engine.policy",
     "open_store": "risk_engine.profiles.factory",
-    "run_backtest": "risk_engine.backtest",
+    "run_backtest": "risk_engine.offline.backtest",
 }
 
 __all__ = [

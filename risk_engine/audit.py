@@ -25,7 +25,7 @@ action, the decision and its versions, reason codes) and the user's random
 (``sealing.py``), so erasing the user shreds them while every line, and so the
 chain, stays as it was. Opened with the keys, a decision record is the event
 itself (contract section 1, address truncated, device id and payee as keyed
-hashes), so the audit log is also a training input: ``risk_engine.logs`` reads
+hashes), so the audit log is also a training input: ``risk_engine.offline.logs`` reads
 its decision lines as events (given the keys) and skips the other kinds.
 
 Appends take an exclusive ``flock`` on the file around "read the last line's

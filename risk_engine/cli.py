@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -13,7 +14,7 @@ from risk_engine.errors import ConfigurationError, RiskEngineError
 from risk_engine.scopes import Scope
 
 if TYPE_CHECKING:
-    from training.synthesize import SynthesisConfig
+    from risk_engine.offline.synthesize import SynthesisConfig
 
 app = typer.Typer(
     name="risk-engine",
@@ -50,13 +51,31 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Bad lines named one by one on stderr; the rest are counted in the summary.
+SHOWN_PROBLEMS = 20
+
+
+def echo_skipped(problems: Sequence[object], bad: int) -> None:
+    """Name the first bad lines skipped (file, line, what is wrong) on stderr."""
+    for problem in problems[:SHOWN_PROBLEMS]:
+        typer.echo(f"skipped {problem}", err=True)
+    if bad > SHOWN_PROBLEMS:
+        typer.echo(f"... and {bad - SHOWN_PROBLEMS} more bad lines", err=True)
+
+
 @app.command()
 def backtest(
     events: Annotated[
         list[Path],
         typer.Argument(help="events (contract section 1): JSONL, JSONL.gz, Parquet, dirs, globs"),
     ],
-    out: Annotated[Path, typer.Option("--out", help="where to write one decision per event")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="where to write one decision per event (.jsonl, .jsonl.gz or .parquet)",
+        ),
+    ],
     outcomes: Annotated[
         Path | None,
         typer.Option(help='step-up outcomes: {"event_id": ..., "step_up": "passed"|"failed"}'),
@@ -81,7 +100,7 @@ def backtest(
     ] = None,
 ) -> None:
     """Replay EVENTS in time order through the engine and write the decisions."""
-    from risk_engine.backtest import run_backtest
+    from risk_engine.offline.backtest import run_backtest
 
     try:
         summary = run_backtest(
@@ -95,13 +114,11 @@ def backtest(
         )
     except RiskEngineError as exc:
         fail(exc.message)
-    for problem in summary.problems[:20]:
-        typer.echo(f"skipped {problem}", err=True)
-    if len(summary.problems) > 20:
-        typer.echo(f"... and {len(summary.problems) - 20} more problems", err=True)
+    echo_skipped(summary.problems, summary.bad + summary.outcome_lines_bad)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.decisions.items()))
     typer.echo(
-        f"{summary.events} events -> {out} ({counts}); {summary.bad} bad lines skipped; "
+        f"{summary.events} events -> {out} ({counts});"
+        f" {summary.bad + summary.outcome_lines_bad} bad lines skipped; "
         f"{summary.outcomes_applied} step-up outcomes applied; "
         f"{summary.events_per_second:,.0f} events/s ({summary.engine});"
         f" model {summary.model_version}",
@@ -111,7 +128,9 @@ def backtest(
 
 @app.command()
 def simulate(
-    out: Annotated[Path, typer.Option("--out", help="events file to write (JSON Lines)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="events file to write (.jsonl, .jsonl.gz, .parquet)")
+    ],
     labels: Annotated[Path, typer.Option("--labels", help="labels file to write")],
     outcomes: Annotated[
         Path | None, typer.Option(help="also write step-up outcomes (legit passed, attacks failed)")
@@ -155,8 +174,8 @@ def simulate(
     """Write a seeded, realistic event stream and its labels (with each event's context)."""
     from datetime import UTC
 
-    from training.sim_world import load_world, with_settings
-    from training.simulate import SimulationConfig, write_simulation
+    from risk_engine.offline.simulate.simulator import SimulationConfig, write_simulation
+    from risk_engine.offline.simulate.world import load_world, with_settings
 
     try:
         first = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
@@ -218,7 +237,7 @@ DEFAULT_KNOWLEDGE = "naive,vpn,targeted,device"
 
 def _synthesis_config(seed: int, rate: float, mix: str | None, knowledge: str) -> SynthesisConfig:
     """The attack synthesis options as a validated configuration."""
-    from training.synthesize import DEFAULT_MIX, SynthesisConfig, parse_mix
+    from risk_engine.offline.synthesize import DEFAULT_MIX, SynthesisConfig, parse_mix
 
     return SynthesisConfig(
         seed=seed,
@@ -231,7 +250,7 @@ def _synthesis_config(seed: int, rate: float, mix: str | None, knowledge: str) -
 @app.command()
 def train(
     events: Annotated[
-        list[Path], typer.Argument(help="event logs: JSONL, JSONL.gz, Parquet, dirs")
+        list[Path], typer.Argument(help="event logs: JSONL, JSONL.gz, Parquet, dirs, globs")
     ],
     out: Annotated[Path, typer.Option("--out", help="artifact to write, e.g. models/my.npz")],
     labels: Annotated[
@@ -268,8 +287,8 @@ def train(
 ) -> None:
     """Replay logs through the feature pipeline and fit the risk model."""
     from risk_engine.model.detector import DetectorParams
+    from risk_engine.offline.train import train as run_training
     from risk_engine.profiles.factory import open_store
-    from training.train import train as run_training
 
     params = DetectorParams(n_estimators=trees, supervised=supervised, seed=seed)
     try:
@@ -294,8 +313,7 @@ def train(
         )
     except (RiskEngineError, ValueError) as exc:
         fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
-    for problem in table.report.problems[:20]:
-        typer.echo(f"skipped {problem}", err=True)
+    echo_skipped(table.report.problems, table.report.bad)
     if table.report.sealed:
         typer.echo(
             f"skipped {table.report.sealed} sealed audit decisions (erased users, or no --store)",
@@ -658,14 +676,14 @@ def evaluate(
     """
     from rich.console import Console
 
-    from training.evaluate import evaluate as run_evaluation
-    from training.evaluate import render, write_json
+    from risk_engine.offline.evaluate import evaluate as run_evaluation
+    from risk_engine.offline.evaluate import render, write_json
 
     # Off a terminal (a log, a report), do not squeeze the table into 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 160)
     if split_days is not None:
         from risk_engine.model.detector import DetectorParams
-        from training.deployment import evaluate_deployment, render_deployment
+        from risk_engine.offline.deployment import evaluate_deployment, render_deployment
 
         if model is not None or decisions is not None or baseline_train:
             fail("--split-days trains its own model: drop --model, --decisions, --baseline-train")
@@ -687,12 +705,13 @@ def evaluate(
         except (RiskEngineError, ValueError) as exc:
             fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
         render_deployment(report, rows, console)
+        echo_skipped(report["inputs"]["problems"], report["inputs"]["bad_lines"])
         if json_out is not None:
             write_json(report, json_out)
             typer.echo(f"figures -> {json_out}", err=True)
         return
     if synthesize_attacks:
-        from training.synthetic_eval import evaluate_with_synthesis
+        from risk_engine.offline.synthetic_eval import evaluate_with_synthesis
 
         if decisions is not None or outcomes is not None:
             fail("--decisions and --outcomes cannot be combined with --synthesize-attacks")
@@ -716,6 +735,7 @@ def evaluate(
         for name, report in reports.items():
             console.rule(titles[name])
             render(report, console)
+            echo_skipped(report["inputs"]["problems"], report["inputs"]["bad_lines"])
         if json_out is not None:
             write_json(reports, json_out)
             typer.echo(f"figures -> {json_out}", err=True)
@@ -736,6 +756,7 @@ def evaluate(
     except RiskEngineError as exc:
         fail(exc.message)
     render(report, console)
+    echo_skipped(report["inputs"]["problems"], report["inputs"]["bad_lines"])
     if json_out is not None:
         write_json(report, json_out)
         typer.echo(f"figures -> {json_out}", err=True)
@@ -780,10 +801,10 @@ def calibrate(
     """Per action class, thresholds that meet the targets; writes a new policy version."""
     from rich.console import Console
 
-    from training.calibrate import calibrate_log, render_calibration
+    from risk_engine.offline.calibrate import calibrate_log, render_calibration
 
     try:
-        written, rows = calibrate_log(
+        written, rows, reading = calibrate_log(
             events,
             labels,
             out,
@@ -799,7 +820,10 @@ def calibrate(
     except RiskEngineError as exc:
         fail(exc.message)
     render_calibration(rows, written.version, Console(width=None if sys.stdout.isatty() else 160))
-    typer.echo(f"policy {written.version} -> {out} (validated)", err=True)
+    echo_skipped(reading.problems, reading.bad)
+    typer.echo(
+        f"policy {written.version} -> {out} (validated); {reading.bad} bad lines skipped", err=True
+    )
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import stat
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         default="",
         description="the queryable decision log: sqlite:///path.db or postgresql://...; "
         "default: SQLite at var/decisions.db; 'off' keeps none",
+    )
+    decision_log_writer: Literal["process", "thread"] = Field(
+        default="process",
+        description="who writes the decision log: a child process of each worker (default: "
+        "it never competes with decisions for the interpreter) or a thread in the worker",
     )
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000

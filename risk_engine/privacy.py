@@ -24,6 +24,11 @@ class Hasher:
         self._key = secret.encode()
         self._cache: dict[tuple[str, str], str] = {}
 
+    @property
+    def secret(self) -> str:
+        """The secret, for a process of ours that must compute the same digests."""
+        return self._key.decode()
+
     def digest(self, kind: str, value: str) -> str:
         key = (kind, value)
         cached = self._cache.get(key)

@@ -22,7 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from risk_engine.profiles.redis import redact_url
+from risk_engine.profiles.redis_common import redact_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

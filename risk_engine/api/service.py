@@ -13,7 +13,7 @@ import threading
 import time
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import orjson
 
@@ -31,7 +31,13 @@ from risk_engine.api.schemas import (
 from risk_engine.audit import AuditLog, RecordKind, decision_record, seal_personal
 from risk_engine.config import Settings
 from risk_engine.decision import Decision, Outcome
-from risk_engine.decision_log import DecisionLogWriter, LogEntry, open_decision_log
+from risk_engine.decision_log import (
+    DecisionLogProcess,
+    DecisionLogWriter,
+    LogEntry,
+    open_decision_log_writer,
+)
+from risk_engine.decision_log.writer import EntryFields
 from risk_engine.engine import Engine, Scorer, load_scorer
 from risk_engine.errors import (
     ConfigurationError,
@@ -127,13 +133,11 @@ class Service:
             daily=settings.audit_segment_daily,
         )
         self.feedback_log = JsonLinesFile(settings.feedback_path)
-        self.decision_log: DecisionLogWriter | None = None
+        self.decision_log: DecisionLogWriter | DecisionLogProcess | None = None
         url = settings.decision_log_url
         if url is not None:
-            self.decision_log = DecisionLogWriter(
-                open_decision_log(url),
-                locate=lambda event: engine.locate(event)[0],
-                device_key=lambda device_id: "id:" + engine.hasher.digest("device", device_id),
+            self.decision_log = open_decision_log_writer(
+                url, writer=settings.decision_log_writer, geo=engine.geo, hasher=engine.hasher
             )
             self.decision_log.start()
         self._reload_lock = threading.Lock()
@@ -326,11 +330,11 @@ class Service:
 
     # -- the decision log and the console ------------------------------------------------
 
-    def _log_entry(self, kind: LogEntry, **fields: Any) -> None:
+    def _log_entry(self, kind: LogEntry, **fields: Unpack[EntryFields]) -> None:
         if self.decision_log is not None:
             self.decision_log.entry(kind, **fields)
 
-    def decision_log_or_fail(self) -> DecisionLogWriter:
+    def decision_log_or_fail(self) -> DecisionLogWriter | DecisionLogProcess:
         """The decision log; ConfigurationError when the operator turned it off."""
         if self.decision_log is None:
             raise ConfigurationError(

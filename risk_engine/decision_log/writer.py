@@ -1,10 +1,13 @@
 """The decision log's writer: off the request path, in batches, never blocking a request.
 
-A request only puts a reference to its event and decision on a bounded queue (a
-microsecond); a thread of its own builds the rows (GeoIP place, device summary),
-keeps the hourly rollups and writes a batch per transaction. When the log
-cannot keep up or fails, records are dropped and counted, never the decision:
-the audit chain holds every one of them all the same.
+A decision becomes a record (``decision_record``: plain values, the same whether
+it stays in this process or is sent to another) on a bounded queue; a thread of
+its own builds the rows (GeoIP place, device summary), keeps the hourly rollups
+and writes a batch per transaction. The server runs this writer in a process of
+its own (``process.DecisionLogProcess``), so that none of this takes the event
+loop's interpreter lock; in-process it serves tools, tests and the ``thread``
+setting. When the log cannot keep up or fails, records are dropped and counted,
+never the decision: the audit chain holds every one of them all the same.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from ipaddress import ip_address
+from typing import Any, TypedDict, Unpack
 
 import orjson
 
@@ -25,7 +29,7 @@ from risk_engine.decision_log.entries import LogEntry, score_bin
 from risk_engine.decision_log.sql import HOUR_S, DecisionLog, Rollups
 from risk_engine.errors import RiskEngineError
 from risk_engine.events import Event
-from risk_engine.geo import Location
+from risk_engine.geo import IPAddress, Location
 from risk_engine.privacy import truncate_ip
 from risk_engine.useragent import parse_user_agent
 
@@ -44,6 +48,75 @@ class _Flush:
     done: threading.Event
 
 
+def decision_record(event: Event, decision: Decision, decided_at: float) -> list[Any]:
+    """What the log keeps of one decision, as plain values (JSON-able, cheap to send).
+
+    The place and the device summary are left to the writer: they cost a GeoIP
+    lookup, a user-agent parse and a keyed hash, none of which a request should pay.
+    """
+    device = event.device
+    return [
+        decision.decision_id,
+        event.timestamp.timestamp(),
+        decided_at,
+        event.event_id,
+        event.user_id,
+        event.session_id,
+        event.action,
+        decision.action_class,
+        decision.decision.value,
+        decision.score,
+        decision.required_acr.value if decision.required_acr else None,
+        decision.challenge.id if decision.challenge else None,
+        decision.model_version,
+        decision.policy_version,
+        int(decision.degraded),
+        [[r.code, r.detail] for r in decision.reasons],
+        str(event.ip),
+        None
+        if device is None
+        else [
+            device.id,
+            device.user_agent,
+            device.platform,
+            device.timezone,
+            device.language,
+            device.screen,
+        ],
+        event.amount,
+        event.currency,
+        decision.features,
+        decision.shadow,
+        decision.challenge is not None,
+    ]
+
+
+class EntryFields(TypedDict, total=False):
+    """What a step-up result, a feedback or an erasure records (``ts``: default now)."""
+
+    event_id: str | None
+    user_id: str | None
+    challenge_id: str | None
+    outcome: str | None
+    detail: dict[str, Any] | None
+    ts: float | None
+
+
+def entry_record(kind: LogEntry, **fields: Unpack[EntryFields]) -> list[Any]:
+    """The row of a step-up result, a feedback or an erasure."""
+    ts, detail = fields.get("ts"), fields.get("detail")
+    return [
+        secrets.token_hex(12),
+        kind.value,
+        time.time() if ts is None else ts,
+        fields.get("user_id"),
+        fields.get("event_id"),
+        fields.get("challenge_id"),
+        fields.get("outcome"),
+        orjson.dumps(detail).decode() if detail else None,
+    ]
+
+
 class DecisionLogWriter:
     """Queues decisions and entries for ``log`` and writes them from a thread of its own."""
 
@@ -51,7 +124,7 @@ class DecisionLogWriter:
         self,
         log_: DecisionLog,
         *,
-        locate: Callable[[Event], Location] | None = None,
+        locate: Callable[[IPAddress], Location] | None = None,
         device_key: Callable[[str], str] | None = None,
         max_queue: int = MAX_QUEUE,
     ) -> None:
@@ -74,32 +147,20 @@ class DecisionLogWriter:
     # -- the request side -------------------------------------------------------------
 
     def decision(self, event: Event, decision: Decision) -> None:
-        """Queue one decision (what the request path pays: one queue put)."""
-        self._put(("decision", event, decision, time.time()))
+        """Queue one decision."""
+        self.put_decision(decision_record(event, decision, time.time()))
 
-    def entry(
-        self,
-        kind: LogEntry,
-        *,
-        event_id: str | None = None,
-        user_id: str | None = None,
-        challenge_id: str | None = None,
-        outcome: str | None = None,
-        detail: dict[str, Any] | None = None,
-        ts: float | None = None,
-    ) -> None:
-        """Queue a step-up result, a feedback or an erasure (at ``ts``, default now)."""
-        row = (
-            secrets.token_hex(12),
-            kind.value,
-            time.time() if ts is None else ts,
-            user_id,
-            event_id,
-            challenge_id,
-            outcome,
-            orjson.dumps(detail).decode() if detail else None,
-        )
+    def put_decision(self, record: list[Any]) -> None:
+        """Queue one ``decision_record``."""
+        self._put(("decision", record))
+
+    def put_entry(self, row: list[Any]) -> None:
+        """Queue one ``entry_record``."""
         self._put(("entry", row))
+
+    def entry(self, kind: LogEntry, **fields: Unpack[EntryFields]) -> None:
+        """Queue a step-up result, a feedback or an erasure."""
+        self.put_entry(entry_record(kind, **fields))
 
     def _put(self, item: Any) -> None:
         try:
@@ -174,14 +235,13 @@ class DecisionLogWriter:
             elif isinstance(item, _Flush):
                 markers.append(item)
             elif item[0] == "decision":
-                _, event, decision, decided_at = item
-                row = self._decision_row(event, decision, decided_at)
-                decisions.append(row)
-                ts = row[1]
-                reasons.extend((r.code, ts, decision.decision_id) for r in decision.reasons)
-                _roll_decision(rollups, ts, decision)
+                record = item[1]
+                decisions.append(self._decision_row(record))
+                ts, decision_id = record[1], record[0]
+                reasons.extend((code, ts, decision_id) for code, _ in record[15])
+                _roll_decision(rollups, record)
             else:
-                row = item[1]
+                row = tuple(item[1])
                 entries.append(row)
                 if row[1] == LogEntry.CHALLENGE_RESULT.value and row[6]:
                     _bump(rollups, row[2], "step_up", row[6])
@@ -196,51 +256,39 @@ class DecisionLogWriter:
             marker.done.set()
         return not stop
 
-    def _decision_row(self, event: Event, decision: Decision, decided_at: float) -> tuple[Any, ...]:
+    def _decision_row(self, record: list[Any]) -> tuple[Any, ...]:
+        """The row of a ``decision_record``: its values, the place and the device summary."""
+        ip = ip_address(record[16])
         location: Location | None = None
         if self._locate is not None:
             try:
-                location = self._locate(event)
+                location = self._locate(ip)
             except Exception:
                 location = None
         device = None
-        if event.device is not None:
-            d = event.device
+        if record[17] is not None:
+            device_id, user_agent, platform, timezone, language, screen = record[17]
             device = {
-                "key": self._device_key(d.id) if (d.id and self._device_key) else None,
-                "label": parse_user_agent(d.user_agent).label if d.user_agent else None,
-                "platform": d.platform,
-                "timezone": d.timezone,
-                "language": d.language,
-                "screen": d.screen,
+                "key": self._device_key(device_id) if (device_id and self._device_key) else None,
+                "label": parse_user_agent(user_agent).label if user_agent else None,
+                "platform": platform,
+                "timezone": timezone,
+                "language": language,
+                "screen": screen,
             }
-        shadow = decision.shadow
+        features, shadow = record[20], record[21]
         return (
-            decision.decision_id,
-            event.timestamp.timestamp(),
-            decided_at,
-            event.event_id,
-            event.user_id,
-            event.session_id,
-            event.action,
-            decision.action_class,
-            decision.decision.value,
-            decision.score,
-            decision.required_acr.value if decision.required_acr else None,
-            decision.challenge.id if decision.challenge else None,
-            decision.model_version,
-            decision.policy_version,
-            int(decision.degraded),
-            orjson.dumps([{"code": r.code, "detail": r.detail} for r in decision.reasons]).decode(),
-            truncate_ip(event.ip),
+            *record[:15],
+            orjson.dumps([{"code": c, "detail": d} for c, d in record[15]]).decode(),
+            truncate_ip(ip),
             location.country if location else None,
             location.city if location else None,
             location.latitude if location else None,
             location.longitude if location else None,
             orjson.dumps(device).decode() if device else None,
-            event.amount,
-            event.currency,
-            orjson.dumps(decision.features).decode() if decision.features else None,
+            record[18],
+            record[19],
+            orjson.dumps(features).decode() if features else None,
             orjson.dumps(shadow).decode() if shadow else None,
         )
 
@@ -250,15 +298,17 @@ def _bump(rollups: Rollups, ts: float, metric: str, key: str) -> None:
     rollups[(hour, metric, key)] = rollups.get((hour, metric, key), 0) + 1
 
 
-def _roll_decision(rollups: Rollups, ts: float, decision: Decision) -> None:
-    _bump(rollups, ts, "class", f"{decision.action_class}|{decision.decision.value}")
-    _bump(rollups, ts, "score", str(score_bin(decision.score)))
-    _bump(rollups, ts, "model", decision.model_version)
-    _bump(rollups, ts, "policy", decision.policy_version)
-    for reason in decision.reasons:
-        _bump(rollups, ts, "reason", reason.code)
-    if decision.challenge is not None:
+def _roll_decision(rollups: Rollups, record: list[Any]) -> None:
+    ts, action_class, outcome, score = record[1], record[7], record[8], record[9]
+    _bump(rollups, ts, "class", f"{action_class}|{outcome}")
+    _bump(rollups, ts, "score", str(score_bin(score)))
+    _bump(rollups, ts, "model", record[12])
+    _bump(rollups, ts, "policy", record[13])
+    for code, _ in record[15]:
+        _bump(rollups, ts, "reason", code)
+    if record[22]:
         _bump(rollups, ts, "step_up", "issued")
-    if decision.shadow:
-        agree = decision.shadow.get("decision") == decision.decision.value
+    shadow = record[21]
+    if shadow:
+        agree = shadow.get("decision") == outcome
         _bump(rollups, ts, "shadow", "agree" if agree else "disagree")

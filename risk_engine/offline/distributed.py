@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from risk_engine.engine import Engine, Scorer, load_scorer
 from risk_engine.events import parse_event_line
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import MAX_KEPT_PROBLEMS, BadLine, LogReport, read_piece
+from risk_engine.offline.logs import MAX_KEPT_PROBLEMS, BadLine, LineSink, LogReport, read_piece
 from risk_engine.offline.replayer import (
     BACKTEST_SECRET,
     DealtBurstStore,
@@ -365,7 +365,7 @@ class DistributedResult:
 def run_distributed(
     client: Any,
     pieces: list[Piece],
-    out: IO[bytes],
+    out: LineSink,
     *,
     outcomes: dict[str, bool],
     model_path: Path | None,
@@ -474,7 +474,7 @@ def _joined_report(
     return report
 
 
-def _write_slice(parts: list[Slice], out: IO[bytes]) -> None:
+def _write_slice(parts: list[Slice], out: LineSink) -> None:
     """Interleave one time slice of every user partition into the global order."""
     if not any(p.seq.size for p in parts):
         return

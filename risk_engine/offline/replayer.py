@@ -14,17 +14,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from risk_engine.decision import Outcome
 from risk_engine.engine import Engine, Scorer
-from risk_engine.errors import ConfigurationError
+from risk_engine.errors import InvalidEventError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import BadLine
+from risk_engine.offline.logs import BadLine, LineSink, LogReport, read_records, required_text
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.memory import MemoryStore
@@ -58,37 +58,17 @@ class BacktestSummary:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-def load_outcomes(path: Path, summary: BacktestSummary) -> dict[str, bool]:
-    """event_id -> passed, from `{"event_id": ..., "step_up": "passed"|"failed"}` lines."""
-    outcomes: dict[str, bool] = {}
-    source = str(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise ConfigurationError(f"outcomes file {path} cannot be read: {exc}") from exc
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            problem = None
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                record, problem = None, (f"not valid JSON ({exc})", "outcome")
-            if problem is None:
-                if not isinstance(record, dict):
-                    problem = ("an outcome must be a JSON object", "outcome")
-                elif not isinstance(record.get("event_id"), str) or not record["event_id"]:
-                    problem = ("event_id: a non-empty string is required", "event_id")
-                elif record.get("step_up") not in ("passed", "failed"):
-                    problem = ('step_up: must be "passed" or "failed"', "step_up")
-            if problem is not None:
-                summary.outcome_lines_bad += 1
-                summary.problems.append(BadLine(source, number, problem[0], problem[1]))
-                continue
-            assert isinstance(record, dict)
-            outcomes[record["event_id"]] = record["step_up"] == "passed"
-    return outcomes
+def parse_outcome(record: dict[str, Any]) -> tuple[str, bool]:
+    """(event_id, passed) of ``{"event_id": ..., "step_up": "passed"|"failed"}``."""
+    event_id = required_text(record, "event_id")
+    if record.get("step_up") not in ("passed", "failed"):
+        raise InvalidEventError('step_up: must be "passed" or "failed"', field="step_up")
+    return event_id, record["step_up"] == "passed"
+
+
+def load_outcomes(path: Path, report: LogReport) -> dict[str, bool]:
+    """event_id -> passed, from a step-up outcomes log; bad lines go to the report."""
+    return dict(read_records([path], parse_outcome, report, "outcomes file"))
 
 
 class Ticker:
@@ -145,7 +125,7 @@ class Replayer:
     """The backtest's loop body: decide an event, write it, apply its outcome at once."""
 
     def __init__(
-        self, engine: Engine, clock_now: list[float], outcomes: dict[str, bool], out: IO[bytes]
+        self, engine: Engine, clock_now: list[float], outcomes: dict[str, bool], out: LineSink
     ) -> None:
         self.engine = engine
         self.decisions: Counter[str] = Counter()

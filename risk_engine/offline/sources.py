@@ -1,20 +1,16 @@
-"""The offline inputs: files, directories and globs of JSON Lines (plain or gzip) and Parquet.
+"""The offline inputs (``logs.expand_paths``: files, directories, globs) cut into pieces.
 
-They are cut into pieces that can be read independently: a plain JSON Lines file
+The inputs are cut into pieces that can be read independently: a plain JSON Lines file
 into byte ranges that start at a line start, a gzip or Parquet file whole. Every
-piece is read by ``logs.piece_records``, the one reader of the commands, so bad
+piece is read by ``logs.read_piece``, the one reader of the commands, so bad
 lines are reported, counted and skipped the same way everywhere.
 """
 
 from __future__ import annotations
 
-import glob
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-
-from risk_engine.errors import ConfigurationError
-from risk_engine.logs import expand_paths
 
 # A plain JSON Lines file is cut into ranges of about this size.
 PIECE_BYTES = 32 << 20
@@ -30,21 +26,6 @@ class Piece:
     start: int
     # None: the whole file (gzip and Parquet cannot be entered in the middle).
     end: int | None
-
-
-def resolve_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given, directories as their logs (sorted), globs as their matches (sorted)."""
-    out: list[Path] = []
-    for path in paths:
-        text = str(path)
-        if not path.exists() and glob.has_magic(text):
-            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            if not matches:
-                raise ConfigurationError(f"no event log matches {text}")
-            out.extend(expand_paths(matches))
-        else:
-            out.extend(expand_paths([path]))
-    return out
 
 
 def byte_ranges(path: Path, parts: int) -> list[tuple[int, int]]:

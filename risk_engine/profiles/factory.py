@@ -17,8 +17,9 @@ from pathlib import Path
 
 from risk_engine.errors import ConfigurationError
 from risk_engine.profiles.memory import MemoryStore
-from risk_engine.profiles.redis import STORE_TIMEOUT_S, RedisStore, redact_url
+from risk_engine.profiles.redis import STORE_TIMEOUT_S, RedisStore
 from risk_engine.profiles.redis_cluster import RedisClusterStore, is_cluster_url
+from risk_engine.profiles.redis_common import redact_url
 from risk_engine.profiles.sqlite import SQLiteStore
 from risk_engine.profiles.store import ProfileStore
 

@@ -55,8 +55,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except IncompatibleModelError:
         pass
     from risk_engine.model.detector import DetectorParams
-    from training.simulate import SimulationConfig, write_simulation
-    from training.train import train
+    from risk_engine.offline.simulate.simulator import SimulationConfig, write_simulation
+    from risk_engine.offline.train import train
 
     work = tmp_path_factory.mktemp("model")
     events, labels = work / "events.jsonl", work / "labels.jsonl"
@@ -78,6 +78,10 @@ def make_settings(tmp_path: Path, model_path: Path) -> Callable[..., Settings]:
             "secret": SECRET,
             "api_keys_sha256": [API_KEY_SHA256],
             "api_keys": {"ops": f"admin:{ADMIN_API_KEY_SHA256}"},
+            # A writer process per app would start hundreds of interpreters here; the
+            # process writer is tested in test_decision_log_api.py, test_decision_log_process.py
+            # and by every real server (test_server.py, the browser test).
+            "decision_log_writer": "thread",
         }
         values.update(overrides)
         return Settings(**values)

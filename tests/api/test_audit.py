@@ -33,7 +33,7 @@ from risk_engine.config import Settings
 from risk_engine.decision import Decision
 from risk_engine.errors import ConfigurationError
 from risk_engine.events import parse_event
-from risk_engine.logs import LogReport, read_events
+from risk_engine.offline.logs import LogReport, read_events
 from risk_engine.privacy import Hasher
 from risk_engine.scopes import Scope
 from risk_engine.sealing import open_record

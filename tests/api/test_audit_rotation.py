@@ -26,7 +26,7 @@ from risk_engine.audit import (
 )
 from risk_engine.cli import app as cli
 from risk_engine.config import Settings
-from risk_engine.logs import LogReport, read_many
+from risk_engine.offline.logs import LogReport, read_many
 
 EventFactory = Callable[..., dict[str, Any]]
 KEY = AuditKey("k3y-0f-the-audit-chain-for-tests-0123456789", source="test")

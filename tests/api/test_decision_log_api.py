@@ -33,9 +33,15 @@ class SplitKeys:
         return self._client.delete(url, headers=self._admin, **kwargs)
 
 
-@pytest.fixture
-def app_client(settings: Settings, api_key: str, admin_api_key: str) -> Iterator[SplitKeys]:
-    """The app with an engine of its own (its own decision log in tmp_path)."""
+@pytest.fixture(params=["process", "thread"])
+def app_client(
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Settings],
+    api_key: str,
+    admin_api_key: str,
+) -> Iterator[SplitKeys]:
+    """The app with an engine of its own (its own decision log in tmp_path), either writer."""
+    settings = make_settings(decision_log_writer=request.param)
     with TestClient(create_app(settings)) as client:
         yield SplitKeys(client, api_key, admin_api_key)
 

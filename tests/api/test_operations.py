@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from risk_engine.api import create_app
 from risk_engine.config import Settings
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
 from risk_engine.policy import load_policy, save_policy
-from training.labels import load_labels
 
 EventFactory = Callable[..., dict[str, Any]]
 
@@ -152,7 +153,7 @@ def test_feedback_is_a_training_label_and_audited(
     assert lines[0]["event_id"] == "e-123" and lines[0]["label"] == "confirmed_fraud"
     # The user id and the note are sealed under the user's key, not written out.
     assert "note" not in lines[0] and b"chargeback" not in settings.feedback_path.read_bytes()
-    labels = load_labels([settings.feedback_path])
+    labels = load_labels([settings.feedback_path], LogReport())
     assert labels["e-123"].is_attack and not labels["e-124"].is_attack
     kinds = [r["record"] for r in audit_records(settings)]
     assert kinds == ["decision", "decision", "feedback", "feedback"]

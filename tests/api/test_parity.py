@@ -15,12 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from risk_engine.api import create_app
-from risk_engine.backtest import run_backtest
 from risk_engine.config import Settings
 from risk_engine.engine import Engine
 from risk_engine.events import parse_event_line
 from risk_engine.features.registry import FEATURE_NAMES
 from risk_engine.geo import GeoLocator
+from risk_engine.offline.backtest import run_backtest
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
 

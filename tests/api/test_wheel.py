@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SKIP = shutil.ignore_patterns(
     ".git", ".venv", "var", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
 )
-# `training` is the offline package (simulate, train, evaluate, calibrate), installed
-# beside risk_engine because the `risk-engine` command's offline subcommands import it.
-TOP_LEVEL = {"risk_engine", "training"}
+# One top-level package: the offline code (simulate, train, evaluate, calibrate) is
+# risk_engine.offline.
+TOP_LEVEL = {"risk_engine"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,8 @@ def test_the_wheel_holds_the_default_model_and_no_stray_packages(wheel: Path) ->
     packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert packages == TOP_LEVEL
     assert "risk_engine/data/default.npz" in names
+    assert "risk_engine/offline/train.py" in names
+    assert "risk_engine/offline/simulate/simulator.py" in names
     assert "risk_engine/data/default.npz.sha256" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 

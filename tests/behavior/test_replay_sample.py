@@ -12,11 +12,11 @@ import pytest
 from risk_engine.engine import Engine
 from risk_engine.features.registry import FEATURE_NAMES, as_dict
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, events_in_time_order
 from risk_engine.model.artifact import default_model_path, load_artifact
+from risk_engine.offline.labels import Label, load_labels
+from risk_engine.offline.logs import LogReport, events_in_time_order
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
-from training.labels import Label, load_labels
 
 SAMPLES = Path(__file__).parents[2] / "data" / "samples"
 IMPOSSIBLE_KMH = 1000.0
@@ -40,7 +40,7 @@ def geo() -> Iterator[GeoLocator]:
 @pytest.fixture(scope="module")
 def rows(geo: GeoLocator) -> list[Row]:
     """Every sample event, score-then-learn; attacks are not learned (they would be stopped)."""
-    labels = load_labels([SAMPLES / "labels.jsonl"])
+    labels = load_labels([SAMPLES / "labels.jsonl"], LogReport())
     engine = Engine(store=MemoryStore(), geo=geo, scorer=None, hasher=Hasher("behavior"))
     report = LogReport()
     out = []

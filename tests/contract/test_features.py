@@ -29,7 +29,7 @@ from risk_engine.features.registry import (
     compute_features,
 )
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, read_events
+from risk_engine.offline.logs import LogReport, read_events
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import HOURS_OF_WEEK, BurstCounts, Profile

@@ -11,7 +11,6 @@ import orjson
 import pytest
 import redis
 
-import risk_engine.profiles.redis as redis_backend
 from risk_engine.errors import ProfileStoreError
 from risk_engine.profiles import (
     BurstCounts,
@@ -408,11 +407,9 @@ def test_redis_errors_become_profile_store_errors(redis_url: str, redis_prefix: 
         store.close()
 
 
-def test_redis_update_retries_are_bounded(
-    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(redis_backend, "_WATCH_TRIES", 3)
+def test_redis_update_retries_are_bounded(redis_url: str, redis_prefix: str) -> None:
     store = RedisStore(redis_url, prefix=redis_prefix)
+    store.watch_tries = 3
     client = redis.Redis.from_url(redis_url)
     runs = 0
 

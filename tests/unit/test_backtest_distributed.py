@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from risk_engine.backtest import BacktestSummary, run_backtest
-from risk_engine.logs import LogReport, read_piece
+from risk_engine.offline.backtest import BacktestSummary, run_backtest
+from risk_engine.offline.logs import LogReport, read_piece
 from risk_engine.offline.replayer import DealtBurstStore, TrimmedBurstTable
 from risk_engine.offline.sources import byte_ranges, plan_pieces
 from risk_engine.profiles.bursts import BurstTable

@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from risk_engine.policy import Policy, load_policy
-from training.calibrate import (
+from risk_engine.offline.calibrate import (
     STEP,
     calibrate_policy,
     challenged,
     tradeoff_curve,
     write_policy,
 )
-from training.evaluate import LabelledRun
+from risk_engine.offline.labels import LabelledRun
+from risk_engine.policy import Policy, load_policy
 
 
 def make_run(

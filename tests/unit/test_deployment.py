@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 from risk_engine.audit import AuditKey, AuditLog, RecordKind
 from risk_engine.cli import app
 from risk_engine.errors import ConfigurationError
+from risk_engine.offline.calibrate import observed_labels
+from risk_engine.offline.deployment import DAY, split_log
+from risk_engine.offline.labels import audit_labels, load_labels
+from risk_engine.offline.logs import LogReport
 from risk_engine.policy import load_policy
-from training.calibrate import observed_labels
-from training.deployment import DAY, split_log
-from training.labels import audit_labels, load_labels
 
 runner = CliRunner()
 TARGET = 0.08
@@ -97,7 +98,7 @@ def test_observed_labels_are_failed_step_ups_the_engine_asked_for_and_feedback(
         b"".join(orjson.dumps({"event_id": k, "step_up": v}) + b"\n" for k, v in results.items())
     )
     feedback.write_bytes(orjson.dumps({"event_id": "e", "label": "confirmed_fraud"}) + b"\n")
-    labels = observed_labels(decisions, outcomes, load_labels([feedback]))
+    labels = observed_labels(decisions, outcomes, load_labels([feedback], LogReport()))
     assert {k for k, v in labels.items() if v.is_attack} == {"a", "e"}
     assert observed_labels(decisions, None) == {}
 
@@ -146,7 +147,7 @@ def test_go_live_flow_without_labels_meets_the_target_later(
         assert result.exit_code == 0, (argv[0], result.output)
     written = load_policy(policy)
     assert written.version != load_policy(None).version
-    labels = load_labels([log["labels"]])
+    labels = load_labels([log["labels"]], LogReport())
     later = [
         d
         for d in _lines(decisions)

@@ -10,15 +10,15 @@ import numpy as np
 import orjson
 import pytest
 
-from training.evaluate import (
-    LabelledRun,
+from risk_engine.offline.evaluate import (
     build_run,
     figures,
     threshold_at_rate,
     threshold_for_count,
     write_json,
 )
-from training.labels import load_labels
+from risk_engine.offline.labels import LabelledRun, load_labels
+from risk_engine.offline.logs import LogReport
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
 
@@ -59,7 +59,7 @@ def run(tmp_path: Path) -> LabelledRun:
         )
     )
     baseline = [(r[0], r[6]) for r in ROWS]
-    return build_run(events, load_labels([labels]), decisions, baseline)
+    return build_run(events, load_labels([labels], LogReport()), decisions, baseline)
 
 
 def test_thresholds_flag_at_most_the_rate_and_never_split_ties() -> None:

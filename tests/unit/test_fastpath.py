@@ -16,8 +16,9 @@ from risk_engine.model import fastpath
 from risk_engine.model.artifact import default_model_path, load_artifact
 from risk_engine.model.detector import DetectorParams, RiskModel
 from risk_engine.model.fastpath import FlatEnsemble, FlatGradientBoosting, FlatIsolationForest
-from training.labels import load_labels
-from training.replay import replay
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
+from risk_engine.offline.replay import replay
 
 ROOT = Path(__file__).parents[2]
 SAMPLE_EVENTS = ROOT / "data" / "samples" / "events.jsonl"
@@ -369,7 +370,7 @@ def test_an_ensemble_of_models_reading_different_rows_is_refused(
 
 @pytest.fixture(scope="module")
 def sample_rows() -> np.ndarray:
-    table = replay([SAMPLE_EVENTS], load_labels([SAMPLE_LABELS]))
+    table = replay([SAMPLE_EVENTS], load_labels([SAMPLE_LABELS], LogReport()))
     assert table.X.shape[0] > 4000
     return table.X
 

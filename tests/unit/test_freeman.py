@@ -11,7 +11,7 @@ import pytest
 
 from risk_engine.events import Event, parse_event
 from risk_engine.geo import GeoLocator
-from training.freeman import FreemanScorer, Population, freeman_backtest, log_ratio
+from risk_engine.offline.freeman import FreemanScorer, Population, freeman_backtest, log_ratio
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "

@@ -1,4 +1,8 @@
-"""Reading event logs: bad lines reported and counted, gzip, Parquet, directories, time order."""
+"""The offline logs: read and written as JSON Lines (plain, gzip) and Parquet, one bad-line rule.
+
+Events: bad lines reported and counted, gzip, Parquet, directories, time order. Other
+records (labels, outcomes, decisions): the same rule. Writing: round trips in every format.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,21 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from risk_engine.errors import ConfigurationError
-from risk_engine.logs import (
+from risk_engine.offline import logs
+from risk_engine.offline.labels import Label, load_labels
+from risk_engine.offline.logs import (
     LogReport,
+    LogWriter,
     events_in_time_order,
     expand_paths,
     read_events,
     read_many,
+    read_records,
+    write_records,
 )
 
 SAMPLE = Path(__file__).parents[2] / "data" / "samples" / "events.jsonl"
@@ -292,3 +303,167 @@ def test_timestamps_out_of_range_are_bad_lines_in_time_order_too(tmp_path: Path)
         (3, "timestamp"),
         (5, "event"),
     ]
+
+
+# -- records of any kind: one reader, one writer ------------------------------------------
+
+FORMATS = ("x.jsonl", "x.jsonl.gz", "x.parquet")
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+RECORDS = st.lists(
+    st.fixed_dictionaries(
+        {"event_id": TEXT, "is_attack": st.booleans(), "score": st.floats(-1e9, 1e9)},
+        optional={
+            "attack_type": st.none() | TEXT,
+            "count": st.integers(-(2**40), 2**40),
+            "reasons": st.lists(st.fixed_dictionaries({"code": TEXT}), max_size=3),
+        },
+    ),
+    max_size=30,
+)
+
+
+def as_read(record: dict[str, Any], name: str) -> dict[str, Any]:
+    """What reading gives back: Parquet has no absent field, only nulls, which are dropped."""
+    if name.endswith(".parquet"):
+        return {k: v for k, v in record.items() if v is not None}
+    return record
+
+
+def identity(record: dict[str, Any]) -> dict[str, Any]:
+    return record
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(records=RECORDS)
+def test_records_round_trip_in_every_format(
+    tmp_path: Path, name: str, records: list[dict[str, Any]]
+) -> None:
+    path = tmp_path / name
+    assert write_records(path, records) == len(records)
+    report = LogReport()
+    assert list(read_records([path], identity, report)) == [as_read(r, name) for r in records]
+    assert (report.events, report.bad) == (len(records), 0)
+
+
+def test_a_gzip_output_is_the_same_bytes_for_the_same_records(tmp_path: Path) -> None:
+    records = [{"event_id": f"e-{i}", "n": i} for i in range(100)]
+    write_records(tmp_path / "a.jsonl.gz", records)
+    write_records(tmp_path / "b.jsonl.gz", records)
+    first = (tmp_path / "a.jsonl.gz").read_bytes()
+    assert first == (tmp_path / "b.jsonl.gz").read_bytes()
+    plain = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    assert gzip.decompress(first) == plain
+
+
+def test_whole_lines_written_as_parquet_are_records(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.parquet"
+    with LogWriter(path) as out:
+        out.write(b'{"event_id": "a", "score": 0.5}\n{"event_id": "b", "score": 1}\n')
+        out.write(memoryview(b'{"event_id": "c", "score": 0.25}\n'))
+    rows = pq.read_table(path).to_pylist()
+    assert rows == [
+        {"event_id": "a", "score": 0.5},
+        {"event_id": "b", "score": 1.0},
+        {"event_id": "c", "score": 0.25},
+    ]
+
+
+def test_parquet_keeps_a_field_first_seen_in_a_later_row_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "PARQUET_ROW_GROUP", 2)
+    records: list[dict[str, Any]] = [{"event_id": f"e-{i}", "n": i} for i in range(5)]
+    records.append({"event_id": "late", "n": 0.5, "extra": "kept", "reasons": [{"code": "x"}]})
+    path = tmp_path / "out.parquet"
+    write_records(path, records)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    back = list(read_records([path], identity, LogReport()))
+    assert back[-1] == records[-1]
+    assert [r["n"] for r in back] == [r["n"] for r in records]
+
+
+def test_parquet_refuses_a_field_whose_types_cannot_be_reconciled(tmp_path: Path) -> None:
+    path = tmp_path / "out.parquet"
+    with pytest.raises(ConfigurationError, match="cannot be written as Parquet"):
+        write_records(path, [{"event_id": "a", "n": 1}, {"event_id": "b", "n": "one"}])
+    assert not path.exists()
+
+
+def test_an_output_interrupted_by_an_error_is_not_converted_to_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError), LogWriter(path) as out:
+        out.write_record({"event_id": "a"})
+        raise RuntimeError("the command failed")
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []  # no spool left behind
+
+
+def label_line(event_id: str, attack: bool = False) -> dict[str, Any]:
+    return {"event_id": event_id, "is_attack": attack, "attack_type": "x" if attack else None}
+
+
+def test_a_bad_line_in_the_middle_of_a_gzip_file_is_reported_and_skipped(tmp_path: Path) -> None:
+    lines = [orjson.dumps(label_line(f"e-{i}", attack=i == 4)) for i in range(1, 7)]
+    lines[2] = b'{"event_id": "e-3", "is_attack":'  # line 3: torn
+    lines[4] = orjson.dumps({"event_id": "e-5"})  # line 5: no label field
+    path = tmp_path / "labels.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    report = LogReport()
+    labels = load_labels([path], report)
+    assert sorted(labels) == ["e-1", "e-2", "e-4", "e-6"]
+    assert labels["e-4"] == Label(True, "x")
+    assert report.bad == 2 and report.events == 4
+    assert [(p.source, p.line, p.field) for p in report.problems] == [
+        (str(path), 3, None),
+        (str(path), 5, "label"),
+    ]
+    assert str(report.problems[0]).startswith(f"{path}, line 3: not valid JSON")
+
+
+def test_a_bad_event_in_the_middle_of_a_gzip_file_is_reported_and_skipped(
+    tmp_path: Path, sample_records: list[dict[str, Any]]
+) -> None:
+    lines = [orjson.dumps(r) for r in sample_records[:6]]
+    lines[3] = orjson.dumps({**sample_records[3], "ip": "999.0.0.1"})
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    report = LogReport()
+    events = list(events_in_time_order(path, report))
+    assert len(events) == 5 and report.bad == 1
+    (problem,) = report.problems
+    assert (problem.line, problem.field) == (4, "ip")
+
+
+def test_records_of_a_directory_and_a_glob_in_name_order(tmp_path: Path) -> None:
+    root = tmp_path / "labels"
+    (root / "later").mkdir(parents=True)
+    write_records(root / "a.jsonl", [label_line("e-1"), label_line("e-2")])
+    write_records(root / "b.jsonl.gz", [label_line("e-3", attack=True)])
+    write_records(root / "later" / "c.parquet", [label_line("e-2", attack=True)])
+    (root / "notes.txt").write_text("not a log")
+    report = LogReport()
+    labels = load_labels([root], report)
+    # Later files override earlier ones: c.parquet relabels e-2.
+    assert labels == {
+        "e-1": Label(False),
+        "e-2": Label(True, "x"),
+        "e-3": Label(True, "x"),
+    }
+    assert report.events == 4
+    globbed = load_labels([root / "**" / "*.jsonl*"], LogReport())
+    assert sorted(globbed) == ["e-1", "e-2", "e-3"] and globbed["e-2"] == Label(False)
+    with pytest.raises(ConfigurationError, match="no label files match"):
+        load_labels([root / "*.csv"], LogReport())
+    with pytest.raises(ConfigurationError, match="label file not found"):
+        load_labels([root / "absent.jsonl"], LogReport())
+
+
+def test_a_parquet_row_that_is_not_a_label_is_a_bad_line_with_its_row(tmp_path: Path) -> None:
+    path = tmp_path / "labels.parquet"
+    write_records(path, [label_line("e-1"), {"event_id": "e-2", "note": "?"}, label_line("e-3")])
+    report = LogReport()
+    assert sorted(load_labels([path], report)) == ["e-1", "e-3"]
+    assert [(p.line, p.field) for p in report.problems] == [(2, "label")]

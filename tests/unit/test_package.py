@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from setuptools import find_namespace_packages
 
 import risk_engine
 
@@ -59,7 +61,7 @@ IMPORT_PROBE = textwrap.dedent(
 
     found = []
     for name, module in list(sys.modules.items()):
-        if name.split(".")[0] not in ("risk_engine", "training"):
+        if name.split(".")[0] != "risk_engine":
             continue
         for attr, value in vars(module).items():
             if isinstance(value, (GeoLocator, Settings)):
@@ -106,3 +108,26 @@ def test_the_import_probe_sees_work_done_at_import(tmp_path: Path) -> None:
     stdout = probe(tmp_path, "import risk_engine.geo as g\ng.HELD = g.GeoLocator()\n")
     assert "INSTANCES ['risk_engine.geo.HELD']" in stdout, stdout
     assert "MMDB []" not in stdout and ".mmdb" in stdout, stdout
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_build_finds_one_top_level_package_holding_every_module() -> None:
+    """What pyproject tells setuptools to package: risk_engine alone, every subpackage of it.
+
+    (tests/api/test_wheel.py builds the wheel itself; this is the quick check.)
+    """
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    # pyproject's packages.find discovers namespace packages too (risk_engine/model has no
+    # __init__.py): the same discovery here.
+    packages = set(find_namespace_packages(where=str(ROOT), include=include))
+    assert {name.split(".")[0] for name in packages} == {"risk_engine"}
+    with_modules = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "risk_engine").rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert with_modules <= packages, with_modules - packages
+    assert "risk_engine.offline.simulate" in packages

@@ -14,7 +14,6 @@ import pytest
 import redis
 from redis.connection import Connection
 
-import risk_engine.profiles.redis as redis_backend
 from risk_engine.errors import ProfileStoreError
 from risk_engine.profiles import BurstCounts, BurstNote, Profile, RedisStore
 from risk_engine.profiles.store import BURST_WINDOW_S
@@ -175,7 +174,7 @@ def test_update_event_retries_are_bounded_and_note_nothing(
     redis_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(redis_backend, "_WATCH_TRIES", 3)
+    store.watch_tries = 3
     runs = 0
 
     def overtaken(profile: Profile, bursts: BurstCounts) -> None:

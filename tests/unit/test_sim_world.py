@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from risk_engine.cli import app
 from risk_engine.errors import ConfigurationError
-from training.sim_geo import geolite2_path
-from training.sim_world import ATTACK_TYPES, CONTEXTS, WORLDS, World, load_world
-from training.simulate import SimulationConfig, simulate, write_simulation
+from risk_engine.offline.simulate.geo import geolite2_path
+from risk_engine.offline.simulate.simulator import SimulationConfig, simulate, write_simulation
+from risk_engine.offline.simulate.world import ATTACK_TYPES, CONTEXTS, WORLDS, World, load_world
 
 SAMPLES = Path(__file__).parents[2] / "data" / "samples"
 Pair = tuple[dict[str, Any], dict[str, Any]]

@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from risk_engine.events import parse_event
-from training.sim_geo import build_city_pool, geolite2_path, haversine_km
-from training.simulate import (
+from risk_engine.offline.simulate.geo import build_city_pool, geolite2_path, haversine_km
+from risk_engine.offline.simulate.simulator import (
     ATTACK_TYPES,
     BENIGN_SCENARIOS,
     SimulationConfig,

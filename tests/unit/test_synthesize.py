@@ -15,7 +15,6 @@ import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from risk_engine.backtest import BACKTEST_SECRET
 from risk_engine.cli import app
 from risk_engine.engine import Engine
 from risk_engine.errors import ConfigurationError
@@ -23,12 +22,11 @@ from risk_engine.events import parse_event
 from risk_engine.geo import GeoLocator
 from risk_engine.model.artifact import load_artifact
 from risk_engine.model.detector import DetectorParams
-from risk_engine.privacy import Hasher
-from risk_engine.profiles.memory import MemoryStore
-from risk_engine.useragent import parse_user_agent
-from training.labels import load_labels
-from training.replay import replay
-from training.synthesize import (
+from risk_engine.offline.backtest import BACKTEST_SECRET
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
+from risk_engine.offline.replay import replay
+from risk_engine.offline.synthesize import (
     KINDS,
     LABEL_PREFIX,
     Episode,
@@ -37,7 +35,10 @@ from training.synthesize import (
     parse_mix,
     synthesize,
 )
-from training.train import train
+from risk_engine.offline.train import train
+from risk_engine.privacy import Hasher
+from risk_engine.profiles.memory import MemoryStore
+from risk_engine.useragent import parse_user_agent
 
 SAMPLES = Path(__file__).parents[2] / "data" / "samples"
 EVENTS = SAMPLES / "events.jsonl"
@@ -295,7 +296,7 @@ def test_train_synthesizes_when_labels_are_scarce_and_records_it(
 
 def test_train_with_enough_labels_does_not_synthesize(geo: GeoLocator, tmp_path: Path) -> None:
     labels = SAMPLES / "labels.jsonl"
-    assert sum(label.is_attack for label in load_labels([labels]).values()) >= 20
+    assert sum(label.is_attack for label in load_labels([labels], LogReport()).values()) >= 20
     params = DetectorParams(n_estimators=20, supervised_max_iter=10)
     with threadpool_limits(limits=1):
         artifact, _ = train(

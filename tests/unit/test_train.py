@@ -13,8 +13,8 @@ from threadpoolctl import threadpool_limits
 from risk_engine.geo import GeoLocator
 from risk_engine.model.artifact import ModelArtifact, load_artifact
 from risk_engine.model.detector import DetectorParams, RiskModel
-from training.replay import FeatureTable
-from training.train import train
+from risk_engine.offline.replay import FeatureTable
+from risk_engine.offline.train import train
 
 SAMPLES = Path(__file__).parents[2] / "data" / "samples"
 # Small: fewer trees and boosting rounds than the shipped model, same code.

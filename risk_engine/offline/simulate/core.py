@@ -81,7 +81,7 @@ class Emitter:
         """Queue one event body (without id and timestamp, filled in on release).
 
         ``context`` says where and how a legitimate event happened (home, cellular,
-        vpn, ...: ``training.sim_world.CONTEXTS``); attacks have none.
+        vpn, ...: ``world.CONTEXTS``); attacks have none.
         """
         self.seq += 1
         self.pending.append((ts, self.seq, body, attack, scenario, context))

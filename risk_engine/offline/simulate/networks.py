@@ -4,7 +4,7 @@ These are what make a careful behavioral model raise false alarms at a real bank
 a cellular user's address changes every session and often geolocates to the next
 town; a VPN user's exit is shared with thousands of strangers; an office's egress
 carries a hundred colleagues, sometimes from a head office in another city. The
-world (``training.sim_world``) says how many users live on each; this module gives
+world (``world``) says how many users live on each; this module gives
 them the shared networks, from a random stream of its own so that a world without
 them draws nothing and the default world's output is unchanged.
 """
@@ -12,22 +12,24 @@ them draws nothing and the default world's output is unchanged.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from training.sim_geo import City, CityPool
-from training.sim_profiles import (
+from risk_engine.offline.simulate.geo import City, CityPool
+from risk_engine.offline.simulate.profiles import (
     COUNTRIES,
     FAMILIES,
     SCREENS,
     VERSIONS,
     Device,
+    Exit,
+    Office,
     User,
     desktop_device,
     phone_device,
     pick,
     pick_version,
 )
-from training.sim_world import World
+from risk_engine.offline.simulate.world import World
 
 VPN_PROVIDERS = 4
 VPN_EXIT_COUNTRIES = ("NL", "DE", "SE", "CH", "GB", "US", "SG", "CA", "FR", "RO", "ES")
@@ -37,24 +39,6 @@ CARRIER_NEARBY_KM = 120.0
 CARRIER_AWAY_SHARE = 0.3
 OFFICE_START, OFFICE_END = 8.5, 18.0
 AT_OFFICE = 0.75  # share of workday office-hours sessions made from the office
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    """One egress of a shared network: where GeoIP puts it and its addresses."""
-
-    city: City
-    ips: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Office:
-    """A company office: colleagues share its egress and its desktop image."""
-
-    egress: Exit
-    family: str
-    major: int
-    minor: int
 
 
 class SharedNetworks:

@@ -8,19 +8,26 @@ passwords. Each is given to a few % of users and labelled on the events it produ
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from training.sim_core import DAY, HOUR, Clock, Emitter, body, hex_id, poisson
-from training.sim_geo import City, CityPool
-from training.sim_networks import (
+from risk_engine.offline.simulate.core import DAY, HOUR, Clock, Emitter, body, hex_id, poisson
+from risk_engine.offline.simulate.geo import City, CityPool
+from risk_engine.offline.simulate.networks import (
     AT_OFFICE,
     CARRIER_AWAY_SHARE,
     OFFICE_END,
     OFFICE_START,
     borrowed_device,
 )
-from training.sim_profiles import COUNTRIES, Device, User, phone_device
-from training.sim_world import World
+from risk_engine.offline.simulate.profiles import (
+    COUNTRIES,
+    Change,
+    Device,
+    Trip,
+    User,
+    phone_device,
+)
+from risk_engine.offline.simulate.world import World
 
 BENIGN_SCENARIOS = (
     "browser_upgrade",
@@ -61,39 +68,6 @@ _ADMIN_NAMES = _ACTION_NAMES + tuple(a for a, _ in ADMIN_ACTIONS)
 _ADMIN_CUM = _ACTION_CUM + tuple(
     _ACTION_CUM[-1] + sum(w for _, w in ADMIN_ACTIONS[: i + 1]) for i in range(len(ADMIN_ACTIONS))
 )
-
-
-@dataclass(slots=True)
-class Trip:
-    """A plane trip: out, some days at the destination, back; the gaps fit a flight."""
-
-    dest: City
-    ips: tuple[str, ...]
-    devices: tuple[Device, ...]
-    depart_out: int
-    arrive_out: int
-    depart_back: int
-    arrive_back: int
-    # Sessions right after landing (people check their account); consumed once.
-    landings: list[int] = field(default_factory=list)
-    back_labelled: bool = False
-
-    def where(self, ts: int) -> str:
-        """'home', 'away' or 'travel' (getting to the airport, flying, landing)."""
-        if ts < self.depart_out - 2 * HOUR or ts >= self.arrive_back:
-            return "home"
-        if self.arrive_out <= ts < self.depart_back - 2 * HOUR:
-            return "away"
-        return "travel"
-
-
-@dataclass(slots=True)
-class Change:
-    """A persistent benign change (browser upgrade, new phone, cleared cookies) on a day."""
-
-    kind: str
-    day: int
-    label_day: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

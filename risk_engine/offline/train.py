@@ -1,6 +1,6 @@
 """Train the risk model from event logs and write the verified artifact.
 
-The logs are replayed through the service's own feature code (training/replay.py);
+The logs are replayed through the service's own feature code (``replay``);
 the model is fitted on the rows, with attack labels used where they exist. The
 envelope's metrics come from a time-based split: fit on the earliest 80% of the
 events, measure on the latest 20%; the shipped model is then fitted on all.
@@ -25,10 +25,11 @@ from risk_engine.model.artifact import (
     save_artifact,
 )
 from risk_engine.model.detector import DetectorParams, RiskModel
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport
+from risk_engine.offline.replay import FeatureTable, replay
+from risk_engine.offline.synthesize import SynthesisConfig, auto_synthesis, injected_log
 from risk_engine.policy import load_policy
-from training.labels import load_labels
-from training.replay import FeatureTable, replay
-from training.synthesize import SynthesisConfig, auto_synthesis, injected_log
 
 HOLDOUT_SHARE = 0.2
 TARGET_CHALLENGE = 0.02
@@ -92,12 +93,13 @@ def train(
 ) -> tuple[ModelArtifact, FeatureTable]:
     """Replay, fit, measure and save; returns the artifact and the replayed table.
 
-    ``synthesize``: inject attacks built from the log's own users (training/synthesize.py);
+    ``synthesize``: inject attacks built from the log's own users (``synthesize``);
     None turns it on when the labels hold too few attacks for the supervised model.
     ``keys`` open sealed audit records (see ``replay``).
     """
     params = params or DetectorParams()
-    label_map = load_labels(labels or [])
+    label_report = LogReport()
+    label_map = load_labels(labels or [], label_report)
     wanted, why = auto_synthesis(label_map, synthesize, params.supervised_min_attacks)
     injected: dict[str, Any] = {"enabled": False, "reason": why}
     if wanted:
@@ -110,6 +112,8 @@ def train(
         injected = {**synthesized.summary(), "reason": why}
     else:
         table = replay(events, label_map, geo=geo, keys=keys)
+    # The table's report covers every input: the events' bad lines, then the labels'.
+    table.report.absorb(label_report)
     if table.X.shape[0] < 50:
         raise ValueError(f"too few valid events to train on ({table.X.shape[0]})")
     metrics = holdout_metrics(table, params) if label_map or wanted else {}

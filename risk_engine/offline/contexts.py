@@ -8,17 +8,14 @@ who are challenged all the time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
-from training.labels import Label
-
-if TYPE_CHECKING:  # evaluate imports this module
-    from training.evaluate import LabelledRun
+from risk_engine.offline.labels import Label, LabelledRun
 
 UNKNOWN = "(none)"
 

@@ -5,7 +5,7 @@ devices and daily rhythms, benign noise (travel, new phones, VPNs, ...) looks be
 to a careful behavioral model, and attacks look like real attacks. Geography is the
 real GeoLite2 City database: every emitted IP resolves to the intended city.
 
-A ``World`` (``training/sim_world.py``) sets who the users are and who attacks them:
+A ``World`` (``world``) sets who the users are and who attacks them:
 cellular, VPN and office users, travel, borrowed devices, the attack mix and the
 attackers' skill. Every legitimate event's label says its ``context`` (home, work,
 corporate, cellular, vpn, trip_domestic, trip_abroad, borrowed_device), so friction
@@ -27,16 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from training.sim_attacks import AttackPlanner
-from training.sim_benign import BENIGN_SCENARIOS, DayGenerator
-from training.sim_benign import assign_scenarios as _assign_scenarios
-from training.sim_core import HOUR, Clock, Emitter, Pending
-from training.sim_geo import CityPool, build_city_pool
-from training.sim_networks import SharedNetworks, assign_world
-from training.sim_profiles import COUNTRIES, User, make_user
-from training.sim_world import ATTACK_TYPES, CONTEXTS, WORLDS, World
+from risk_engine.offline.logs import LogWriter
+from risk_engine.offline.simulate.attacks import AttackPlanner
+from risk_engine.offline.simulate.benign import BENIGN_SCENARIOS, DayGenerator
+from risk_engine.offline.simulate.benign import assign_scenarios as _assign_scenarios
+from risk_engine.offline.simulate.core import HOUR, Clock, Emitter, Pending
+from risk_engine.offline.simulate.geo import CityPool, build_city_pool
+from risk_engine.offline.simulate.networks import SharedNetworks, assign_world
+from risk_engine.offline.simulate.profiles import COUNTRIES, User, make_user
+from risk_engine.offline.simulate.world import ATTACK_TYPES, CONTEXTS, WORLDS, World
 
 __all__ = [
     "ATTACK_TYPES",
@@ -182,25 +181,27 @@ def write_simulation(
     labels_path: Path,
     outcomes_path: Path | None = None,
 ) -> SimulationSummary:
-    """Write events, labels and (optionally) step-up outcomes as JSON Lines.
+    """Write events, labels and (optionally) step-up outcomes, as each name says.
+
+    (JSON Lines, gzip-compressed for a name ending in ``.gz``, or Parquet: see
+    ``offline.logs.LogWriter``.)
 
     Outcomes follow section 3 of the contract: every legitimate event "passed",
     every attack event "failed"; the engine only applies them where it stepped up.
     """
-    newline = orjson.OPT_APPEND_NEWLINE
     events = attacks = 0
     by_attack: Counter[str] = Counter()
     by_scenario: Counter[str] = Counter()
     by_context: Counter[str] = Counter()
     with ExitStack() as stack:
-        ev_out = stack.enter_context(Path(events_path).open("wb", buffering=1 << 20))
-        lab_out = stack.enter_context(Path(labels_path).open("wb", buffering=1 << 20))
+        ev_out = stack.enter_context(LogWriter(Path(events_path)))
+        lab_out = stack.enter_context(LogWriter(Path(labels_path)))
         out_file = None
         if outcomes_path is not None:
-            out_file = stack.enter_context(Path(outcomes_path).open("wb", buffering=1 << 20))
+            out_file = stack.enter_context(LogWriter(Path(outcomes_path)))
         for event, label in simulate(config):
-            ev_out.write(orjson.dumps(event, option=newline))
-            lab_out.write(orjson.dumps(label, option=newline))
+            ev_out.write_record(event)
+            lab_out.write_record(label)
             events += 1
             attack = label["attack_type"]
             if attack is not None:
@@ -215,7 +216,7 @@ def write_simulation(
                     "event_id": label["event_id"],
                     "step_up": "failed" if attack is not None else "passed",
                 }
-                out_file.write(orjson.dumps(outcome, option=newline))
+                out_file.write_record(outcome)
     return SimulationSummary(
         events=events,
         attacks=attacks,

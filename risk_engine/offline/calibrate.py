@@ -33,15 +33,15 @@ from rich.table import Table
 from risk_engine.decision import Outcome
 from risk_engine.errors import ConfigurationError
 from risk_engine.geo import GeoLocator
-from risk_engine.policy import Policy, load_policy, parse_policy, save_policy
-from training.evaluate import (
-    LabelledRun,
+from risk_engine.offline.evaluate import (
     build_run,
     labelled_backtest,
     load_decisions,
     threshold_for_count,
 )
-from training.labels import Label, audit_labels, load_labels
+from risk_engine.offline.labels import Label, LabelledRun, audit_labels, load_labels
+from risk_engine.offline.logs import LogReport
+from risk_engine.policy import Policy, load_policy, parse_policy, save_policy
 
 DECIMALS = 6  # decisions carry scores rounded to 6 decimals; thresholds sit on that grid
 STEP = 10.0**-DECIMALS
@@ -233,17 +233,23 @@ def write_policy(policy: Policy, path: Path) -> Policy:
 
 
 def observed_labels(
-    decisions_path: Path, outcomes_path: Path | None, feedback: dict[str, Label] | None = None
+    decisions_path: Path,
+    outcomes_path: Path | None,
+    feedback: dict[str, Label] | None = None,
+    report: LogReport | None = None,
 ) -> dict[str, Label]:
     """The labels a deployment has: failed step-ups of challenged events, and feedback.
 
     A failed outcome counts only where the engine did step the event up (a
     challenge nobody was asked to pass says nothing); feedback overrides both ways.
+    ``report`` gets the outcomes' bad lines; the decisions' are left to ``build_run``,
+    which reads them for the run (the same lines).
     """
     labels: dict[str, Label] = {}
     if outcomes_path is not None:
-        decisions = load_decisions(decisions_path)
-        for event_id, label in load_labels([outcomes_path]).items():
+        decisions = load_decisions(decisions_path, LogReport())
+        outcomes = load_labels([outcomes_path], report if report is not None else LogReport())
+        for event_id, label in outcomes.items():
             decided = decisions.get(event_id)
             if label.is_attack and decided is not None and decided[1] == 1:
                 labels[event_id] = label
@@ -292,19 +298,21 @@ def calibrate_log(
     target_deny: float = 0.001,
     min_legit: int = MIN_LEGIT,
     geo: GeoLocator | None = None,
-) -> tuple[Policy, list[ClassCalibration]]:
+) -> tuple[Policy, list[ClassCalibration], LogReport]:
     """Backtest (unless decisions are given), calibrate, write and validate the policy.
 
     Without ``labels_path`` the labels are those a deployment observes: failed
     step-ups (from ``outcomes_path``, and the challenge results of an audit log given
     as ``events_path``) and feedback (the feedback files, the audit log's records).
+    The report holds the bad lines of every input, each counted once.
     """
-    labels = load_labels([labels_path]) if labels_path is not None else {}
-    feedback = load_labels(feedback_paths or [])
+    reading = LogReport()
+    labels = load_labels([labels_path], reading) if labels_path is not None else {}
+    feedback = load_labels(feedback_paths or [], reading)
     used_outcomes: Path | None = outcomes_path
     with tempfile.TemporaryDirectory(prefix="risk-engine-calibrate-") as tmp:
         if decisions_path is None:
-            decisions_path, used_outcomes, _ = labelled_backtest(
+            decisions_path, used_outcomes, summary = labelled_backtest(
                 events_path,
                 labels,
                 Path(tmp),
@@ -313,12 +321,19 @@ def calibrate_log(
                 policy_path=policy_path,
                 geo=geo,
             )
+            if labels_path is not None and outcomes_path is not None:
+                # Read by the backtest alone: its report of them is the one.
+                reading.bad += summary.outcome_lines_bad
+                reading.problems.extend(
+                    p for p in summary.problems if p.source == str(outcomes_path)
+                )
         if labels_path is None:
             labels = audit_labels([events_path])
-            labels.update(observed_labels(decisions_path, used_outcomes, feedback))
+            labels.update(observed_labels(decisions_path, used_outcomes, feedback, reading))
         else:
             labels.update(feedback)
         run = build_run(events_path, labels, decisions_path)
+    reading.absorb(run.report)
     policy, report = calibrate_policy(
         run,
         load_policy(policy_path),
@@ -326,4 +341,4 @@ def calibrate_log(
         target_deny=target_deny,
         min_legit=min_legit,
     )
-    return write_policy(policy, out_path), report
+    return write_policy(policy, out_path), report, reading

@@ -39,13 +39,12 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 from pathlib import Path
 
-from risk_engine.backtest import BacktestSummary, load_outcomes
 from risk_engine.errors import GeoIPError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator, IPAddress, network_prefix
-from risk_engine.logs import LogReport, events_in_time_order
+from risk_engine.offline.logs import LogReport, events_in_time_order, merged_events
+from risk_engine.offline.replayer import load_outcomes
 from risk_engine.useragent import parse_user_agent
-from training.replay import merged_events
 
 KeyPath = tuple[str, ...]
 
@@ -261,17 +260,21 @@ def freeman_backtest(
     geo: GeoLocator | None = None,
     user_prior: bool = True,
     online_population: bool = True,
+    report: LogReport | None = None,
 ) -> list[tuple[str, float]]:
     """(event_id, score) for every valid event of ``events_path``, in time order.
 
     The population is fitted on ``train_paths`` first (may be empty: then it is
     counted online only). An event whose step-up outcome is "failed" is not learned,
     as the paper's injected attacks never enter the histories they are scored against.
+    ``report`` gets the bad lines of ``train_paths`` and of the outcomes; those of
+    ``events_path`` are left to whoever reads it for the engine (the same lines).
     """
+    reading = report if report is not None else LogReport()
     scorer = FreemanScorer(geo, user_prior=user_prior, online_population=online_population)
     if train_paths:
-        scorer.fit(merged_events(train_paths, LogReport()))
-    outcomes = load_outcomes(outcomes_path, BacktestSummary()) if outcomes_path else {}
+        scorer.fit(merged_events(train_paths, reading))
+    outcomes = load_outcomes(outcomes_path, reading) if outcomes_path else {}
     return [
         (event.event_id, scorer.score_and_learn(event, learn=outcomes.get(event.event_id, True)))
         for event in events_in_time_order(events_path, LogReport())

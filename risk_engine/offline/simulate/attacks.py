@@ -12,11 +12,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from training.sim_benign import SessionRecord
-from training.sim_core import DAY, HOUR, Clock, Emitter, body, hex_id
-from training.sim_geo import City, CityPool, Network
-from training.sim_networks import VPN_PROVIDERS, SharedNetworks
-from training.sim_profiles import (
+from risk_engine.offline.simulate.benign import SessionRecord
+from risk_engine.offline.simulate.core import DAY, HOUR, Clock, Emitter, body, hex_id
+from risk_engine.offline.simulate.geo import City, CityPool, Network
+from risk_engine.offline.simulate.networks import VPN_PROVIDERS, SharedNetworks
+from risk_engine.offline.simulate.profiles import (
     SCREENS,
     Device,
     User,
@@ -25,7 +25,7 @@ from training.sim_profiles import (
     pick,
     user_agent,
 )
-from training.sim_world import ATTACK_TYPES, World
+from risk_engine.offline.simulate.world import ATTACK_TYPES, World
 
 # Typical events per episode (used to meet the attack fraction).
 EXPECTED_SIZE = {

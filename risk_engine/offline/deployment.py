@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from rich.console import Console
 from rich.table import Table
 
 from risk_engine.errors import ConfigurationError
 from risk_engine.events import utc_from_epoch
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, events_in_time_order
 from risk_engine.model.detector import DetectorParams
-from risk_engine.policy import load_policy
-from training.calibrate import (
+from risk_engine.offline.calibrate import (
     MIN_LEGIT,
     ClassCalibration,
     calibrate_policy,
@@ -39,18 +36,20 @@ from training.calibrate import (
     render_calibration,
     write_policy,
 )
-from training.contexts import context_figures, contexts_of, render_contexts
-from training.evaluate import (
-    ESTABLISHED_MIN_PRIOR,
+from risk_engine.offline.contexts import context_figures, contexts_of, render_contexts
+from risk_engine.offline.evaluate import (
     FIXED_RATE,
     Figures,
     build_run,
     labelled_backtest,
     scope_figures,
+    skipped_lines,
     write_label_outcomes,
 )
-from training.labels import load_labels
-from training.train import train
+from risk_engine.offline.labels import ESTABLISHED_MIN_PRIOR, load_labels
+from risk_engine.offline.logs import LogReport, LogWriter, events_in_time_order
+from risk_engine.offline.train import train
+from risk_engine.policy import load_policy
 
 DAY = 86_400
 
@@ -119,22 +118,23 @@ class Split:
     later_events: int
 
 
-def split_log(events_path: Path, split_days: int, first_out: Path) -> Split:
+def split_log(
+    events_path: Path, split_days: int, first_out: Path, report: LogReport | None = None
+) -> Split:
     """Write the events before the cut to ``first_out`` (time order); count the rest."""
     if split_days < 1:
         raise ConfigurationError("--split-days must be at least 1")
-    report = LogReport()
+    report = report if report is not None else LogReport()
     start = cut = math.nan
     ids: set[str] = set()
     later = 0
-    with first_out.open("wb") as out:
+    with LogWriter(first_out) as out:
         for event in events_in_time_order(events_path, report):
             if math.isnan(start):
                 start = float(math.floor(event.epoch / DAY) * DAY)
                 cut = start + split_days * DAY
             if event.epoch < cut:
-                data = event.model_dump(mode="json", exclude_none=True)
-                out.write(orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE))
+                out.write_record(event.model_dump(mode="json", exclude_none=True))
                 ids.add(event.event_id)
             else:
                 later += 1
@@ -188,12 +188,15 @@ def evaluate_deployment(
     geo: GeoLocator | None = None,
 ) -> tuple[Figures, list[ClassCalibration]]:
     """Train and calibrate without labels on the first days, judge the rest with them."""
-    labels = load_labels([labels_path])
+    # Each input's bad lines once: the labels here, the events in the split, the
+    # outcomes where the shadow labels are observed.
+    reading = LogReport()
+    labels = load_labels([labels_path], reading)
     geo = geo or GeoLocator()
     with tempfile.TemporaryDirectory(prefix="risk-engine-deployment-") as tmp:
         work = Path(tmp)
         first = work / "shadow.jsonl"
-        split = split_log(events_path, split_days, first)
+        split = split_log(events_path, split_days, first, reading)
         model_path = model_out or work / "model.npz"
         artifact, _ = train([first], model_path, labels=None, params=params, geo=geo)
         # Step-up results are what a shadow period reports; without a file, the labels
@@ -210,7 +213,7 @@ def evaluate_deployment(
             policy_path=policy_path,
             geo=geo,
         )
-        observed = observed_labels(shadow_decisions, outcomes)
+        observed = observed_labels(shadow_decisions, outcomes, report=reading)
         shadow_run = build_run(first, observed, shadow_decisions)
         policy, rows = calibrate_policy(
             shadow_run,
@@ -262,6 +265,7 @@ def evaluate_deployment(
         "labels": str(labels_path),
         "policy": str(policy_path) if policy_path else "(bundled default)",
         "outcomes": str(outcomes_path) if outcomes_path else "(from the labels)",
+        **skipped_lines(reading),
     }
     return report, rows
 
@@ -314,3 +318,4 @@ def render_deployment(report: Figures, rows: list[ClassCalibration], console: Co
         met = {True: "yes", False: "NO", None: "-"}[check["met"]]
         table.add_row(check["target"], check["goal"], shown, met)
     console.print(table)
+    console.print(f"{report['inputs']['bad_lines']} bad lines skipped")

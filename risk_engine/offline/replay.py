@@ -7,8 +7,7 @@ attack would have been stopped, so it must not teach the profile).
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +15,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from risk_engine.engine import Engine
-from risk_engine.events import Event
 from risk_engine.features.registry import FEATURE_NAMES
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, events_in_time_order, expand_paths
+from risk_engine.offline.labels import Label
+from risk_engine.offline.logs import LogReport, merged_events
 from risk_engine.offline.replayer import BACKTEST_SECRET
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
-from training.labels import Label
 
 
 @dataclass
@@ -39,16 +37,6 @@ class FeatureTable:
     attack: NDArray[np.bool_]
     attack_types: list[str | None]
     report: LogReport = field(default_factory=LogReport)
-
-
-def merged_events(paths: list[Path], report: LogReport) -> Iterator[Event]:
-    """Events of several logs merged into one time order (ties: file order)."""
-    streams = [events_in_time_order(path, report) for path in expand_paths(paths)]
-    keyed = (
-        ((event.epoch, index, event) for event in stream) for index, stream in enumerate(streams)
-    )
-    for _, _, event in heapq.merge(*keyed, key=lambda item: (item[0], item[1])):
-        yield event
 
 
 def replay(

@@ -33,7 +33,7 @@ compromised_device     device     the victim's own device and home address, at t
 =====================  =========  ===================================================
 
 The judge is kept apart: this module shares no code with the simulator's attack
-generators (``training/sim_attacks.py``), whose attacks stay the independent test
+generators (``simulate.attacks``), whose attacks stay the independent test
 of a model trained on these.
 
 **Replay rule.** An injected event is replayed as a refused one
@@ -67,10 +67,9 @@ import orjson
 from risk_engine.errors import ConfigurationError
 from risk_engine.features.observation import zone
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport
+from risk_engine.offline.labels import Label
+from risk_engine.offline.logs import LogReport, merged_events, write_records
 from risk_engine.useragent import parse_user_agent
-from training.labels import Label
-from training.replay import merged_events
 
 KINDS: tuple[str, ...] = (
     "new_country_takeover",
@@ -415,22 +414,23 @@ class Synthesis:
         }
 
     def write_events(self, path: Path) -> Path:
-        with path.open("wb") as out:
-            for event in self.events:
-                out.write(orjson.dumps(event) + b"\n")
+        write_records(path, self.events)
         return path
 
     def write_labels(self, path: Path, also: dict[str, Label] | None = None) -> Path:
         """The injected labels (and ``also``, e.g. the log's own) in the simulator's format."""
-        with path.open("wb") as out:
-            for event_id, label in {**(also or {}), **self.labels}.items():
-                record = {
+        write_records(
+            path,
+            (
+                {
                     "event_id": event_id,
                     "is_attack": label.is_attack,
                     "attack_type": label.attack_type,
                     "scenario": label.scenario,
                 }
-                out.write(orjson.dumps(record) + b"\n")
+                for event_id, label in {**(also or {}), **self.labels}.items()
+            ),
+        )
         return path
 
 

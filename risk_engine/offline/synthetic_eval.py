@@ -1,7 +1,7 @@
 """Catch per attack kind on a bank's own log, before it goes live: synthesized attacks.
 
-The log (unlabelled, or labelled) gets the synthesizer's attacks (training/synthesize.py)
-interleaved by timestamp, and the usual evaluation (training/evaluate.py) runs on
+The log (unlabelled, or labelled) gets the synthesizer's attacks (``synthesize``)
+interleaved by timestamp, and the usual evaluation (``evaluate``) runs on
 the result. These attacks come from the synthesizer a model may have been trained
 on, so they are never the only judge: where the log has labels of its own (the
 simulator's attack generators, confirmed fraud), the independent evaluation on the
@@ -14,23 +14,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from risk_engine.errors import RiskEngineError
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport
-from training.evaluate import FIXED_RATE, Figures, evaluate
-from training.labels import load_labels
-from training.replay import merged_events
-from training.synthesize import SynthesisConfig, synthesize
+from risk_engine.model.artifact import default_model_path, load_artifact
+from risk_engine.offline.evaluate import FIXED_RATE, Figures, evaluate, skipped_lines
+from risk_engine.offline.labels import load_labels
+from risk_engine.offline.logs import LogReport, LogWriter, merged_events
+from risk_engine.offline.synthesize import SynthesisConfig, synthesize
 
 
-def write_merged(paths: list[Path], out: Path) -> Path:
-    """The events of ``paths`` as one JSON Lines log in time order (ties: path order)."""
-    with out.open("wb") as handle:
-        for event in merged_events(paths, LogReport()):
-            data = event.model_dump(mode="json", exclude_none=True)
-            handle.write(orjson.dumps(data) + b"\n")
+def write_merged(paths: list[Path], out: Path, report: LogReport) -> Path:
+    """The valid events of ``paths`` as one log in time order (ties: path order)."""
+    with LogWriter(out) as handle:
+        for event in merged_events(paths, report):
+            handle.write_record(event.model_dump(mode="json", exclude_none=True))
     return out
 
 
@@ -38,8 +35,6 @@ def _model_warnings(
     events_path: Path, model_path: Path | None, config: SynthesisConfig
 ) -> list[str]:
     """An in-sample model, or one trained on this synthesizer's attacks with the same seed."""
-    from risk_engine.model.artifact import default_model_path, load_artifact
-
     try:
         artifact = load_artifact(model_path or default_model_path())
     except RiskEngineError:
@@ -84,17 +79,20 @@ def evaluate_with_synthesis(
     if labels_path is not None:
         reports["independent"], _ = evaluate(events_path, labels_path, **options)
     synthesis = synthesize([events_path], config, geo=geo)
-    own = load_labels([labels_path]) if labels_path is not None else {}
+    # The merged log holds only valid events: the bad lines are those met writing it.
+    reading = LogReport()
+    own = load_labels([labels_path], reading) if labels_path is not None else {}
     with tempfile.TemporaryDirectory(prefix="risk-engine-synthetic-eval-") as tmp:
         root = Path(tmp)
         injected = synthesis.write_events(root / "injected.jsonl")
-        merged = write_merged([events_path, injected], root / "with_attacks.jsonl")
+        merged = write_merged([events_path, injected], root / "with_attacks.jsonl", reading)
         labels = synthesis.write_labels(root / "labels.jsonl", also=own)
         report, _ = evaluate(merged, labels, **options)
     report["synthesis"] = synthesis.summary()
     inputs = report["inputs"]
     inputs["events"] = f"{events_path} with synthesized attacks"
     inputs["labels"] = str(labels_path) if labels_path else "(none: synthesized only)"
+    inputs.update(skipped_lines(reading))
     inputs["warnings"] = [
         *_model_warnings(events_path, model_path, config),
         # Without labels the log's own events are taken as legitimate: that is the premise.

@@ -17,7 +17,6 @@ import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,62 +27,56 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from risk_engine.backtest import BacktestSummary, run_backtest
-from risk_engine.errors import ConfigurationError, RiskEngineError
+from risk_engine.errors import ConfigurationError, InvalidEventError, RiskEngineError
 from risk_engine.events import utc_from_epoch
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import LogReport, events_in_time_order
-from training.contexts import context_figures, contexts_of, render_contexts
-from training.freeman import freeman_backtest
-from training.labels import Label, load_labels
+from risk_engine.model.artifact import default_model_path, load_artifact
+from risk_engine.offline.backtest import BacktestSummary, run_backtest
+from risk_engine.offline.contexts import context_figures, contexts_of, render_contexts
+from risk_engine.offline.freeman import freeman_backtest
+from risk_engine.offline.labels import ESTABLISHED_MIN_PRIOR, Label, LabelledRun, load_labels
+from risk_engine.offline.logs import (
+    LogReport,
+    LogWriter,
+    events_in_time_order,
+    read_records,
+    required_text,
+)
 
-ESTABLISHED_MIN_PRIOR = 10
 FIXED_RATE = 0.02
 OUTCOME_RANK = {"allow": 0, "step_up": 1, "deny": 2}
 
 Figures = dict[str, Any]
 
 
-@dataclass
-class LabelledRun:
-    """Per event in time order: truth, the engine's decision, and the baseline's score."""
-
-    event_ids: list[str]
-    actions: list[str]
-    attack: NDArray[np.bool_]
-    attack_types: NDArray[np.str_]  # "" for legitimate events
-    prior_events: NDArray[np.int64]  # events of the same user earlier in the log
-    score: NDArray[np.float64]
-    outcome: NDArray[np.int8]  # OUTCOME_RANK of the decision
-    reason_codes: list[tuple[str, ...]]
-    baseline: NDArray[np.float64] | None = None
-    window: tuple[float, float] = (math.nan, math.nan)
-    unlabelled: int = 0
-    undecided: int = 0
-
-    @property
-    def established(self) -> NDArray[np.bool_]:
-        return self.prior_events >= ESTABLISHED_MIN_PRIOR
+Decided = tuple[float, int, tuple[str, ...]]
 
 
-def load_decisions(path: Path) -> dict[str, tuple[float, int, tuple[str, ...]]]:
-    """event_id -> (score, outcome rank, reason codes) from a decisions file."""
-    out: dict[str, tuple[float, int, tuple[str, ...]]] = {}
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = orjson.loads(raw)
-                codes = tuple(str(r["code"]) for r in record.get("reasons", []))
-                out[str(record["event_id"])] = (
-                    float(record["score"]),
-                    OUTCOME_RANK[record["decision"]],
-                    codes,
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ConfigurationError(f"{path}:{number}: not a decision ({exc})") from None
-    return out
+def parse_decision(record: dict[str, Any]) -> tuple[str, Decided]:
+    """(event_id, (score, outcome rank, reason codes)) of one decision line."""
+    event_id = required_text(record, "event_id")
+    score = record.get("score")
+    if not isinstance(score, int | float) or isinstance(score, bool):
+        raise InvalidEventError("score: a number is required", field="score")
+    decision = record.get("decision")
+    rank = OUTCOME_RANK.get(decision) if isinstance(decision, str) else None
+    if rank is None:
+        raise InvalidEventError(
+            f"decision: one of {', '.join(OUTCOME_RANK)} is required", field="decision"
+        )
+    reasons = record.get("reasons", [])
+    if not isinstance(reasons, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("code"), str) for r in reasons
+    ):
+        raise InvalidEventError(
+            "reasons: a list of {code, ...} objects is required", field="reasons"
+        )
+    return event_id, (float(score), rank, tuple(r["code"] for r in reasons))
+
+
+def load_decisions(path: Path, report: LogReport) -> dict[str, Decided]:
+    """event_id -> (score, outcome rank, reason codes) from a decisions log."""
+    return dict(read_records([path], parse_decision, report, "decisions file"))
 
 
 def build_run(
@@ -92,8 +85,12 @@ def build_run(
     decisions_path: Path,
     baseline: Iterable[tuple[str, float]] | None = None,
 ) -> LabelledRun:
-    """Join events (time order), labels, decisions and baseline scores by event id."""
-    decisions = load_decisions(decisions_path)
+    """Join events (time order), labels, decisions and baseline scores by event id.
+
+    The bad lines of the events and of the decisions are in the run's ``report``.
+    """
+    report = LogReport()
+    decisions = load_decisions(decisions_path, report)
     base = dict(baseline) if baseline is not None else None
     seen: Counter[str] = Counter()
     ids: list[str] = []
@@ -107,7 +104,7 @@ def build_run(
     base_scores: list[float] = []
     unlabelled = undecided = 0
     first, last = math.inf, -math.inf
-    for event in events_in_time_order(events_path, LogReport()):
+    for event in events_in_time_order(events_path, report):
         count = seen[event.user_id]
         seen[event.user_id] = count + 1
         decided = decisions.get(event.event_id)
@@ -141,15 +138,16 @@ def build_run(
         window=(first, last),
         unlabelled=unlabelled,
         undecided=undecided,
+        report=report,
     )
 
 
 def write_label_outcomes(labels: dict[str, Label], path: Path) -> Path:
     """Step-up outcomes as the simulator writes them: legitimate passed, attacks failed."""
-    with path.open("wb") as out:
+    with LogWriter(path) as out:
         for event_id, label in labels.items():
             result = "failed" if label.is_attack else "passed"
-            out.write(orjson.dumps({"event_id": event_id, "step_up": result}) + b"\n")
+            out.write_record({"event_id": event_id, "step_up": result})
     return path
 
 
@@ -291,8 +289,6 @@ def _split_warnings(
         )
     if not check_model:
         return []
-    from risk_engine.model.artifact import default_model_path, load_artifact
-
     try:
         artifact = load_artifact(model_path or default_model_path())
     except RiskEngineError:
@@ -320,7 +316,10 @@ def evaluate(
     warnings = _split_warnings(
         events_path, train, model_path, check_model=decisions_path is None or model_path is not None
     )
-    labels = load_labels([labels_path])
+    # Every input's bad lines, each counted once: the labels here, the baseline's logs
+    # and the outcomes in the baseline's replay, the events and decisions in the run.
+    reading = LogReport()
+    labels = load_labels([labels_path], reading)
     geo = geo or GeoLocator()
     with tempfile.TemporaryDirectory(prefix="risk-engine-evaluate-") as tmp:
         if decisions_path is None:
@@ -335,8 +334,11 @@ def evaluate(
             )
         elif outcomes_path is None:
             outcomes_path = write_label_outcomes(labels, Path(tmp) / "outcomes.jsonl")
-        baseline = freeman_backtest(events_path, train, outcomes_path=outcomes_path, geo=geo)
+        baseline = freeman_backtest(
+            events_path, train, outcomes_path=outcomes_path, geo=geo, report=reading
+        )
         run = build_run(events_path, labels, decisions_path, baseline)
+    reading.absorb(run.report)
     if run.unlabelled:
         warnings.append(f"{run.unlabelled} events have no label and count as legitimate")
     if run.undecided:
@@ -353,8 +355,14 @@ def evaluate(
         "baseline_train": [str(p) for p in train],
         "window": [utc_from_epoch(t).isoformat() for t in run.window if math.isfinite(t)],
         "warnings": warnings,
+        **skipped_lines(reading),
     }
     return report, run
+
+
+def skipped_lines(report: LogReport) -> Figures:
+    """The bad lines skipped in all inputs: how many, and the first ones (file, line)."""
+    return {"bad_lines": report.bad, "problems": [str(p) for p in report.problems]}
 
 
 def _pct(value: float | None) -> str:
@@ -401,7 +409,10 @@ def render(report: Figures, console: Console) -> None:
         console.print(table)
     if "contexts" in report:
         render_contexts(report["contexts"], console, "legitimate events by context")
-    for warning in report.get("inputs", {}).get("warnings", []):
+    inputs = report.get("inputs", {})
+    if "bad_lines" in inputs:
+        console.print(f"{inputs['bad_lines']} bad lines skipped")
+    for warning in inputs.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 

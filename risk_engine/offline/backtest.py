@@ -10,17 +10,16 @@ the decisions of this process.
 
 from __future__ import annotations
 
-import heapq
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from risk_engine.engine import load_scorer
 from risk_engine.errors import InvalidEventError
-from risk_engine.events import Event
 from risk_engine.geo import GeoLocator
-from risk_engine.logs import BadLine, LogReport, events_in_time_order
 from risk_engine.offline.cluster import dask_client, local_cores, worker_count
+from risk_engine.offline.distributed import run_distributed
+from risk_engine.offline.logs import BadLine, LogReport, LogWriter, expand_paths, merged_events
 from risk_engine.offline.replayer import (
     BACKTEST_SECRET,
     BacktestSummary,
@@ -29,7 +28,7 @@ from risk_engine.offline.replayer import (
     backtest_engine,
     load_outcomes,
 )
-from risk_engine.offline.sources import plan_pieces, resolve_inputs, total_bytes
+from risk_engine.offline.sources import plan_pieces, total_bytes
 from risk_engine.profiles.memory import MemoryStore
 
 __all__ = ["BACKTEST_SECRET", "BacktestSummary", "load_outcomes", "run_backtest"]
@@ -50,16 +49,6 @@ def _count_lines(paths: list[Path]) -> int | None:
             while chunk := handle.read(1 << 20):
                 count += chunk.count(b"\n")
     return count
-
-
-def merged_events(paths: list[Path], report: LogReport) -> Iterator[Event]:
-    """Events of several logs merged into one time order (ties: input order)."""
-    streams = [events_in_time_order(path, report) for path in paths]
-    keyed = (
-        ((event.epoch, index, event) for event in stream) for index, stream in enumerate(streams)
-    )
-    for _, _, event in heapq.merge(*keyed, key=lambda item: (item[0], item[1])):
-        yield event
 
 
 def _in_file_order(problems: list[BadLine], paths: list[Path]) -> list[BadLine]:
@@ -97,12 +86,12 @@ def run_backtest(
     more, none below: this process); 1 means this process. The decisions do not
     depend on where they were computed.
     """
-    from risk_engine.engine import load_scorer
-
     paths = events_path if isinstance(events_path, list) else [events_path]
-    files = resolve_inputs(paths)
+    files = expand_paths(paths)
     summary = BacktestSummary()
-    outcomes = load_outcomes(outcomes_path, summary) if outcomes_path else {}
+    outcome_report = LogReport()
+    outcomes = load_outcomes(outcomes_path, outcome_report) if outcomes_path else {}
+    summary.outcome_lines_bad = outcome_report.bad
     scorer = load_scorer(model_path, policy_path)
     summary.model_version = scorer.model_version
     show = sys.stderr.isatty() if progress is None else progress
@@ -111,15 +100,13 @@ def run_backtest(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     local_workers = plan_engine(files, scheduler, workers)
     if scheduler is not None or local_workers:
-        from risk_engine.offline.distributed import run_distributed
-
         del scorer  # each worker loads its own; the client only plans and writes
         with dask_client(scheduler, local_workers) as client:
             summary.engine = scheduler or f"local cluster, {local_workers} workers"
             summary.dashboard = client.dashboard_link
             if show:
                 print(f"Dask dashboard: {summary.dashboard}", file=sys.stderr)
-            with out_path.open("wb") as out, Ticker(total, show) as ticker:
+            with LogWriter(out_path) as out, Ticker(total, show) as ticker:
                 result = run_distributed(
                     client,
                     plan_pieces(files),
@@ -138,7 +125,7 @@ def run_backtest(
     else:
         engine, clock_now = backtest_engine(scorer, MemoryStore(), geo or GeoLocator())
         report = LogReport()
-        with out_path.open("wb") as out, Ticker(total, show) as ticker:
+        with LogWriter(out_path) as out, Ticker(total, show) as ticker:
             replayer = Replayer(engine, clock_now, outcomes, out)
             for event in merged_events(files, report):
                 replayer.step(event)
@@ -149,7 +136,7 @@ def run_backtest(
     summary.seconds = time.perf_counter() - started
     summary.events = report.events
     summary.bad = report.bad
-    summary.problems = _in_file_order(report.problems, files) + summary.problems
+    summary.problems = _in_file_order(report.problems, files) + outcome_report.problems
     if report.events == 0:
         detail = f"; first problem: {summary.problems[0]}" if summary.problems else ""
         named = ", ".join(str(p) for p in paths)

@@ -5,14 +5,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
-from training.sim_core import hex_id
-from training.sim_geo import City, CityPool, Network
-
-if TYPE_CHECKING:
-    from training.sim_benign import Change, Trip
-    from training.sim_networks import Office
+from risk_engine.offline.simulate.core import HOUR, hex_id
+from risk_engine.offline.simulate.geo import City, CityPool, Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +272,57 @@ def phone_device(
 
 
 @dataclass(slots=True)
+class Trip:
+    """A plane trip: out, some days at the destination, back; the gaps fit a flight."""
+
+    dest: City
+    ips: tuple[str, ...]
+    devices: tuple[Device, ...]
+    depart_out: int
+    arrive_out: int
+    depart_back: int
+    arrive_back: int
+    # Sessions right after landing (people check their account); consumed once.
+    landings: list[int] = field(default_factory=list)
+    back_labelled: bool = False
+
+    def where(self, ts: int) -> str:
+        """'home', 'away' or 'travel' (getting to the airport, flying, landing)."""
+        if ts < self.depart_out - 2 * HOUR or ts >= self.arrive_back:
+            return "home"
+        if self.arrive_out <= ts < self.depart_back - 2 * HOUR:
+            return "away"
+        return "travel"
+
+
+@dataclass(slots=True)
+class Change:
+    """A persistent benign change (browser upgrade, new phone, cleared cookies) on a day."""
+
+    kind: str
+    day: int
+    label_day: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """One egress of a shared network: where GeoIP puts it and its addresses."""
+
+    city: City
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Office:
+    """A company office: colleagues share its egress and its desktop image."""
+
+    egress: Exit
+    family: str
+    major: int
+    minor: int
+
+
+@dataclass(slots=True)
 class User:
     """One account holder: where they live, what they use and when they are active."""
 
@@ -303,13 +349,13 @@ class User:
     amount_sigma: float
     admin: bool
     typo_rate: float
-    # Benign scenarios (set by training.sim_benign.assign_scenarios).
+    # Benign scenarios (set by benign.assign_scenarios).
     vpn_exits: tuple[tuple[City, tuple[str, ...]], ...] = ()
     vpn_rate: float = 0.0
     churn_cities: tuple[City, ...] = ()
     trip: Trip | None = None
     change: Change | None = None
-    # World habits (set by training.sim_networks.assign_world).
+    # World habits (set by networks.assign_world).
     carrier_pool: tuple[tuple[City, str], ...] = ()
     vpn_always: bool = False
     office: Office | None = None

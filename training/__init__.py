@@ -1,1 +1,0 @@
-"""Offline tooling: the synthetic event simulator and model training."""
