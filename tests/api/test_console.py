@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -175,11 +176,24 @@ def test_console_in_a_browser(
 
     server = serve()
     headers = {"Authorization": f"Bearer {api_key}"}
+    decided = []
     for event in [
         *make_history("alice", days=2),
         make_event(user_id="alice", ip="203.2.218.214", session_id="s-x", device={"id": "d-new"}),
     ]:
-        assert httpx.post(server.base_url + "/v1/decisions", json=event, headers=headers).is_success
+        response = httpx.post(server.base_url + "/v1/decisions", json=event, headers=headers)
+        assert response.is_success
+        decided.append(response.json()["decision"])
+    assert "step_up" in decided
+    # The log is written by the server's writer process, a moment after the answers.
+    admin = {"Authorization": f"Bearer {admin_api_key}"}
+    deadline = time.monotonic() + 30.0
+    logged = 0
+    while logged < len(decided) and time.monotonic() < deadline:
+        page = httpx.get(server.base_url + "/v1/decisions?user_id=alice&limit=100", headers=admin)
+        logged = len(page.json()["items"])
+        time.sleep(0.1)
+    assert logged == len(decided)
     driver = browser.driver
 
     browser.get(server.base_url + "/console/overview")
