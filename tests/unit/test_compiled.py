@@ -94,3 +94,9 @@ def test_the_makefile_reads_the_core_sources_from_the_list() -> None:
     files = done.stdout.split()
     assert files == [str(source_path(m).relative_to(ROOT)) for m in COMPILED]
     assert all((ROOT / f).is_file() for f in files)
+
+
+def test_the_switch_is_no_unknown_setting_at_start_up() -> None:
+    from risk_engine.config import check_environment
+
+    check_environment({compiled.PURE_PYTHON_ENV: "1"})
