@@ -8,8 +8,11 @@
 # service binds 0.0.0.0 here, and `--no-auth` is refused off loopback.
 
 FROM python:3.11-slim AS build
+# The wheel carries the decision core compiled by mypyc (setup.py): a C compiler here only.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY risk_engine ./risk_engine
 RUN python -m pip wheel --no-deps --no-cache-dir -w /dist .
 

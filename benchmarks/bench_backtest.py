@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from reference import python_speed
+from reference import core_mode, python_speed
 
 SAMPLE_S = 0.1
 # A run that takes longer than this is stopped (a bound, not an expectation).
@@ -143,6 +143,7 @@ def measure(
 def print_versions() -> None:
     print(f"python {platform.python_version()} on {platform.platform()}")
     print(python_speed())
+    print(core_mode())
     names = ("numpy", "scikit-learn", "pydantic", "orjson", "geoip2", "maxminddb", "psutil")
     print(", ".join(f"{name} {version(name)}" for name in names))
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())

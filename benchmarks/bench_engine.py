@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import redis
-from reference import python_speed
+from reference import core_mode, python_speed
 
 import risk_engine.engine as engine_module
 from risk_engine.engine import Engine, load_scorer
@@ -379,6 +379,7 @@ def delete_prefix(url: str, prefix: str) -> None:
 def print_versions(redis_url: str) -> None:
     print(f"python {platform.python_version()} on {platform.platform()}")
     print(python_speed())
+    print(core_mode())
     names = ("numpy", "scikit-learn", "pydantic", "orjson", "geoip2", "maxminddb", "redis")
     print(", ".join(f"{name} {version(name)}" for name in names))
     print(f"sqlite {sqlite3.sqlite_version}, redis server {redis_server_version(redis_url)}")

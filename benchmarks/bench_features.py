@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+from reference import core_mode
 
 from risk_engine.events import Event
 from risk_engine.features.observation import observe
@@ -90,6 +91,7 @@ def main() -> None:
         return f"median {statistics.median(us):7.1f} us   p99 {np.quantile(us, 0.99):7.1f} us"
 
     print(f"python {platform.python_version()}, numpy {np.__version__}")
+    print(core_mode())
     print(f"events replayed for one user: {len(stream)}")
     print(f"geoip lookup (cached)      {fmt(t_geo)}")
     print(f"observe                    {fmt(t_obs)}")

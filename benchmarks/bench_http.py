@@ -43,7 +43,7 @@ from pathlib import Path
 import httpx
 import redis
 from fastapi import FastAPI, Request, Response
-from reference import python_speed
+from reference import core_mode, python_speed
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 LOOPBACK = "127.0.0.1"
@@ -482,6 +482,7 @@ def clear_redis_db(url: str) -> None:
 def print_versions(client: str) -> None:
     print(f"python {platform.python_version()} on {platform.platform()}")
     print(python_speed())
+    print(core_mode())
     names = ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "httpx")
     print(", ".join(f"{name} {version(name)}" for name in names))
     if client == "wrk":

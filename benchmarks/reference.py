@@ -9,7 +9,10 @@ agree.
 
 from __future__ import annotations
 
+import sys
 import time
+
+from risk_engine.compiled import check_fresh
 
 LOOP = 3_000_000
 
@@ -24,3 +27,16 @@ def python_speed() -> str:
             total += i * i
         best = min(best, time.perf_counter() - started)
     return f"yardstick: {LOOP:,} iterations of a pure-Python loop in {best * 1e3:.0f} ms"
+
+
+def core_mode() -> str:
+    """Which decision core runs (compiled or its sources), as a line to print.
+
+    Exits when a compiled module is older than its source: its figures would be
+    those of code the source no longer says.
+    """
+    try:
+        status = check_fresh()
+    except RuntimeError as exc:
+        sys.exit(f"benchmark not run: {exc}")
+    return f"decision core: {status.mode}, {len(status.compiled)} modules compiled"

@@ -6,7 +6,15 @@ package (and so ``risk-engine --help``) stays fast and does no work.
 """
 
 import importlib as _importlib
+import os as _os
 import typing as _typing
+
+# RISK_ENGINE_PURE_PYTHON=1: the decision core's sources instead of their compiled build
+# (risk_engine/compiled.py). Set here, before any of those modules can be imported.
+if _os.environ.get("RISK_ENGINE_PURE_PYTHON", "") not in ("", "0"):
+    from risk_engine.compiled import use_sources as _use_sources
+
+    _use_sources()
 
 from risk_engine.errors import (
     AuthenticationError,

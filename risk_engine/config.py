@@ -41,6 +41,8 @@ MIN_SECRET_CHARS = 32
 # Not settings: the test suite's switches and the client's variables.
 IGNORED_PREFIXES = (ENV_PREFIX + "TEST_", ENV_PREFIX + "REQUIRE_")
 CLIENT_VARIABLES = frozenset((ENV_PREFIX + "URL", ENV_PREFIX + "API_KEY"))
+# Read at import, before any settings: run the compiled core's sources (compiled.py).
+IMPORT_VARIABLES = frozenset((ENV_PREFIX + "PURE_PYTHON",))
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
@@ -418,6 +420,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
             not name.startswith(ENV_PREFIX)
             or name in settings
             or name in CLIENT_VARIABLES
+            or name in IMPORT_VARIABLES
             or name.startswith(IGNORED_PREFIXES)
             or (name.startswith(KEY_VARIABLE_PREFIX) and len(name) > len(KEY_VARIABLE_PREFIX))
         ):

@@ -22,9 +22,18 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from risk_engine.compiled import check_fresh
 from risk_engine.profiles.redis_common import redact_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test a compiled core older than its sources: the tests would run old code."""
+    try:
+        check_fresh()
+    except RuntimeError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _client(url: str) -> redis.Redis:

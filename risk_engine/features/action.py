@@ -40,7 +40,7 @@ MIN_MAD = 0.25
 MIN_AMOUNTS = 3
 Z_CAP = 10.0
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "action_sensitivity",
     "action_familiarity",
     "account_change",

@@ -20,7 +20,7 @@ W_MAJOR_JUMP = 0.15
 # At most this drift and a device without a matching id is "similar" (a cleared cookie).
 SIMILAR_DRIFT = 0.30
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "device_missing",
     "device_known",
     "device_new",

@@ -27,7 +27,7 @@ IMPOSSIBLE_MIN_KM = 300.0
 # exit, a second home) is no travel evidence, however fast.
 FAMILIAR_CITY_COUNT = 2.0
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "geo_unknown",
     "travel_log_km",
     "speed_log_kmh",

@@ -6,7 +6,7 @@ from risk_engine.features.common import DAY_S, log1p
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "history_log_events",
     "history_log_days",
 )

@@ -35,7 +35,7 @@ QUIET_MIN_EVENTS = 10
 FIRST_USE_MIN_SENSITIVITY = 0.5
 AMOUNT_OVER_CAP = 20.0
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "payee_then_transfer",
     "credential_then_money",
     "first_use_sensitivity",

@@ -6,7 +6,7 @@ from risk_engine.features.common import effective_distance_km, log1p, speed_kmh
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile, SessionRecord
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "session_known",
     "session_ip_changed",
     "session_device_changed",

@@ -11,7 +11,7 @@ WEEK_PRIOR = 10.0
 # Pseudo-counts of a flat prior over the 24 hours of the day.
 DAY_PRIOR = 2.0
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "hour_of_week_familiarity",
     "hour_of_day_familiarity",
     "gap_log_days",

@@ -14,7 +14,7 @@ from risk_engine.features.geo import family_count
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "login_failed",
     "user_failures_1h",
     "user_events_1h",

