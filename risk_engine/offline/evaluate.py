@@ -160,8 +160,14 @@ def labelled_backtest(
     model_path: Path | None = None,
     policy_path: Path | None = None,
     geo: GeoLocator | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = False,
 ) -> tuple[Path, Path, BacktestSummary]:
-    """Run the contract backtest with outcomes from the labels: (decisions, outcomes, summary)."""
+    """Run the contract backtest with outcomes from the labels: (decisions, outcomes, summary).
+
+    ``scheduler``, ``workers`` and ``progress`` as for ``run_backtest``.
+    """
     outcomes = outcomes_path or write_label_outcomes(labels, workdir / "outcomes.jsonl")
     decisions = workdir / "decisions.jsonl"
     summary = run_backtest(
@@ -171,7 +177,10 @@ def labelled_backtest(
         model_path=model_path,
         policy_path=policy_path,
         geo=geo,
-        progress=False,
+        progress=progress,
+        workers=workers,
+        scheduler=scheduler,
+        label="backtest (evaluate)",
     )
     return decisions, outcomes, summary
 
@@ -310,8 +319,16 @@ def evaluate(
     baseline_train: list[Path] | None = None,
     fixed_rate: float = FIXED_RATE,
     geo: GeoLocator | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = False,
 ) -> tuple[Figures, LabelledRun]:
-    """Backtest (unless decisions are given), replay the baseline, and compute the figures."""
+    """Backtest (unless decisions are given), replay the baseline, and compute the figures.
+
+    The backtest runs where ``scheduler`` and ``workers`` say (as ``run_backtest``);
+    the client then holds a few columns per event (score, outcome, truth, prior
+    events, reason codes, the baseline's score), never feature rows.
+    """
     train = baseline_train or []
     warnings = _split_warnings(
         events_path, train, model_path, check_model=decisions_path is None or model_path is not None
@@ -331,6 +348,9 @@ def evaluate(
                 model_path=model_path,
                 policy_path=policy_path,
                 geo=geo,
+                scheduler=scheduler,
+                workers=workers,
+                progress=progress,
             )
         elif outcomes_path is None:
             outcomes_path = write_label_outcomes(labels, Path(tmp) / "outcomes.jsonl")
