@@ -236,7 +236,8 @@ def observed_labels(
     decisions_path: Path,
     outcomes_path: Path | None,
     feedback: dict[str, Label] | None = None,
-    report: LogReport | None = None,
+    *,
+    report: LogReport,
 ) -> dict[str, Label]:
     """The labels a deployment has: failed step-ups of challenged events, and feedback.
 
@@ -248,7 +249,7 @@ def observed_labels(
     labels: dict[str, Label] = {}
     if outcomes_path is not None:
         decisions = load_decisions(decisions_path, LogReport())
-        outcomes = load_labels([outcomes_path], report if report is not None else LogReport())
+        outcomes = load_labels([outcomes_path], report)
         for event_id, label in outcomes.items():
             decided = decisions.get(event_id)
             if label.is_attack and decided is not None and decided[1] == 1:

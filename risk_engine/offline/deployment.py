@@ -118,13 +118,13 @@ class Split:
     later_events: int
 
 
-def split_log(
-    events_path: Path, split_days: int, first_out: Path, report: LogReport | None = None
-) -> Split:
-    """Write the events before the cut to ``first_out`` (time order); count the rest."""
+def split_log(events_path: Path, split_days: int, first_out: Path, report: LogReport) -> Split:
+    """Write the events before the cut to ``first_out`` (time order); count the rest.
+
+    ``report`` gets the bad lines of ``events_path``.
+    """
     if split_days < 1:
         raise ConfigurationError("--split-days must be at least 1")
-    report = report if report is not None else LogReport()
     start = cut = math.nan
     ids: set[str] = set()
     later = 0

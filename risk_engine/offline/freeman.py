@@ -260,7 +260,7 @@ def freeman_backtest(
     geo: GeoLocator | None = None,
     user_prior: bool = True,
     online_population: bool = True,
-    report: LogReport | None = None,
+    report: LogReport,
 ) -> list[tuple[str, float]]:
     """(event_id, score) for every valid event of ``events_path``, in time order.
 
@@ -270,7 +270,7 @@ def freeman_backtest(
     ``report`` gets the bad lines of ``train_paths`` and of the outcomes; those of
     ``events_path`` are left to whoever reads it for the engine (the same lines).
     """
-    reading = report if report is not None else LogReport()
+    reading = report
     scorer = FreemanScorer(geo, user_prior=user_prior, online_population=online_population)
     if train_paths:
         scorer.fit(merged_events(train_paths, reading))
