@@ -14,6 +14,7 @@ legitimate events than the engine did), and both are also shown at a fixed rate.
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -42,6 +43,7 @@ from risk_engine.offline.logs import (
     read_records,
     required_text,
 )
+from risk_engine.offline.replayer import Ticker
 
 FIXED_RATE = 0.02
 OUTCOME_RANK = {"allow": 0, "step_up": 1, "deny": 2}
@@ -354,9 +356,16 @@ def evaluate(
             )
         elif outcomes_path is None:
             outcomes_path = write_label_outcomes(labels, Path(tmp) / "outcomes.jsonl")
-        baseline = freeman_backtest(
-            events_path, train, outcomes_path=outcomes_path, geo=geo, report=reading
-        )
+        show = sys.stderr.isatty() if progress is None else progress
+        with Ticker(None, show, "Freeman baseline") as ticker:
+            baseline = freeman_backtest(
+                events_path,
+                train,
+                outcomes_path=outcomes_path,
+                geo=geo,
+                report=reading,
+                on_tick=ticker.update,
+            )
         run = build_run(events_path, labels, decisions_path, baseline)
     reading.absorb(run.report)
     if run.unlabelled:

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
 
-from risk_engine.cli import SAMPLE_ROWS_DEFAULT
+from risk_engine.cli import SAMPLE_ROWS_DEFAULT, app
 from risk_engine.events import parse_event
 from risk_engine.geo import GeoLocator
 from risk_engine.model.artifact import load_artifact
@@ -129,9 +130,27 @@ def test_training_keeps_a_bounded_sample_and_counts_the_whole_log(
 
 
 def test_a_local_cluster_trains_the_model_of_one_process(
-    tmp_path: Path, one_process: tuple[Any, Any, Path]
+    tmp_path: Path, one_process: tuple[Any, Any, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _same_model(one_process, _trained(tmp_path, "local", workers=2))
+    assert "Dask dashboard: http://" in capsys.readouterr().err
+
+
+def test_training_shows_progress_when_asked_and_is_quiet_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = DetectorParams(n_estimators=10, supervised_max_iter=5)
+    train([EVENTS], tmp_path / "a.npz", params=small, workers=1, progress=True)
+    shown = capsys.readouterr()
+    assert "train" in shown.err and "events/s" in shown.err and "events/s" not in shown.out
+    result = CliRunner().invoke(
+        app,
+        ["train", str(EVENTS), "--out", str(tmp_path / "b.npz"), "--trees", "10", "--workers", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    # Not a terminal: no progress bar, and no cluster, so no dashboard either.
+    assert "events/s" not in result.output and "dashboard" not in result.output
+    assert "fitted on a sample of" in result.output
 
 
 def _figures(tmp_path: Path, **where: Any) -> tuple[Any, Any]:
