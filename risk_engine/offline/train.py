@@ -171,9 +171,11 @@ def train(
         geo = geo or GeoLocator()
 
     def features(paths: list[Path], known: dict[str, Label]) -> tuple[FeatureTable, FeatureSample]:
+        # Only attack labels change the replay (an event is trusted unless it is one): the
+        # others would weigh on the client and on every worker for nothing.
         table, sample, _ = sampled_features(
             paths,
-            known,
+            {event_id: label for event_id, label in known.items() if label.is_attack},
             geo=geo,
             keys=keys,
             capacity=sample_rows,
