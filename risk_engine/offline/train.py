@@ -33,7 +33,7 @@ from risk_engine.model.detector import DetectorParams, RiskModel
 from risk_engine.offline.backtest import count_lines, in_file_order
 from risk_engine.offline.cluster import offline_engine
 from risk_engine.offline.distributed import sample_distributed
-from risk_engine.offline.labels import Label, load_labels
+from risk_engine.offline.labels import Label, load_attack_labels
 from risk_engine.offline.logs import LogReport, expand_paths
 from risk_engine.offline.replay import FeatureTable
 from risk_engine.offline.replayer import Ticker
@@ -164,15 +164,15 @@ def train(
     """
     params = params or DetectorParams()
     label_report = LogReport()
-    label_map = load_labels(labels or [], label_report)
+    # Only attack labels change the replay (an event is trusted unless it is one): the
+    # others would weigh on the client, and on every worker, for nothing.
+    label_map, labelled = load_attack_labels(labels or [], label_report)
     wanted, why = auto_synthesis(label_map, synthesize, params.supervised_min_attacks)
     injected: dict[str, Any] = {"enabled": False, "reason": why}
     if wanted:
         geo = geo or GeoLocator()
 
     def features(paths: list[Path], known: dict[str, Label]) -> tuple[FeatureTable, FeatureSample]:
-        # Only attack labels change the replay (an event is trusted unless it is one): the
-        # others would weigh on the client and on every worker for nothing.
         table, sample, _ = sampled_features(
             paths,
             {event_id: label for event_id, label in known.items() if label.is_attack},
@@ -200,7 +200,7 @@ def train(
     table.report.absorb(label_report)
     if sample.events < 50:
         raise ValueError(f"too few valid events to train on ({sample.events})")
-    metrics = holdout_metrics(table, params) if label_map or wanted else {}
+    metrics = holdout_metrics(table, params) if labelled or wanted else {}
     if wanted:
         # The synthesizer judging its own kinds: not an independent test of the model.
         metrics["holdout_includes_synthesized"] = True

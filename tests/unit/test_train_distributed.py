@@ -20,7 +20,8 @@ from risk_engine.model.artifact import load_artifact
 from risk_engine.model.detector import DetectorParams
 from risk_engine.offline.calibrate import calibrate_log
 from risk_engine.offline.evaluate import evaluate
-from risk_engine.offline.labels import Label
+from risk_engine.offline.labels import Label, load_attack_labels, load_labels
+from risk_engine.offline.logs import LogReport
 from risk_engine.offline.sample import SAMPLE_ROWS, FeatureSample, priority
 from risk_engine.offline.train import train
 
@@ -85,6 +86,26 @@ def test_merged_partition_samples_are_the_sample_of_the_whole(
     assert [row[0] for row in whole.legit] == expected
     assert len(whole.attack_rows) == whole.attacks == len([k for k in attacks if k < size])
     assert merged.events == whole.events == size
+
+
+def test_training_reads_the_attack_labels_as_load_labels_would(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        '{"event_id": "a", "is_attack": true, "attack_type": "x"}\n'
+        '{"event_id": "b", "is_attack": true}\n'
+        '{"event_id": "c", "is_attack": false}\n'
+        "{torn\n"
+        '{"event_id": "b", "is_attack": false}\n'  # a later line overrides
+    )
+    report = LogReport()
+    attacks, count = load_attack_labels([path], report)
+    everything = load_labels([path], LogReport())
+    assert (
+        attacks
+        == {k: v for k, v in everything.items() if v.is_attack}
+        == {"a": Label(is_attack=True, attack_type="x")}
+    )
+    assert count == 4 and report.bad == 1
 
 
 def test_the_cli_default_is_the_sample_size() -> None:
