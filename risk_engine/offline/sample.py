@@ -79,9 +79,9 @@ class FeatureSample:
         self.events += 1
         self.first = min(self.first, event.epoch)
         self.last = max(self.last, event.epoch)
-        row = array("d", values).tobytes()
         if label is not None and label.is_attack:
             self.attacks += 1
+            row = array("d", values).tobytes()
             self.attack_rows.append(
                 (event.epoch, event.event_id, event.user_id, event.action, label.attack_type, row)
             )
@@ -89,6 +89,7 @@ class FeatureSample:
         rank = priority(event, self.seed)
         if rank > self._bound:
             return
+        row = array("d", values).tobytes()
         self.legit.append((rank, event.epoch, event.event_id, event.user_id, event.action, row))
         if len(self.legit) >= 2 * self.capacity:
             self._cut()
