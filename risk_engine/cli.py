@@ -63,6 +63,26 @@ def echo_skipped(problems: Sequence[object], bad: int) -> None:
         typer.echo(f"... and {bad - SHOWN_PROBLEMS} more bad lines", err=True)
 
 
+# Where the offline commands run (``risk_engine.offline.cluster.plan_engine``).
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="a Dask scheduler to run on, e.g. tcp://host:8786 (default: a local cluster"
+        " for large inputs, this process for small ones); the dashboard's address is"
+        " printed when a cluster is used"
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=64,
+        help="local Dask worker processes without --scheduler; 1: this process"
+        " (default: one per core for inputs of 16 MiB and more)",
+    ),
+]
+
+
 @app.command()
 def backtest(
     events: Annotated[
@@ -82,24 +102,14 @@ def backtest(
     ] = None,
     model: Annotated[Path | None, typer.Option(help="model artifact (default: bundled)")] = None,
     policy: Annotated[Path | None, typer.Option(help="policy TOML (default: bundled)")] = None,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            help="a Dask scheduler to run on, e.g. tcp://host:8786 (default: a local cluster"
-            " for large inputs, this process for small ones)"
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=64,
-            help="local Dask worker processes without --scheduler; 1: this process"
-            " (default: one per core for inputs of 16 MiB and more)",
-        ),
-    ] = None,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
 ) -> None:
-    """Replay EVENTS in time order through the engine and write the decisions."""
+    """Replay EVENTS in time order through the engine and write the decisions.
+
+    A progress bar is shown on a terminal. On a cluster, the workers need the
+    project installed and EVENTS, --model and --policy readable at the same paths.
+    """
     from risk_engine.offline.backtest import run_backtest
 
     try:
@@ -233,6 +243,8 @@ AttackKnowledge = Annotated[
     typer.Option(help="what the attackers know, comma-separated: naive, vpn, targeted, device"),
 ]
 DEFAULT_KNOWLEDGE = "naive,vpn,targeted,device"
+# risk_engine.offline.sample.SAMPLE_ROWS, without importing the offline package for --help
+SAMPLE_ROWS_DEFAULT = 1 << 17
 
 
 def _synthesis_config(seed: int, rate: float, mix: str | None, knowledge: str) -> SynthesisConfig:
@@ -284,8 +296,23 @@ def train(
             " audit log's sealed decision records; erased users' records stay sealed"
         ),
     ] = None,
+    sample_rows: Annotated[
+        int,
+        typer.Option(
+            min=1000,
+            help="legitimate feature rows kept to fit on, a seeded uniform sample (every"
+            " labelled attack is kept too): what bounds the memory of this process",
+        ),
+    ] = SAMPLE_ROWS_DEFAULT,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
 ) -> None:
-    """Replay logs through the feature pipeline and fit the risk model."""
+    """Replay logs through the feature pipeline and fit the risk model.
+
+    The features are computed in this process or on a Dask cluster (see --scheduler)
+    with the same result; this process keeps only a bounded sample of the rows. A
+    progress bar is shown on a terminal.
+    """
     from risk_engine.model.detector import DetectorParams
     from risk_engine.offline.train import train as run_training
     from risk_engine.profiles.factory import open_store
@@ -310,6 +337,10 @@ def train(
             synthesize=synthesize_attacks,
             synthesis=synthesis,
             keys=keys,
+            sample_rows=sample_rows,
+            scheduler=scheduler,
+            workers=workers,
+            progress=None,
         )
     except (RiskEngineError, ValueError) as exc:
         fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
@@ -329,8 +360,9 @@ def train(
         )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in artifact.metrics.items() if isinstance(v, float))
     typer.echo(
-        f"trained {artifact.model_version} on {table.X.shape[0]} events "
-        f"({int(table.attack.sum())} attacks, {table.report.bad} bad lines) -> {out}"
+        f"trained {artifact.model_version} on {artifact.training['events']} events "
+        f"({artifact.training['attacks']} attacks, {table.report.bad} bad lines;"
+        f" fitted on a sample of {table.X.shape[0]} rows) -> {out}"
         + (f"; holdout {metrics}" if metrics else "")
     )
 
@@ -667,12 +699,17 @@ def evaluate(
     save_policy: Annotated[
         Path | None, typer.Option(help="with --split-days: keep the calibrated policy here")
     ] = None,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Engine against the Freeman et al. baseline: AUC, AP, friction and catch per type.
 
     With --split-days N, the deployment flow instead: shadow days 1..N (train and
     calibrate without labels), then ROC AUC, friction overall and per context, and
     catch per attack type on the later days, against the project's targets.
+
+    The backtests run in this process or on a Dask cluster (see --scheduler), with a
+    progress bar on a terminal; this process then holds a few columns per event.
     """
     from rich.console import Console
 
@@ -701,6 +738,8 @@ def evaluate(
                 fixed_rate=rate,
                 model_out=save_model,
                 policy_out=save_policy,
+                scheduler=scheduler,
+                workers=workers,
             )
         except (RiskEngineError, ValueError) as exc:
             fail(exc.message if isinstance(exc, RiskEngineError) else str(exc))
@@ -725,6 +764,9 @@ def evaluate(
                 policy_path=policy,
                 baseline_train=baseline_train,
                 fixed_rate=rate,
+                scheduler=scheduler,
+                workers=workers,
+                progress=None,
             )
         except RiskEngineError as exc:
             fail(exc.message)
@@ -752,6 +794,9 @@ def evaluate(
             policy_path=policy,
             baseline_train=baseline_train,
             fixed_rate=rate,
+            scheduler=scheduler,
+            workers=workers,
+            progress=None,
         )
     except RiskEngineError as exc:
         fail(exc.message)
@@ -797,8 +842,14 @@ def calibrate(
     min_legit: Annotated[
         int, typer.Option(min=1, help="fewer legitimate events: the class keeps its thresholds")
     ] = 200,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
 ) -> None:
-    """Per action class, thresholds that meet the targets; writes a new policy version."""
+    """Per action class, thresholds that meet the targets; writes a new policy version.
+
+    The backtest runs in this process or on a Dask cluster (see --scheduler), with a
+    progress bar on a terminal; this process then holds a few columns per event.
+    """
     from rich.console import Console
 
     from risk_engine.offline.calibrate import calibrate_log, render_calibration
@@ -816,6 +867,9 @@ def calibrate(
             target_challenge=target_challenge,
             target_deny=target_deny,
             min_legit=min_legit,
+            scheduler=scheduler,
+            workers=workers,
+            progress=None,
         )
     except RiskEngineError as exc:
         fail(exc.message)

@@ -17,7 +17,7 @@ from pathlib import Path
 from risk_engine.engine import load_scorer
 from risk_engine.errors import InvalidEventError
 from risk_engine.geo import GeoLocator
-from risk_engine.offline.cluster import dask_client, local_cores, worker_count
+from risk_engine.offline.cluster import offline_engine
 from risk_engine.offline.distributed import run_distributed
 from risk_engine.offline.logs import BadLine, LogReport, LogWriter, expand_paths, merged_events
 from risk_engine.offline.replayer import (
@@ -28,19 +28,14 @@ from risk_engine.offline.replayer import (
     backtest_engine,
     load_outcomes,
 )
-from risk_engine.offline.sources import plan_pieces, total_bytes
+from risk_engine.offline.sources import plan_pieces
 from risk_engine.profiles.memory import MemoryStore
 
 __all__ = ["BACKTEST_SECRET", "BacktestSummary", "load_outcomes", "run_backtest"]
 
-# Below this size the inputs are replayed in this process: starting a cluster (each
-# worker loads the model and the GeoIP database) costs more than it saves.
-PARALLEL_MIN_BYTES = 16 << 20
-# User (and network) partitions per worker: enough to even out their sizes.
-PARTITIONS_PER_WORKER = 2
 
-
-def _count_lines(paths: list[Path]) -> int | None:
+def count_lines(paths: list[Path]) -> int | None:
+    """The lines of plain JSON Lines inputs (a progress bar's total); None for others."""
     if any(path.name.endswith((".gz", ".parquet")) for path in paths):
         return None
     count = 0
@@ -51,20 +46,10 @@ def _count_lines(paths: list[Path]) -> int | None:
     return count
 
 
-def _in_file_order(problems: list[BadLine], paths: list[Path]) -> list[BadLine]:
+def in_file_order(problems: list[BadLine], paths: list[Path]) -> list[BadLine]:
+    """Bad lines by file, then line: the same list however the files were read."""
     rank = {str(path): k for k, path in enumerate(paths)}
     return sorted(problems, key=lambda p: (rank.get(p.source, len(rank)), p.line))
-
-
-def plan_engine(files: list[Path], scheduler: str | None, workers: int | None) -> int:
-    """0 for this process, else the local workers to start (any, with a scheduler)."""
-    if scheduler is not None:
-        return 1
-    if workers is not None:
-        return 0 if workers <= 1 else workers
-    if total_bytes(files) < PARALLEL_MIN_BYTES:
-        return 0
-    return local_cores()
 
 
 def run_backtest(
@@ -78,13 +63,15 @@ def run_backtest(
     progress: bool | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    label: str = "backtest",
 ) -> BacktestSummary:
     """Replay the events (files, directories, globs) and write one decision per valid event.
 
     ``scheduler``: a Dask scheduler's address to run on. Without it, ``workers``
     local Dask worker processes (default: one per core for inputs of 16 MiB and
     more, none below: this process); 1 means this process. The decisions do not
-    depend on where they were computed.
+    depend on where they were computed. ``label`` names the progress bar
+    (``progress``: None shows it on a terminal only).
     """
     paths = events_path if isinstance(events_path, list) else [events_path]
     files = expand_paths(paths)
@@ -95,48 +82,44 @@ def run_backtest(
     scorer = load_scorer(model_path, policy_path)
     summary.model_version = scorer.model_version
     show = sys.stderr.isatty() if progress is None else progress
-    total = _count_lines(files) if show else None
+    total = count_lines(files) if show else None
     started = time.perf_counter()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    local_workers = plan_engine(files, scheduler, workers)
-    if scheduler is not None or local_workers:
-        del scorer  # each worker loads its own; the client only plans and writes
-        with dask_client(scheduler, local_workers) as client:
-            summary.engine = scheduler or f"local cluster, {local_workers} workers"
-            summary.dashboard = client.dashboard_link
-            if show:
-                print(f"Dask dashboard: {summary.dashboard}", file=sys.stderr)
-            with LogWriter(out_path) as out, Ticker(total, show) as ticker:
+    with offline_engine(files, scheduler, workers) as where:
+        summary.engine, summary.dashboard = where.engine, where.dashboard
+        if where.client is not None:
+            del scorer  # each worker loads its own; the client only plans and writes
+            with LogWriter(out_path) as out, Ticker(total, show, label) as ticker:
                 result = run_distributed(
-                    client,
+                    where.client,
                     plan_pieces(files),
                     out,
                     outcomes=outcomes,
                     model_path=model_path,
                     policy_path=policy_path,
                     geo=geo,
-                    partitions=worker_count(client) * PARTITIONS_PER_WORKER,
+                    partitions=where.partitions,
                     on_total=ticker.set_total,
                     on_tick=ticker.update,
                 )
-        report = result.report
-        summary.decisions = result.decisions
-        summary.outcomes_applied = result.outcomes_applied
-    else:
-        engine, clock_now = backtest_engine(scorer, MemoryStore(), geo or GeoLocator())
-        report = LogReport()
-        with LogWriter(out_path) as out, Ticker(total, show) as ticker:
-            replayer = Replayer(engine, clock_now, outcomes, out)
-            for event in merged_events(files, report):
-                replayer.step(event)
-                if report.lines % 2000 == 0:
-                    ticker.update(report.lines)
-        summary.decisions = replayer.decisions
-        summary.outcomes_applied = replayer.outcomes_applied
+            report = result.report
+            summary.decisions = result.decisions
+            summary.outcomes_applied = result.outcomes_applied
+        else:
+            engine, clock_now = backtest_engine(scorer, MemoryStore(), geo or GeoLocator())
+            report = LogReport()
+            with LogWriter(out_path) as out, Ticker(total, show, label) as ticker:
+                replayer = Replayer(engine, clock_now, outcomes, out)
+                for event in merged_events(files, report):
+                    replayer.step(event)
+                    if report.lines % 2000 == 0:
+                        ticker.update(report.lines)
+            summary.decisions = replayer.decisions
+            summary.outcomes_applied = replayer.outcomes_applied
     summary.seconds = time.perf_counter() - started
     summary.events = report.events
     summary.bad = report.bad
-    summary.problems = _in_file_order(report.problems, files) + outcome_report.problems
+    summary.problems = in_file_order(report.problems, files) + outcome_report.problems
     if report.events == 0:
         detail = f"; first problem: {summary.problems[0]}" if summary.problems else ""
         named = ", ".join(str(p) for p in paths)

@@ -236,7 +236,8 @@ def observed_labels(
     decisions_path: Path,
     outcomes_path: Path | None,
     feedback: dict[str, Label] | None = None,
-    report: LogReport | None = None,
+    *,
+    report: LogReport,
 ) -> dict[str, Label]:
     """The labels a deployment has: failed step-ups of challenged events, and feedback.
 
@@ -248,7 +249,7 @@ def observed_labels(
     labels: dict[str, Label] = {}
     if outcomes_path is not None:
         decisions = load_decisions(decisions_path, LogReport())
-        outcomes = load_labels([outcomes_path], report if report is not None else LogReport())
+        outcomes = load_labels([outcomes_path], report)
         for event_id, label in outcomes.items():
             decided = decisions.get(event_id)
             if label.is_attack and decided is not None and decided[1] == 1:
@@ -298,13 +299,18 @@ def calibrate_log(
     target_deny: float = 0.001,
     min_legit: int = MIN_LEGIT,
     geo: GeoLocator | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = False,
 ) -> tuple[Policy, list[ClassCalibration], LogReport]:
     """Backtest (unless decisions are given), calibrate, write and validate the policy.
 
     Without ``labels_path`` the labels are those a deployment observes: failed
     step-ups (from ``outcomes_path``, and the challenge results of an audit log given
     as ``events_path``) and feedback (the feedback files, the audit log's records).
-    The report holds the bad lines of every input, each counted once.
+    The report holds the bad lines of every input, each counted once. The backtest
+    runs where ``scheduler`` and ``workers`` say (as ``run_backtest``); the client
+    holds a few columns per event, never feature rows.
     """
     reading = LogReport()
     labels = load_labels([labels_path], reading) if labels_path is not None else {}
@@ -320,6 +326,9 @@ def calibrate_log(
                 model_path=model_path,
                 policy_path=policy_path,
                 geo=geo,
+                scheduler=scheduler,
+                workers=workers,
+                progress=progress,
             )
             if labels_path is not None and outcomes_path is not None:
                 # Read by the backtest alone: its report of them is the one.
@@ -329,7 +338,7 @@ def calibrate_log(
                 )
         if labels_path is None:
             labels = audit_labels([events_path])
-            labels.update(observed_labels(decisions_path, used_outcomes, feedback, reading))
+            labels.update(observed_labels(decisions_path, used_outcomes, feedback, report=reading))
         else:
             labels.update(feedback)
         run = build_run(events_path, labels, decisions_path)

@@ -3,21 +3,31 @@
 ``--scheduler tcp://host:8786`` connects to a running cluster (``dask scheduler``
 and ``dask worker``, installed with the project). Without it, a local cluster of
 one single-threaded worker process per core is started for the command and
-stopped after it.
+stopped after it, or, for small inputs, the command runs in this process.
+Backtest, train, evaluate and calibrate all choose the same way (``plan_engine``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from risk_engine.errors import ConfigurationError
+from risk_engine.offline.sources import total_bytes
 
 # How long to wait for a given scheduler to answer.
 CONNECT_TIMEOUT_S = 30
+# Below this size the inputs are replayed in this process: starting a cluster (each
+# worker loads the model and the GeoIP database) costs more than it saves.
+PARALLEL_MIN_BYTES = 16 << 20
+# User (and network) partitions per worker: enough to even out their sizes.
+PARTITIONS_PER_WORKER = 2
 
 
 def local_cores() -> int:
@@ -63,3 +73,48 @@ def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[A
 def worker_count(client: Any) -> int:
     """The workers the scheduler knows of now (at least one)."""
     return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def plan_engine(files: list[Path], scheduler: str | None, workers: int | None) -> int:
+    """0 for this process, else the local workers to start (any, with a scheduler)."""
+    if scheduler is not None:
+        return 1
+    if workers is not None:
+        return 0 if workers <= 1 else workers
+    if total_bytes(files) < PARALLEL_MIN_BYTES:
+        return 0
+    return local_cores()
+
+
+@dataclass
+class Where:
+    """Where an offline command runs: this process (no client) or a Dask cluster."""
+
+    client: Any | None
+    engine: str
+    dashboard: str | None
+    partitions: int
+
+
+@contextmanager
+def offline_engine(
+    files: list[Path], scheduler: str | None, workers: int | None
+) -> Iterator[Where]:
+    """This process for small inputs (``plan_engine``), else a connected cluster.
+
+    The cluster's dashboard address goes to stderr as soon as it is known: the place
+    to watch a long run's tasks and each worker's memory.
+    """
+    local_workers = plan_engine(files, scheduler, workers)
+    if scheduler is None and not local_workers:
+        yield Where(None, "one process", None, 1)
+        return
+    with dask_client(scheduler, local_workers) as client:
+        dashboard = client.dashboard_link
+        print(f"Dask dashboard: {dashboard}", file=sys.stderr)
+        yield Where(
+            client,
+            scheduler or f"local cluster, {local_workers} workers",
+            dashboard,
+            worker_count(client) * PARTITIONS_PER_WORKER,
+        )

@@ -118,13 +118,13 @@ class Split:
     later_events: int
 
 
-def split_log(
-    events_path: Path, split_days: int, first_out: Path, report: LogReport | None = None
-) -> Split:
-    """Write the events before the cut to ``first_out`` (time order); count the rest."""
+def split_log(events_path: Path, split_days: int, first_out: Path, report: LogReport) -> Split:
+    """Write the events before the cut to ``first_out`` (time order); count the rest.
+
+    ``report`` gets the bad lines of ``events_path``.
+    """
     if split_days < 1:
         raise ConfigurationError("--split-days must be at least 1")
-    report = report if report is not None else LogReport()
     start = cut = math.nan
     ids: set[str] = set()
     later = 0
@@ -186,8 +186,13 @@ def evaluate_deployment(
     model_out: Path | None = None,
     policy_out: Path | None = None,
     geo: GeoLocator | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> tuple[Figures, list[ClassCalibration]]:
-    """Train and calibrate without labels on the first days, judge the rest with them."""
+    """Train and calibrate without labels on the first days, judge the rest with them.
+
+    Training and the backtests run where ``scheduler`` and ``workers`` say.
+    """
     # Each input's bad lines once: the labels here, the events in the split, the
     # outcomes where the shadow labels are observed.
     reading = LogReport()
@@ -198,7 +203,15 @@ def evaluate_deployment(
         first = work / "shadow.jsonl"
         split = split_log(events_path, split_days, first, reading)
         model_path = model_out or work / "model.npz"
-        artifact, _ = train([first], model_path, labels=None, params=params, geo=geo)
+        artifact, _ = train(
+            [first],
+            model_path,
+            labels=None,
+            params=params,
+            geo=geo,
+            scheduler=scheduler,
+            workers=workers,
+        )
         # Step-up results are what a shadow period reports; without a file, the labels
         # stand in for the users (legitimate ones pass, attackers fail).
         outcomes = outcomes_path or write_label_outcomes(labels, work / "outcomes.jsonl")
@@ -212,6 +225,8 @@ def evaluate_deployment(
             model_path=model_path,
             policy_path=policy_path,
             geo=geo,
+            scheduler=scheduler,
+            workers=workers,
         )
         observed = observed_labels(shadow_decisions, outcomes, report=reading)
         shadow_run = build_run(first, observed, shadow_decisions)
@@ -234,6 +249,8 @@ def evaluate_deployment(
             model_path=model_path,
             policy_path=policy_file,
             geo=geo,
+            scheduler=scheduler,
+            workers=workers,
         )
         run = build_run(events_path, labels, decisions)
     judged = np.asarray([e not in split.first_ids for e in run.event_ids], dtype=bool)

@@ -17,6 +17,11 @@ address belongs to one network, so the windows split by network. Four steps:
 4. write, on the client: the decisions in the global order, one time slice of
    all user partitions at a time, so the client holds a slice, never the log.
 
+Training runs steps 1 and 2 alike, then replays each user partition through the
+training replay (``Engine.replay``, score-then-learn) instead of deciding, and
+sends the client the partition's bounded sample of feature rows
+(``risk_engine.offline.sample``), never the rows themselves.
+
 The tasks are module functions: a worker needs the project installed, and the
 inputs and the model file readable at the same paths.
 """
@@ -26,7 +31,7 @@ from __future__ import annotations
 import io
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -36,15 +41,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from risk_engine.engine import Engine, Scorer, load_scorer
-from risk_engine.events import parse_event_line
+from risk_engine.events import Event, parse_event_line
 from risk_engine.geo import GeoLocator
+from risk_engine.offline.labels import Label
 from risk_engine.offline.logs import MAX_KEPT_PROBLEMS, BadLine, LineSink, LogReport, read_piece
+from risk_engine.offline.replay import replay_engine
 from risk_engine.offline.replayer import (
     BACKTEST_SECRET,
     DealtBurstStore,
     Replayer,
     backtest_engine,
 )
+from risk_engine.offline.sample import FeatureSample
 from risk_engine.offline.sources import Piece
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.bursts import BurstTable
@@ -68,6 +76,8 @@ class Setup:
     geo_paths: GeoPaths | None
     network_parts: int
     user_parts: int
+    # Ref -> data key: what opens sealed audit records (``LogReport.keys``).
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -167,7 +177,7 @@ def scan_piece(piece: Piece, setup: Setup) -> Scanned:
         scorer=None,
         hasher=Hasher(BACKTEST_SECRET),
     )
-    report = LogReport()
+    report = LogReport(keys=dict(setup.keys) if setup.keys else None)
     seq: list[int] = []
     stamps: list[float] = []
     users: list[int] = []
@@ -187,6 +197,9 @@ def scan_piece(piece: Piece, setup: Setup) -> Scanned:
         ips.append(int(engine.hasher.digest("ip", str(event.ip)), 16))
         networks.append(engine.network_of(event))
         failed.append(event.action == "login" and not event.success)
+        if b'"sealed"' in raw and b'"prev_hash"' in raw:
+            # An opened audit record: the partition re-reads the event, not the sealed line.
+            raw = event.model_dump_json().encode()
         lines.append(raw)
     rows = Rows(
         np.asarray(seq, dtype=np.int64),
@@ -273,14 +286,12 @@ def burst_share(result: list[tuple[NDArray[np.int64], NDArray[np.int64]]], part:
     return result[part]
 
 
-def decide_users(
-    setup: Setup,
-    outcomes: dict[str, bool],
-    edges: NDArray[np.float64],
-    parts: int,
-    *inputs: Any,
-) -> Decided:
-    """Replay one user partition in the global order: ``parts`` Rows, then burst shares."""
+def _in_order(parts: int, inputs: Sequence[Any]) -> tuple[Rows, NDArray[np.int64], list[list[int]]]:
+    """A user partition's rows in the global order, with their sequence and burst counts.
+
+    ``inputs``: ``parts`` Rows (one per scanned piece), then one burst share per
+    network partition.
+    """
     rows = _joined(inputs[:parts])
     shares: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]] = inputs[parts:]
     burst_seq = np.concatenate([s[0] for s in shares])
@@ -292,36 +303,52 @@ def decide_users(
     where = np.searchsorted(burst_seq, seq)
     if seq.size and (burst_seq.size != seq.size or not bool(np.array_equal(burst_seq[where], seq))):
         raise RuntimeError("distributed backtest: burst counts missing for some events")
-    counts = burst_counts[where].tolist()
+    return rows.take(order, lines=True), seq, burst_counts[where].tolist()
+
+
+def _dealt(rows: Rows, counts: list[list[int]], store: DealtBurstStore) -> Iterator[Event]:
+    """The partition's events in order, each with its burst counts dealt to ``store``."""
+    assert rows.lines is not None
+    stamps = rows.stamps.tolist()
+    users = rows.users.tolist()
+    ips = rows.ips.tolist()
+    networks = rows.networks.tolist()
+    failed = rows.failed.tolist()
+    for i, line in enumerate(rows.lines.tolist()):
+        # Validated in the scan: parsing the same bytes again cannot fail.
+        event = parse_event_line(line)
+        store.deal(
+            key_text(ips[i]),
+            networks[i],
+            stamps[i],
+            key_text(users[i]),
+            failed[i],
+            BurstCounts(*counts[i]),
+        )
+        yield event
+
+
+def decide_users(
+    setup: Setup,
+    outcomes: dict[str, bool],
+    edges: NDArray[np.float64],
+    parts: int,
+    *inputs: Any,
+) -> Decided:
+    """Replay one user partition in the global order: ``parts`` Rows, then burst shares."""
+    rows, seq, counts = _in_order(parts, inputs)
     store = DealtBurstStore()
     engine, clock_now = backtest_engine(
         _scorer(setup.model_path, setup.policy_path), store, _geo(setup.geo_paths)
     )
     out = io.BytesIO()
     replayer = Replayer(engine, clock_now, outcomes, out)
-    assert rows.lines is not None
-    lines = rows.lines[order].tolist()
-    stamps = rows.stamps[order]
-    stamp_list = stamps.tolist()
-    users = rows.users[order].tolist()
-    ips = rows.ips[order].tolist()
-    networks = rows.networks[order].tolist()
-    failed = rows.failed[order].tolist()
     ends = np.empty(seq.size, dtype=np.int64)
-    for i, line in enumerate(lines):
-        # Validated in the scan: parsing the same bytes again cannot fail.
-        event = parse_event_line(line)
-        store.deal(
-            key_text(ips[i]),
-            networks[i],
-            stamp_list[i],
-            key_text(users[i]),
-            failed[i],
-            BurstCounts(*counts[i]),
-        )
+    for i, event in enumerate(_dealt(rows, counts, store)):
         replayer.step(event)
         ends[i] = out.tell()
     data = out.getbuffer()
+    stamps = rows.stamps
     bucket = np.searchsorted(edges, stamps, side="right")
     slices = []
     for k in range(edges.size + 1):
@@ -341,6 +368,22 @@ def decide_users(
         )
     del data
     return Decided(int(seq.size), replayer.decisions, replayer.outcomes_applied, slices)
+
+
+def sample_users(
+    setup: Setup, labels: dict[str, Label], capacity: int, seed: int, parts: int, *inputs: Any
+) -> FeatureSample:
+    """Training's replay of one user partition in the global order, kept as a bounded sample."""
+    rows, _, counts = _in_order(parts, inputs)
+    store = DealtBurstStore()
+    engine = replay_engine(store, _geo(setup.geo_paths))
+    sample = FeatureSample(capacity, seed)
+    for event in _dealt(rows, counts, store):
+        label = labels.get(event.event_id)
+        values, _ = engine.replay(event, trusted=not (label is not None and label.is_attack))
+        sample.add(event, values, label)
+    sample.users = int(np.unique(rows.users).size)
+    return sample.finished()
 
 
 def decided_slice(decided: Decided, k: int) -> Slice:
@@ -363,6 +406,86 @@ class DistributedResult:
     outcomes_applied: int
 
 
+def make_setup(
+    model_path: Path | None,
+    policy_path: Path | None,
+    geo: GeoLocator | None,
+    partitions: int,
+    keys: Mapping[str, str] | None = None,
+) -> Setup:
+    """What the workers need, as paths they open themselves."""
+    return Setup(
+        model_path=str(model_path) if model_path else None,
+        policy_path=str(policy_path) if policy_path else None,
+        geo_paths=(
+            (
+                str(geo.city_path),
+                str(geo.asn_path) if geo.asn_path else None,
+                str(geo.anonymous_path) if geo.anonymous_path else None,
+            )
+            if geo is not None
+            else None
+        ),
+        network_parts=partitions,
+        user_parts=partitions,
+        keys=tuple(sorted(keys.items())) if keys else (),
+    )
+
+
+@dataclass
+class Planned:
+    """Steps 1 and 2 submitted: the scans, their joint report, the burst counts."""
+
+    scans: list[Any]
+    report: LogReport
+    total: int
+    first: float
+    last: float
+    bursts: list[Any]
+
+
+def scan_and_bursts(client: Any, pieces: list[Piece], setup: Setup) -> Planned:
+    """Scan every piece (waiting for the counts and the report), then submit the bursts."""
+    submit = client.submit
+    scans = [submit(scan_piece, piece, setup, pure=False) for piece in pieces]
+    summaries = client.gather([submit(_scan_summary, s, pure=False) for s in scans])
+    report = _joined_report(pieces, summaries)
+    total = sum(s[2] for s in summaries)
+    if total == 0:
+        return Planned(scans, report, 0, 0.0, 0.0, [])
+    bursts = [
+        submit(
+            run_bursts,
+            setup.user_parts,
+            *[submit(network_rows, s, k, pure=False) for s in scans],
+            pure=False,
+        )
+        for k in range(setup.network_parts)
+    ]
+    return Planned(
+        scans,
+        report,
+        total,
+        min(s[3] for s in summaries if s[2]),
+        max(s[4] for s in summaries if s[2]),
+        bursts,
+    )
+
+
+def _partition_inputs(client: Any, planned: Planned, part: int) -> list[Any]:
+    """The inputs of a user partition's task: its rows of every scan, its burst shares."""
+    submit = client.submit
+    return [
+        *[submit(user_rows, s, part, pure=False) for s in planned.scans],
+        *[submit(burst_share, b, part, pure=False) for b in planned.bursts],
+    ]
+
+
+def _broadcast(client: Any, mapping: Mapping[str, Any]) -> Any:
+    # In a list: a scattered dict would become one future per entry.
+    return client.scatter([mapping], broadcast=True)[0] if mapping else {}
+
+
 def run_distributed(
     client: Any,
     pieces: list[Piece],
@@ -379,58 +502,29 @@ def run_distributed(
     """Decide every valid event of ``pieces`` on the cluster of ``client``; write to ``out``."""
     from distributed import as_completed
 
-    setup = Setup(
-        model_path=str(model_path) if model_path else None,
-        policy_path=str(policy_path) if policy_path else None,
-        geo_paths=(
-            (
-                str(geo.city_path),
-                str(geo.asn_path) if geo.asn_path else None,
-                str(geo.anonymous_path) if geo.anonymous_path else None,
-            )
-            if geo is not None
-            else None
-        ),
-        network_parts=partitions,
-        user_parts=partitions,
-    )
+    setup = make_setup(model_path, policy_path, geo, partitions)
     submit = client.submit
-    scans = [submit(scan_piece, piece, setup, pure=False) for piece in pieces]
-    summaries = client.gather([submit(_scan_summary, s, pure=False) for s in scans])
-    report = _joined_report(pieces, summaries)
-    total = sum(s[2] for s in summaries)
-    on_total(total)
-    if total == 0:
-        return DistributedResult(report, Counter(), 0)
-    first = min(s[3] for s in summaries if s[2])
-    last = max(s[4] for s in summaries if s[2])
-    slices = max(1, -(-total // SLICE_EVENTS))
-    edges = np.linspace(first, last, slices + 1)[1:-1]
-    bursts = [
-        submit(
-            run_bursts,
-            partitions,
-            *[submit(network_rows, s, k, pure=False) for s in scans],
-            pure=False,
-        )
-        for k in range(partitions)
-    ]
-    # In a list: a scattered dict would become one future per outcome.
-    shared_outcomes = client.scatter([outcomes], broadcast=True)[0] if outcomes else {}
+    planned = scan_and_bursts(client, pieces, setup)
+    on_total(planned.total)
+    if planned.total == 0:
+        return DistributedResult(planned.report, Counter(), 0)
+    slices = max(1, -(-planned.total // SLICE_EVENTS))
+    edges = np.linspace(planned.first, planned.last, slices + 1)[1:-1]
+    shared_outcomes = _broadcast(client, outcomes)
     decided = [
         submit(
             decide_users,
             setup,
             shared_outcomes,
             edges,
-            len(scans),
-            *[submit(user_rows, s, q, pure=False) for s in scans],
-            *[submit(burst_share, b, q, pure=False) for b in bursts],
+            len(planned.scans),
+            *_partition_inputs(client, planned, q),
             pure=False,
         )
         for q in range(partitions)
     ]
-    del scans, bursts
+    report = planned.report
+    del planned
     decisions: Counter[str] = Counter()
     applied = done = 0
     counted = [submit(decided_counts, d, pure=False) for d in decided]
@@ -446,6 +540,56 @@ def run_distributed(
         )
         _write_slice(parts, out)
     return DistributedResult(report, decisions, applied)
+
+
+def sample_distributed(
+    client: Any,
+    pieces: list[Piece],
+    *,
+    labels: dict[str, Label],
+    geo: GeoLocator | None,
+    keys: Mapping[str, str] | None,
+    partitions: int,
+    capacity: int,
+    seed: int,
+    on_total: Callable[[int], None],
+    on_tick: Callable[[int], None],
+) -> tuple[LogReport, FeatureSample]:
+    """Training's replay of ``pieces`` on the cluster: the report and the merged sample.
+
+    The client holds one partition's sample at a time besides the merged one: at
+    most the capacity in legitimate rows (twice while merging) and the attacks.
+    """
+    from distributed import as_completed
+
+    setup = make_setup(None, None, geo, partitions, keys)
+    planned = scan_and_bursts(client, pieces, setup)
+    on_total(planned.total)
+    merged = FeatureSample(capacity, seed)
+    if planned.total == 0:
+        return planned.report, merged
+    shared_labels = _broadcast(client, labels)
+    sampled = [
+        client.submit(
+            sample_users,
+            setup,
+            shared_labels,
+            capacity,
+            seed,
+            len(planned.scans),
+            *_partition_inputs(client, planned, q),
+            pure=False,
+        )
+        for q in range(partitions)
+    ]
+    report = planned.report
+    del planned
+    for future in as_completed(sampled):
+        part: FeatureSample = future.result()
+        future.release()
+        merged.merge(part)
+        on_tick(merged.events)
+    return report, merged
 
 
 def _scan_summary(scanned: Scanned) -> tuple[int, LogReport, int, float, float]:

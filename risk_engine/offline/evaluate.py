@@ -14,6 +14,7 @@ legitimate events than the engine did), and both are also shown at a fixed rate.
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -42,6 +43,7 @@ from risk_engine.offline.logs import (
     read_records,
     required_text,
 )
+from risk_engine.offline.replayer import Ticker
 
 FIXED_RATE = 0.02
 OUTCOME_RANK = {"allow": 0, "step_up": 1, "deny": 2}
@@ -160,8 +162,14 @@ def labelled_backtest(
     model_path: Path | None = None,
     policy_path: Path | None = None,
     geo: GeoLocator | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = False,
 ) -> tuple[Path, Path, BacktestSummary]:
-    """Run the contract backtest with outcomes from the labels: (decisions, outcomes, summary)."""
+    """Run the contract backtest with outcomes from the labels: (decisions, outcomes, summary).
+
+    ``scheduler``, ``workers`` and ``progress`` as for ``run_backtest``.
+    """
     outcomes = outcomes_path or write_label_outcomes(labels, workdir / "outcomes.jsonl")
     decisions = workdir / "decisions.jsonl"
     summary = run_backtest(
@@ -171,7 +179,10 @@ def labelled_backtest(
         model_path=model_path,
         policy_path=policy_path,
         geo=geo,
-        progress=False,
+        progress=progress,
+        workers=workers,
+        scheduler=scheduler,
+        label="backtest (evaluate)",
     )
     return decisions, outcomes, summary
 
@@ -310,8 +321,16 @@ def evaluate(
     baseline_train: list[Path] | None = None,
     fixed_rate: float = FIXED_RATE,
     geo: GeoLocator | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = False,
 ) -> tuple[Figures, LabelledRun]:
-    """Backtest (unless decisions are given), replay the baseline, and compute the figures."""
+    """Backtest (unless decisions are given), replay the baseline, and compute the figures.
+
+    The backtest runs where ``scheduler`` and ``workers`` say (as ``run_backtest``);
+    the client then holds a few columns per event (score, outcome, truth, prior
+    events, reason codes, the baseline's score), never feature rows.
+    """
     train = baseline_train or []
     warnings = _split_warnings(
         events_path, train, model_path, check_model=decisions_path is None or model_path is not None
@@ -331,12 +350,22 @@ def evaluate(
                 model_path=model_path,
                 policy_path=policy_path,
                 geo=geo,
+                scheduler=scheduler,
+                workers=workers,
+                progress=progress,
             )
         elif outcomes_path is None:
             outcomes_path = write_label_outcomes(labels, Path(tmp) / "outcomes.jsonl")
-        baseline = freeman_backtest(
-            events_path, train, outcomes_path=outcomes_path, geo=geo, report=reading
-        )
+        show = sys.stderr.isatty() if progress is None else progress
+        with Ticker(None, show, "Freeman baseline") as ticker:
+            baseline = freeman_backtest(
+                events_path,
+                train,
+                outcomes_path=outcomes_path,
+                geo=geo,
+                report=reading,
+                on_tick=ticker.update,
+            )
         run = build_run(events_path, labels, decisions_path, baseline)
     reading.absorb(run.report)
     if run.unlabelled:

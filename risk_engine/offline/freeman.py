@@ -34,7 +34,7 @@ IP-reputation terms are left out (they need labelled attack traffic to estimate)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 from pathlib import Path
@@ -54,6 +54,9 @@ KeyPath = tuple[str, ...]
 IP_UNIVERSE = (250, 65_536, 256)
 UA_UNIVERSE = (8, 64, 512, 4_096)
 _SEP = "\x1f"
+
+# Events between two progress updates.
+TICK_EVERY = 2000
 
 
 def ip_path(ip: IPAddress, geo: GeoLocator) -> KeyPath:
@@ -260,7 +263,8 @@ def freeman_backtest(
     geo: GeoLocator | None = None,
     user_prior: bool = True,
     online_population: bool = True,
-    report: LogReport | None = None,
+    report: LogReport,
+    on_tick: Callable[[int], None] | None = None,
 ) -> list[tuple[str, float]]:
     """(event_id, score) for every valid event of ``events_path``, in time order.
 
@@ -269,13 +273,17 @@ def freeman_backtest(
     as the paper's injected attacks never enter the histories they are scored against.
     ``report`` gets the bad lines of ``train_paths`` and of the outcomes; those of
     ``events_path`` are left to whoever reads it for the engine (the same lines).
+    ``on_tick`` hears how many events were scored, now and then (a progress bar).
     """
-    reading = report if report is not None else LogReport()
+    reading = report
     scorer = FreemanScorer(geo, user_prior=user_prior, online_population=online_population)
     if train_paths:
         scorer.fit(merged_events(train_paths, reading))
     outcomes = load_outcomes(outcomes_path, reading) if outcomes_path else {}
-    return [
-        (event.event_id, scorer.score_and_learn(event, learn=outcomes.get(event.event_id, True)))
-        for event in events_in_time_order(events_path, LogReport())
-    ]
+    scores: list[tuple[str, float]] = []
+    for event in events_in_time_order(events_path, LogReport()):
+        learn = outcomes.get(event.event_id, True)
+        scores.append((event.event_id, scorer.score_and_learn(event, learn=learn)))
+        if on_tick is not None and len(scores) % TICK_EVERY == 0:
+            on_tick(len(scores))
+    return scores

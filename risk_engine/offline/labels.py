@@ -78,6 +78,23 @@ def load_labels(paths: list[Path], report: LogReport) -> dict[str, Label]:
     return dict(read_records(paths, parse_label, report, "label file"))
 
 
+def load_attack_labels(paths: list[Path], report: LogReport) -> tuple[dict[str, Label], int]:
+    """The attack labels of ``load_labels``, and how many labels were read in all.
+
+    What training needs (an event is trusted unless labelled an attack), read in one
+    pass that keeps the attacks only: a label per event would hold the log in memory.
+    """
+    attacks: dict[str, Label] = {}
+    count = 0
+    for event_id, label in read_records(paths, parse_label, report, "label file"):
+        count += 1
+        if label.is_attack:
+            attacks[event_id] = label
+        else:
+            attacks.pop(event_id, None)  # a later line overrides an earlier one
+    return attacks, count
+
+
 def audit_labels(paths: list[Path]) -> dict[str, Label]:
     """The labels an audit log holds: failed and passed step-ups, and feedback.
 

@@ -22,6 +22,7 @@ from risk_engine.offline.logs import LogReport, merged_events
 from risk_engine.offline.replayer import BACKTEST_SECRET
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
+from risk_engine.profiles.store import ProfileStore
 
 
 @dataclass
@@ -39,6 +40,11 @@ class FeatureTable:
     report: LogReport = field(default_factory=LogReport)
 
 
+def replay_engine(store: ProfileStore, geo: GeoLocator) -> Engine:
+    """The engine training replays through: no model, the backtest's deterministic keys."""
+    return Engine(store=store, geo=geo, scorer=None, hasher=Hasher(BACKTEST_SECRET))
+
+
 def replay(
     paths: list[Path],
     labels: dict[str, Label],
@@ -53,9 +59,7 @@ def replay(
     those of erased users stay sealed and are counted in the report, not replayed.
     """
     report = LogReport(keys=keys)
-    engine = engine or Engine(
-        store=MemoryStore(), geo=geo or GeoLocator(), scorer=None, hasher=Hasher(BACKTEST_SECRET)
-    )
+    engine = engine or replay_engine(MemoryStore(), geo or GeoLocator())
     rows: list[list[float]] = []
     ids: list[str] = []
     stamps: list[float] = []

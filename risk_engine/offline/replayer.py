@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from risk_engine.decision import Outcome
@@ -71,7 +72,10 @@ def load_outcomes(path: Path, report: LogReport) -> dict[str, bool]:
 
 
 class Ticker:
-    """A rich progress bar on a terminal; nothing elsewhere (CI logs stay clean)."""
+    """A rich progress bar on stderr, when enabled (on a terminal: CI logs stay clean).
+
+    On stderr: stdout is where evaluate and calibrate print their tables.
+    """
 
     def __init__(self, total: int | None, enabled: bool, label: str = "backtest") -> None:
         self._progress: Progress | None = None
@@ -83,6 +87,7 @@ class Ticker:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:,.0f} events/s"),
                 TimeRemainingColumn(),
+                console=Console(stderr=True),
             )
             self._task = self._progress.add_task(label, total=total, rate=0.0)
 

@@ -65,8 +65,14 @@ def evaluate_with_synthesis(
     baseline_train: list[Path] | None = None,
     fixed_rate: float = FIXED_RATE,
     geo: GeoLocator | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = False,
 ) -> dict[str, Figures]:
-    """``independent`` (the log's own labels, when given) and ``synthesized`` figures."""
+    """``independent`` (the log's own labels, when given) and ``synthesized`` figures.
+
+    ``scheduler``, ``workers``, ``progress``: where the backtests run (``evaluate``).
+    """
     geo = geo or GeoLocator()
     reports: dict[str, Figures] = {}
     options: dict[str, Any] = {
@@ -75,6 +81,9 @@ def evaluate_with_synthesis(
         "baseline_train": baseline_train,
         "fixed_rate": fixed_rate,
         "geo": geo,
+        "scheduler": scheduler,
+        "workers": workers,
+        "progress": progress,
     }
     if labels_path is not None:
         reports["independent"], _ = evaluate(events_path, labels_path, **options)

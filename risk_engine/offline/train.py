@@ -1,13 +1,18 @@
 """Train the risk model from event logs and write the verified artifact.
 
-The logs are replayed through the service's own feature code (``replay``);
-the model is fitted on the rows, with attack labels used where they exist. The
-envelope's metrics come from a time-based split: fit on the earliest 80% of the
-events, measure on the latest 20%; the shipped model is then fitted on all.
+The logs are replayed through the service's own feature code (``Engine.replay``),
+in this process or on a Dask cluster (the backtest's scan, burst and user
+partition steps); either way the client keeps a bounded sample of the rows
+(``risk_engine.offline.sample``: every attack, a seeded uniform sample of the
+rest), the same sample wherever it was computed. The model is fitted on it, with
+attack labels used where they exist. The envelope's metrics come from a
+time-based split of the sample: fit on its earliest 80%, measure on its latest
+20%; the shipped model is then fitted on all of it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -25,9 +30,15 @@ from risk_engine.model.artifact import (
     save_artifact,
 )
 from risk_engine.model.detector import DetectorParams, RiskModel
-from risk_engine.offline.labels import load_labels
-from risk_engine.offline.logs import LogReport
-from risk_engine.offline.replay import FeatureTable, replay
+from risk_engine.offline.backtest import count_lines, in_file_order
+from risk_engine.offline.cluster import offline_engine
+from risk_engine.offline.distributed import sample_distributed
+from risk_engine.offline.labels import Label, load_attack_labels
+from risk_engine.offline.logs import LogReport, expand_paths
+from risk_engine.offline.replay import FeatureTable
+from risk_engine.offline.replayer import Ticker
+from risk_engine.offline.sample import SAMPLE_ROWS, FeatureSample, replay_sample
+from risk_engine.offline.sources import plan_pieces
 from risk_engine.offline.synthesize import SynthesisConfig, auto_synthesis, injected_log
 from risk_engine.policy import load_policy
 
@@ -80,6 +91,53 @@ def suggested_thresholds(
     return out
 
 
+def sampled_features(
+    events: list[Path],
+    labels: dict[str, Label],
+    *,
+    geo: GeoLocator | None,
+    keys: Mapping[str, str] | None,
+    capacity: int,
+    seed: int,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> tuple[FeatureTable, FeatureSample, str]:
+    """Replay the logs, keep the bounded sample: (its table, the sample's counts, engine).
+
+    The table's report holds every bad line of the logs, by file then line.
+    """
+    files = expand_paths(events)
+    show = sys.stderr.isatty() if progress is None else progress
+    total = count_lines(files) if show else None
+    with offline_engine(files, scheduler, workers) as where, Ticker(total, show, "train") as tick:
+        if where.client is not None:
+            report, sample = sample_distributed(
+                where.client,
+                plan_pieces(files),
+                labels=labels,
+                geo=geo,
+                keys=keys,
+                partitions=where.partitions,
+                capacity=capacity,
+                seed=seed,
+                on_total=tick.set_total,
+                on_tick=tick.update,
+            )
+        else:
+            report, sample = replay_sample(
+                files,
+                labels,
+                geo=geo or GeoLocator(),
+                keys=keys,
+                capacity=capacity,
+                seed=seed,
+                on_tick=tick.update,
+            )
+    report.problems = in_file_order(report.problems, files)
+    return sample.table(report), sample, where.engine
+
+
 def train(
     events: list[Path],
     out: Path,
@@ -90,33 +148,59 @@ def train(
     synthesize: bool | None = None,
     synthesis: SynthesisConfig | None = None,
     keys: Mapping[str, str] | None = None,
+    sample_rows: int = SAMPLE_ROWS,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = False,
 ) -> tuple[ModelArtifact, FeatureTable]:
-    """Replay, fit, measure and save; returns the artifact and the replayed table.
+    """Replay, fit, measure and save; returns the artifact and the sample it was fitted on.
 
     ``synthesize``: inject attacks built from the log's own users (``synthesize``);
     None turns it on when the labels hold too few attacks for the supervised model.
-    ``keys`` open sealed audit records (see ``replay``).
+    ``keys`` open sealed audit records (see ``replay``). ``sample_rows``: the
+    legitimate rows kept (every attack is). ``scheduler``/``workers``: where the
+    features are computed, as for the backtest (``cluster.plan_engine``); the model
+    does not depend on it. ``progress``: a progress bar (None: on a terminal).
     """
     params = params or DetectorParams()
     label_report = LogReport()
-    label_map = load_labels(labels or [], label_report)
+    # Only attack labels change the replay (an event is trusted unless it is one): the
+    # others would weigh on the client, and on every worker, for nothing.
+    label_map, labelled = load_attack_labels(labels or [], label_report)
     wanted, why = auto_synthesis(label_map, synthesize, params.supervised_min_attacks)
     injected: dict[str, Any] = {"enabled": False, "reason": why}
     if wanted:
         geo = geo or GeoLocator()
+
+    def features(paths: list[Path], known: dict[str, Label]) -> tuple[FeatureTable, FeatureSample]:
+        table, sample, _ = sampled_features(
+            paths,
+            {event_id: label for event_id, label in known.items() if label.is_attack},
+            geo=geo,
+            keys=keys,
+            capacity=sample_rows,
+            seed=params.seed,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+        )
+        return table, sample
+
+    if wanted:
+        assert geo is not None
         with injected_log(events, synthesis or SynthesisConfig(seed=params.seed), geo=geo) as (
             path,
             synthesized,
         ):
-            table = replay([*events, path], {**label_map, **synthesized.labels}, geo=geo, keys=keys)
+            table, sample = features([*events, path], {**label_map, **synthesized.labels})
         injected = {**synthesized.summary(), "reason": why}
     else:
-        table = replay(events, label_map, geo=geo, keys=keys)
+        table, sample = features(events, label_map)
     # The table's report covers every input: the events' bad lines, then the labels'.
     table.report.absorb(label_report)
-    if table.X.shape[0] < 50:
-        raise ValueError(f"too few valid events to train on ({table.X.shape[0]})")
-    metrics = holdout_metrics(table, params) if label_map or wanted else {}
+    if sample.events < 50:
+        raise ValueError(f"too few valid events to train on ({sample.events})")
+    metrics = holdout_metrics(table, params) if labelled or wanted else {}
     if wanted:
         # The synthesizer judging its own kinds: not an independent test of the model.
         metrics["holdout_includes_synthesized"] = True
@@ -124,11 +208,12 @@ def train(
     training = {
         "files": [str(p) for p in events],
         "label_files": [str(p) for p in labels or []],
-        "events": int(table.X.shape[0]),
-        "attacks": int(table.attack.sum()),
-        "users": len(set(table.user_ids)),
+        "events": sample.events,
+        "attacks": sample.attacks,
+        "users": sample.users,
         "bad_lines": table.report.bad,
-        "window": [_iso(float(table.timestamps.min())), _iso(float(table.timestamps.max()))],
+        "window": [_iso(sample.first), _iso(sample.last)],
+        "sample": {"rows": int(table.X.shape[0]), "legit_capacity": sample_rows},
         "params": asdict(params),
         "synthesis": injected,
     }

@@ -5,10 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import random
-import socket
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -168,74 +165,7 @@ def test_trimmed_burst_windows_count_as_the_untrimmed_ones(max_keys: int) -> Non
             trimmed.trim(now)
 
 
-# -- a real cluster: `dask scheduler` and two `dask worker` processes ---------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def dask_cluster(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs = [(tmp_path / f"dask-{k}.log").open("wb") for k in range(3)]
-    common = {"cwd": ROOT, "stderr": subprocess.STDOUT}
-    processes = [
-        subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dashboard-address",
-                ":0",
-            ],
-            stdout=logs[0],
-            **common,  # type: ignore[arg-type]
-        )
-    ]
-    try:
-        processes += [
-            subprocess.Popen(
-                [
-                    str(BIN / "dask"),
-                    "worker",
-                    address,
-                    "--nthreads",
-                    "1",
-                    "--nworkers",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--dashboard-address",
-                    ":0",
-                ],
-                stdout=logs[k],
-                **common,  # type: ignore[arg-type]
-            )
-            for k in (1, 2)
-        ]
-        from distributed import Client
-
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-        yield address
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for log in logs:
-            log.close()
+# -- a real cluster: `dask scheduler` and two `dask worker` processes (conftest.py) ------
 
 
 @pytest.mark.slow

@@ -56,8 +56,10 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_split_cuts_at_utc_midnight_after_the_days(log: dict[str, Path], tmp_path: Path) -> None:
     first = tmp_path / "first.jsonl"
-    split = split_log(log["events"], 7, first)
+    report = LogReport()
+    split = split_log(log["events"], 7, first, report)
     events = _lines(log["events"])
+    assert report.events == len(events) and report.bad == 0
     stamps = [
         (str(e["event_id"]), np.datetime64(str(e["timestamp"]).rstrip("Z")).astype("int64"))
         for e in events
@@ -75,9 +77,9 @@ def test_a_split_that_leaves_nothing_to_judge_is_refused(
     log: dict[str, Path], tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigurationError, match="nothing left to judge"):
-        split_log(log["events"], 61, tmp_path / "first.jsonl")
+        split_log(log["events"], 61, tmp_path / "first.jsonl", LogReport())
     with pytest.raises(ConfigurationError, match="at least 1"):
-        split_log(log["events"], 0, tmp_path / "first.jsonl")
+        split_log(log["events"], 0, tmp_path / "first.jsonl", LogReport())
 
 
 def test_observed_labels_are_failed_step_ups_the_engine_asked_for_and_feedback(
@@ -96,11 +98,16 @@ def test_observed_labels_are_failed_step_ups_the_engine_asked_for_and_feedback(
     results = {"a": "failed", "b": "failed", "c": "passed", "d": "failed", "e": "passed"}
     outcomes.write_bytes(
         b"".join(orjson.dumps({"event_id": k, "step_up": v}) + b"\n" for k, v in results.items())
+        + b"{torn\n"
     )
     feedback.write_bytes(orjson.dumps({"event_id": "e", "label": "confirmed_fraud"}) + b"\n")
-    labels = observed_labels(decisions, outcomes, load_labels([feedback], LogReport()))
+    report = LogReport()
+    labels = observed_labels(
+        decisions, outcomes, load_labels([feedback], LogReport()), report=report
+    )
     assert {k for k, v in labels.items() if v.is_attack} == {"a", "e"}
-    assert observed_labels(decisions, None) == {}
+    assert report.bad == 1 and report.problems[0].line == len(results) + 1  # the torn line
+    assert observed_labels(decisions, None, report=LogReport()) == {}
 
 
 def test_an_audit_log_gives_its_failed_step_ups_and_feedback(tmp_path: Path) -> None:
@@ -121,7 +128,7 @@ def test_go_live_flow_without_labels_meets_the_target_later(
 ) -> None:
     """Shadow days, train and calibrate on them without labels, enforce on the rest."""
     shadow = tmp_path / "shadow.jsonl"
-    split = split_log(log["events"], SHADOW_DAYS, shadow)
+    split = split_log(log["events"], SHADOW_DAYS, shadow, LogReport())
     model, policy = tmp_path / "model.joblib", tmp_path / "policy.toml"
     decisions = tmp_path / "decisions.jsonl"
     steps = [
@@ -176,7 +183,7 @@ def test_evaluate_split_days_reports_the_deployment_flow(
     assert result.exit_code == 0, result.output
     assert "targets" in result.output and "by context" in result.output
     report = orjson.loads(out.read_bytes())
-    split = split_log(log["events"], SHADOW_DAYS, tmp_path / "first.jsonl")
+    split = split_log(log["events"], SHADOW_DAYS, tmp_path / "first.jsonl", LogReport())
     assert report["flow"]["shadow_events"] == split.first_events
     assert report["judged"]["events"] == split.later_events
     contexts = report["contexts"]
