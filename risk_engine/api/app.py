@@ -31,6 +31,7 @@ from risk_engine.api.routes import ops, v1
 from risk_engine.api.service import Service
 from risk_engine.config import Settings
 from risk_engine.console import install_console
+from risk_engine.decision_log.process import PENDING_FLUSH_S
 from risk_engine.engine import Engine, build_engine
 from risk_engine.errors import RiskEngineError
 
@@ -122,16 +123,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.freeze()
     remove_handler = _install_sighup(service)
     purging = asyncio.create_task(_purge_expired(service, settings.retention_days * DAY_S))
+    flushing = asyncio.create_task(_flush_decision_log(service))
     log.info("serving model %s", engine.scorer.model_version if engine.scorer else "(none)")
     try:
         yield
     finally:
         purging.cancel()
+        flushing.cancel()
         remove_handler()
         app.state.service = None
         service.close()
         app.state.metrics.close()
         gc.unfreeze()
+
+
+async def _flush_decision_log(service: Service) -> None:
+    """Send the decision log's partial batch every few milliseconds, on the event loop."""
+    writer = service.decision_log
+    if writer is None:
+        return
+    while True:
+        await asyncio.sleep(PENDING_FLUSH_S)
+        writer.flush_pending()
 
 
 async def _purge_expired(service: Service, retention_s: float) -> None:

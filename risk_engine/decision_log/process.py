@@ -3,8 +3,8 @@
 A writer thread inside the server competes with the event loop for the
 interpreter lock: whenever the loop waits on a socket or the profile store, the
 writer takes the lock and keeps it for a whole switch interval, and the
-decision path pays that wait. So the server sends each record, serialised once
-with orjson, as one message on a Unix ``SOCK_SEQPACKET`` socket (message
+decision path pays that wait. So the server sends the records, serialised once
+with orjson, as messages on a Unix ``SOCK_SEQPACKET`` socket (message
 boundaries kept, a send is all or nothing) to a child process that runs the
 ordinary ``DecisionLogWriter``. A send never blocks: when the socket is full the
 record waits in a bounded backlog that the next send or a flush empties, and
@@ -14,9 +14,11 @@ seconds). Queries, erasure and retention run on the server's own connection;
 an erasure first flushes what is in flight, so no row of the user is written
 after it.
 
-What a crash can lose: a killed server loses what the child has not yet
-committed (up to one batch interval) plus its backlog; a killed child loses its
-current batch. The audit chain still holds every decision.
+Decisions are sent in batches (``BATCH_RECORDS``, or every ``PENDING_FLUSH_S`` by
+the server's tick), one message each. What a crash can lose: a killed server
+loses the batch it was gathering, its backlog and what the child has not yet
+committed (the child's batch interval); a killed child loses its current batch.
+The audit chain still holds every decision.
 
 The child is ``python -m risk_engine.decision_log``; it reads its
 configuration (log URL, GeoIP files, the secret for device keys) as one JSON
@@ -61,8 +63,16 @@ from risk_engine.privacy import Hasher
 
 log = logging.getLogger("risk_engine.decision_log")
 
-# Message kinds (first byte): a decision record, an entry row, a flush and its answer, stop.
-DECISION, ENTRY, FLUSH, STOP = b"D", b"E", b"F", b"Q"
+# Message kinds (first byte): decisions (a JSON array of records), an entry row, a
+# flush and its answer, stop.
+DECISIONS, ENTRY, FLUSH, STOP = b"B", b"E", b"F", b"Q"
+# Decisions are sent in batches of up to this many records (or bytes): one send and
+# one decode per batch instead of per decision. A batch not full is sent by the
+# server's flush tick (``flush_pending``), by the next entry or flush.
+BATCH_RECORDS = 64
+BATCH_BYTES = 64 << 10
+# How often the server sends a batch that is not full (api.app's lifespan).
+PENDING_FLUSH_S = 0.05
 # Larger than any record: features, reasons and a device at their field limits.
 MAX_MESSAGE = 1 << 20
 SEND_BUFFER = 4 << 20
@@ -103,7 +113,11 @@ class DecisionLogProcess:
         self._config = config
         self._max_backlog = max_backlog
         self._restart_interval_s = restart_interval_s
-        self._backlog: deque[bytes] = deque()
+        # Messages the socket had no room for, with how many records each holds.
+        self._backlog: deque[tuple[bytes, int]] = deque()
+        self._backlog_records = 0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -125,51 +139,85 @@ class DecisionLogProcess:
                 self._spawn()
 
     def decision(self, event: Event, decision: Decision) -> None:
-        """Send one decision: a serialisation and one non-blocking send."""
-        self._send(DECISION + orjson.dumps(decision_record(event, decision, time.time())))
+        """Queue one decision for the next batch: a serialisation, a send per batch."""
+        record = orjson.dumps(decision_record(event, decision, time.time()))
+        with self._lock:
+            self._pending.append(record)
+            self._pending_bytes += len(record)
+            if len(self._pending) >= BATCH_RECORDS or self._pending_bytes >= BATCH_BYTES:
+                self._send_pending()
 
     def entry(self, kind: LogEntry, **fields: Unpack[EntryFields]) -> None:
-        """Send a step-up result, a feedback or an erasure."""
-        self._send(ENTRY + orjson.dumps(entry_record(kind, **fields)))
-
-    def _send(self, message: bytes) -> None:
+        """Send a step-up result, a feedback or an erasure (after the decisions before it)."""
+        message = ENTRY + orjson.dumps(entry_record(kind, **fields))
         with self._lock:
-            if not self._alive() and not self._respawn():
-                self._drop(1)
-                return
-            if self._backlog:
-                self._send_backlog()
-            if self._backlog:
-                self._queue(message)
-                return
-            try:
-                assert self._sock is not None
-                self._sock.send(message)
-            except BlockingIOError:
-                self._queue(message)
-            except OSError as exc:
-                if exc.errno != errno.EMSGSIZE:
-                    self._lost(exc)
-                self._drop(1)
+            self._send_pending()
+            self._send(message, 1)
 
-    def _queue(self, message: bytes) -> None:
-        if len(self._backlog) < self._max_backlog:
-            self._backlog.append(message)
+    def flush_pending(self) -> None:
+        """Send the batch being gathered, if any (the server calls this every few ms)."""
+        if self._pending:
+            with self._lock:
+                self._send_pending()
+
+    def _send_pending(self) -> None:
+        if self._pending:
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            self._send(DECISIONS + b"[" + b",".join(batch) + b"]", len(batch))
+
+    def _send(self, message: bytes, records: int) -> None:
+        """Send ``message`` of ``records`` records now, or keep it in the backlog (lock held)."""
+        if not self._alive() and not self._respawn():
+            self._drop(records)
+            return
+        if self._backlog:
+            self._send_backlog()
+        if self._backlog:
+            self._queue(message, records)
+            return
+        try:
+            assert self._sock is not None
+            self._sock.send(message)
+        except BlockingIOError:
+            self._queue(message, records)
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                self._lost(exc)
+            self._drop(records)
+
+    def _queue(self, message: bytes, records: int) -> None:
+        if self._backlog_records + records <= self._max_backlog:
+            self._backlog.append((message, records))
+            self._backlog_records += records
         else:
-            self._drop(1)
+            self._drop(records)
 
     def _send_backlog(self) -> None:
         assert self._sock is not None
         try:
             while self._backlog:
-                self._sock.send(self._backlog[0])
+                message, records = self._backlog[0]
+                self._sock.send(message)
                 self._backlog.popleft()
+                self._backlog_records -= records
         except BlockingIOError:
             pass
         except OSError as exc:
             self._lost(exc)
-            self._drop(len(self._backlog))
-            self._backlog.clear()
+            self._drop(self._backlog_records)
+            self._clear_backlog()
+
+    def _clear_backlog(self) -> None:
+        self._backlog.clear()
+        self._backlog_records = 0
+
+    def _take_backlog(self) -> list[bytes]:
+        """The backlog's messages, and the batch being gathered as one more (lock held)."""
+        messages = [message for message, _ in self._backlog]
+        if self._pending:
+            messages.append(DECISIONS + b"[" + b",".join(self._pending) + b"]")
+            self._pending, self._pending_bytes = [], 0
+        return messages
 
     def _drop(self, n: int) -> None:
         before = self.dropped
@@ -184,13 +232,13 @@ class DecisionLogProcess:
         deadline = time.monotonic() + timeout
         with self._flush_lock:
             with self._lock:
-                if not self._alive():
+                if not self._alive() and not (self._pending and self._respawn()):
                     return False
                 self._flushes += 1
                 token = FLUSH + str(self._flushes).encode()
-                if not self._send_all([*self._backlog, token], deadline):
+                if not self._send_all([*self._take_backlog(), token], deadline):
                     return False
-                self._backlog.clear()
+                self._clear_backlog()
             return self._await(token, deadline)
 
     def erase_user(self, user_id: str) -> int:
@@ -203,7 +251,7 @@ class DecisionLogProcess:
             child, sock = self._child, self._sock
             if child is not None and sock is not None and child.poll() is None:
                 deadline = time.monotonic() + 30.0
-                if self._send_all([*self._backlog, STOP], deadline):
+                if self._send_all([*self._take_backlog(), STOP], deadline):
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         child.wait(timeout=max(0.1, deadline - time.monotonic()))
             if child is not None and child.poll() is None:
@@ -212,7 +260,7 @@ class DecisionLogProcess:
             if sock is not None:
                 sock.close()
             self._child = self._sock = None
-            self._backlog.clear()
+            self._clear_backlog()
         self.log.close()
 
     def _send_all(self, messages: list[bytes], deadline: float) -> bool:
@@ -359,8 +407,9 @@ def child_main(fd: int, config: ChildConfig) -> int:
                 break
             kind = message[:1]
             try:
-                if kind == DECISION:
-                    writer.put_decision(orjson.loads(message[1:]))
+                if kind == DECISIONS:
+                    for record in orjson.loads(message[1:]):
+                        writer.put_decision(record)
                 elif kind == ENTRY:
                     writer.put_entry(orjson.loads(message[1:]))
                 elif kind == FLUSH:

@@ -150,6 +150,9 @@ class DecisionLogWriter:
         """Queue one decision."""
         self.put_decision(decision_record(event, decision, time.time()))
 
+    def flush_pending(self) -> None:
+        """Nothing to do: each decision is queued at once (``process`` batches its sends)."""
+
     def put_decision(self, record: list[Any]) -> None:
         """Queue one ``decision_record``."""
         self._put(("decision", record))
