@@ -312,7 +312,12 @@ class DecisionLogProcess:
             return False
         if self._child is not None:
             log.error("decision log writer exited (%s): starting another", self._child.returncode)
-        self._spawn()
+        try:
+            self._spawn()
+        except (ConfigurationError, OSError) as exc:
+            # On the request path: the decision goes on, its record is dropped and counted.
+            log.error("decision log writer not restarted: %s", exc)
+            return False
         return True
 
     def _spawn(self) -> None:

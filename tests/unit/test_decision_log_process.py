@@ -222,3 +222,26 @@ def test_the_child_ignores_the_signals_meant_for_the_server(writer: DecisionLogP
     writer.decision(*make_pair(1))
     assert writer.flush()
     assert writer.pid == pid
+
+
+def test_a_writer_that_cannot_be_restarted_costs_records_not_decisions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = DecisionLogProcess(
+        DecisionLog(f"sqlite:///{tmp_path / 'd.db'}"),
+        config(tmp_path / "d.db"),
+        restart_interval_s=0.0,
+    )
+    writer.start()
+    pid = writer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_dead(pid)
+    # A real exec that fails (no such interpreter), as a broken install would.
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    for i in range(3):
+        writer.decision(*make_pair(i))
+    writer.flush_pending()
+    writer.entry(LogEntry.FEEDBACK, event_id="e-alice-0", user_id="alice", outcome="fraud")
+    assert writer.dropped == 4
+    writer.close()
