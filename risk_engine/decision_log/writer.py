@@ -87,7 +87,6 @@ def decision_record(event: Event, decision: Decision, decided_at: float) -> list
         event.currency,
         decision.features,
         decision.shadow,
-        decision.challenge is not None,
     ]
 
 
@@ -309,7 +308,7 @@ def _roll_decision(rollups: Rollups, record: list[Any]) -> None:
     _bump(rollups, ts, "policy", record[13])
     for code, _ in record[15]:
         _bump(rollups, ts, "reason", code)
-    if record[22]:
+    if record[11] is not None:  # the challenge's id: one was issued
         _bump(rollups, ts, "step_up", "issued")
     shadow = record[21]
     if shadow:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import cast
 
 import pytest
-import redis
 from redis.cluster import RedisCluster
 
 from risk_engine.profiles.model import Profile
@@ -83,4 +82,7 @@ def test_keys_carry_the_hash_tags_that_keep_a_user_in_one_slot(
         f"{prefix}:burst:net:{{198.51.100.0/24}}",
         f"{prefix}:event:{{e-1}}",
     } <= keys
-    assert isinstance(cluster, redis.RedisCluster)
+    # The user's transaction spans these two keys: one slot, or the cluster refuses it.
+    assert cluster.keyslot(f"{prefix}:profile:{{carol}}") == cluster.keyslot(
+        f"{prefix}:user-events:{{carol}}"
+    )
