@@ -4,13 +4,19 @@ The engine calls ``update`` once per scored event, so its cost bounds throughput
 Each iteration bumps a counter on a realistic profile (every capped collection
 well filled, a few KB of JSON) and times the whole call.
 
-    .venv/bin/python benchmarks/bench_store.py [--iterations 5000] [--redis-url URL]
+    .venv/bin/python benchmarks/bench_store.py [--iterations 5000] [--redis-url URL] [--at-caps]
+    .venv/bin/python benchmarks/bench_store.py --from-log EVENTS.jsonl ...
+
+``--from-log`` prints instead the stored size of every profile an event log builds
+(replayed through the engine in time order): the median and tail a store pays per user.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
+import random
 import sqlite3
 import statistics
 import sys
@@ -25,8 +31,11 @@ from pathlib import Path
 import msgpack
 import orjson
 import redis
+from reference import core_mode, python_speed
 
 from risk_engine.errors import ProfileStoreError
+from risk_engine.geo import GeoLocator
+from risk_engine.offline.replay import replay, replay_engine
 from risk_engine.profiles import (
     DeviceRecord,
     MemoryStore,
@@ -44,12 +53,18 @@ from risk_engine.profiles.model import (
     MAX_COUNTRIES,
     MAX_DEVICES,
     MAX_FAILURES,
+    MAX_FAMILIES,
     MAX_IPS,
     MAX_NETWORKS,
+    MAX_PAYEES,
     MAX_PENDING,
     MAX_PLACES,
     MAX_RECENT,
     MAX_SESSIONS,
+    MAX_STEPS,
+    MAX_WINDOWS,
+    PROFILE_VERSION,
+    Step,
     bump,
     push_bounded,
 )
@@ -59,17 +74,25 @@ WARMUP = 200
 
 
 def realistic(profile: Profile, *, at_caps: bool = False) -> None:
-    """Fill ``profile`` like a user with months of varied history (or every cap reached)."""
+    """Fill ``profile`` like a user with months of varied history (or every cap reached).
+
+    Keys are what the engine keeps: keyed hashes in hex (random, so incompressible),
+    amounts as their log1p, times in whole seconds as events carry them.
+    """
+    rng = random.Random(7)
 
     def n(typical: int, cap: int) -> int:
         return cap if at_caps else typical
+
+    def hashed(prefix: str = "") -> str:
+        return prefix + rng.randbytes(8).hex()
 
     t0 = 1_700_000_000.0
     profile.created_ts, profile.last_ts, profile.last_seen_ts = t0, t0 + 9e6, t0 + 9e6
     profile.n_events, profile.n_seen = 4_210, 3_977
     for i in range(n(3, MAX_DEVICES)):
         device = DeviceRecord(
-            key=f"dev-{i:02d}-{uuid.UUID(int=i).hex[:12]}",
+            key=hashed("id:" if i % 2 == 0 else "fp:"),
             has_id=i % 2 == 0,
             ua_family="Chrome Mobile" if i % 2 else "Firefox",
             ua_major=str(120 + i),
@@ -80,43 +103,69 @@ def realistic(profile: Profile, *, at_caps: bool = False) -> None:
             timezone="Europe/Paris",
             language="fr-FR",
             screen="1080x2400" if i % 2 else "1920x1080",
-            first_ts=t0 + i * 1e5,
-            last_ts=t0 + i * 1e6,
+            first_ts=t0 + i * 100_003,
+            last_ts=t0 + i * 1_000_033,
             count=50 + i,
             trusted=i < 2,
             trusted_until=t0 + 3e7 if i < 2 else None,
         )
         profile.devices[device.key] = device
     for i in range(n(3, MAX_PLACES)):
-        place = Place(t0 + i * 3600.0, 48.85 + i / 100, 2.35, 5.0, "FR", "Paris")
+        place = Place(t0 + i * 3_607.0, 48.8534 + i / 100, 2.3488, 5.0, "FR", "Paris")
         push_bounded(profile.places, place, MAX_PLACES)
-    # Active in working hours only, unless every hour of the week has been seen.
+    # Active in working hours only, unless every hour of the week has been seen; a
+    # histogram that has been halved (as a full one is) holds halves.
     profile.hours = [
-        float((h * 7) % 13) if at_caps or 8 <= h % 24 <= 19 else 0.0
+        float((h * 7) % 13) / (2.0 if at_caps else 1.0) if at_caps or 8 <= h % 24 <= 19 else 0.0
         for h in range(len(profile.hours))
     ]
     for i in range(n(3, MAX_COUNTRIES)):
-        bump(profile.countries, f"C{i}", t0 + i, MAX_COUNTRIES)
+        bump(profile.countries, f"C{i}", t0 + i * 7_919, MAX_COUNTRIES)
     for i in range(n(4, MAX_CITIES)):
-        bump(profile.cities, f"C{i}/City {i}", t0 + i, MAX_CITIES)
+        bump(profile.cities, f"C{i}/City {i}", t0 + i * 7_919, MAX_CITIES)
     for i in range(n(8, MAX_NETWORKS)):
-        bump(profile.networks, f"203.0.{i}.0/24", t0 + i, MAX_NETWORKS)
+        bump(profile.networks, f"203.0.{i}.0/24", t0 + i * 7_919, MAX_NETWORKS)
+    for i in range(n(2, MAX_FAMILIES)):
+        bump(profile.families, f"203.{i}.0.0/16@FR/Paris", t0 + i * 7_919, MAX_FAMILIES)
     for i in range(n(10, MAX_IPS)):
-        bump(profile.ips, f"ipk-{i:04x}{i:08x}", t0 + i, MAX_IPS)
+        bump(profile.ips, hashed(), t0 + i * 7_919, MAX_IPS)
     for i in range(n(5, MAX_ACTIONS)):
-        bump(profile.actions, f"action-{i}", t0 + i, MAX_ACTIONS)
-    for i in range(n(20, MAX_AMOUNTS)):
-        push_bounded(profile.amounts, 10.0 + i * 3.7, MAX_AMOUNTS)
+        bump(profile.actions, f"action-{i}", t0 + i * 7_919, MAX_ACTIONS)
+    for i in range(n(2, MAX_PAYEES)):
+        bump(profile.payees, hashed(), t0 + i * 7_919, MAX_PAYEES)
+    for _ in range(n(20, MAX_AMOUNTS)):
+        push_bounded(profile.amounts, math.log1p(rng.uniform(5.0, 900.0)), MAX_AMOUNTS)
     for i in range(n(16, MAX_RECENT)):
-        push_bounded(profile.recent, t0 + i * 60.0, MAX_RECENT)
+        push_bounded(profile.recent, t0 + i * 61.0, MAX_RECENT)
     for i in range(n(2, MAX_FAILURES)):
-        push_bounded(profile.failures, t0 + i * 600.0, MAX_FAILURES)
+        push_bounded(profile.failures, t0 + i * 601.0, MAX_FAILURES)
+    # Sessions, steps and burst windows name what the profile's maps hold.
+    devices, ips, payees = list(profile.devices), list(profile.ips), list(profile.payees)
     for i in range(n(3, MAX_SESSIONS)):
-        profile.sessions[f"sess-{i}"] = SessionRecord(
-            t0 + i, f"ipk-{i:04x}", f"203.0.{i}.0/24", f"dev-{i:02d}", "FR", 48.85, 2.35, 5.0
+        profile.sessions[hashed("s:")] = SessionRecord(
+            t0 + i * 977,
+            ips[i % len(ips)],
+            f"203.0.{i}.0/24",
+            devices[i % len(devices)],
+            "FR",
+            48.8534,
+            2.3488,
+            5.0,
+            "FR/Paris",
+            start_ts=t0 + i * 977 - 300,
         )
+    sessions = list(profile.sessions)
+    for i in range(n(1, MAX_STEPS)):
+        kind = "payee" if i % 2 else "credential"
+        action = "add_payee" if i % 2 else "change_password"
+        payee = payees[i % len(payees)] if i % 2 else ""
+        step = Step(t0 + i * 86_413, kind, action, sessions[i % len(sessions)], payee)
+        push_bounded(profile.steps, step, MAX_STEPS)
     for i in range(n(1, MAX_PENDING)):
-        profile.pending[f"evt-{i}"] = {"device_key": "dev-01", "country": "FR", "amount": 42.0}
+        profile.pending[f"evt-{i}"] = {"device_key": devices[0], "country": "FR", "amount": 42.0}
+    for i in range(n(2, MAX_WINDOWS)):
+        key = f"ip:{ips[i % len(ips)]}" if i % 2 else f"net:203.0.{i}.0/24"
+        profile.note_window(key, t0 + i * 3_001)
 
 
 def touch(profile: Profile) -> int:
@@ -234,6 +283,28 @@ def checksum(sample: Profile, runs: int) -> None:
     print()
 
 
+def log_sizes(paths: list[Path]) -> int:
+    """The stored size of every profile the logs build: what a store keeps per user."""
+    store = MemoryStore()
+    engine = replay_engine(store, GeoLocator())
+    table = replay(paths, {}, engine=engine)
+    profiles = [store.get(engine.user_key(user)) for user in sorted(set(table.user_ids))]
+    stored = sorted(len(p.stored()) for p in profiles if p is not None)
+    as_json = sorted(len(p.dumps()) for p in profiles if p is not None)
+    if not stored:
+        print("no profiles: the logs hold no valid event")
+        return 1
+
+    def quantiles(sizes: list[int]) -> str:
+        at = [sizes[min(len(sizes) - 1, int(q * len(sizes)))] for q in (0.5, 0.9, 0.99)]
+        return f"median {at[0]:,d}  p90 {at[1]:,d}  p99 {at[2]:,d}  max {sizes[-1]:,d} bytes"
+
+    print(f"{len(table.user_ids):,d} events, {len(stored):,d} profiles")
+    print(f"stored (binary version {PROFILE_VERSION}): {quantiles(stored)}")
+    print(f"JSON (dumps):              {quantiles(as_json)}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=5000)
@@ -241,8 +312,19 @@ def main() -> int:
     parser.add_argument(
         "--at-caps", action="store_true", help="every collection full: the largest profile"
     )
+    parser.add_argument(
+        "--from-log",
+        type=Path,
+        nargs="+",
+        metavar="EVENTS",
+        help="only the sizes of the stored profiles an event log builds (replayed, no model)",
+    )
     args = parser.parse_args()
     runs, at_caps = args.iterations, args.at_caps
+    print(core_mode())
+    if args.from_log:
+        return log_sizes(args.from_log)
+    print(python_speed())
 
     sample = Profile(USER)
     realistic(sample, at_caps=at_caps)

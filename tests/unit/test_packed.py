@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from risk_engine.errors import ProfileStoreError
 from risk_engine.profiles import RedisStore, SQLiteStore
-from risk_engine.profiles.integrity import CorruptProfileError, seal
+from risk_engine.profiles.integrity import CorruptProfileError, seal, unseal
 from risk_engine.profiles.model import (
     HOURS_OF_WEEK,
     PROFILE_VERSION,
@@ -26,10 +26,26 @@ from risk_engine.profiles.model import (
     Step,
 )
 
-# Every float, NaN and the infinities too: the binary form keeps float64 as it is.
-floats = st.floats()
+# Every float, NaN, -0.0 and the infinities too, and the values profiles hold: whole
+# seconds, halved counts, GeoIP's four and six decimals, integers at the edge of
+# float64's exact range. All must come back bit for bit.
+floats = (
+    st.floats()
+    | st.integers(-(2**54), 2**54).map(float)
+    | st.integers(-(2**30), 2**30).map(lambda k: k / 2**20)
+    | st.integers(-(10**9), 10**9).map(lambda k: k / 10**4)
+    | st.integers(-(10**12), 10**12).map(lambda k: k / 10**6)
+    | st.sampled_from([0.0, -0.0, 1.5, 1_700_000_000.0, 1_700_000_000.25])
+)
 maybe_floats = st.none() | floats
-text = st.text(max_size=12)
+# Keyed hashes as the engine writes them (hex after an optional prefix), hex-like
+# text (odd length, upper case), and anything else.
+hex_keys = st.builds(
+    lambda prefix, raw: prefix + raw.hex(),
+    st.sampled_from(["", "id:", "ip:", "net:", "r-", "s:", "é:"]),
+    st.binary(min_size=0, max_size=20),
+)
+text = st.text(max_size=12) | hex_keys | st.text(alphabet="0123456789abcdefABCDEF", max_size=21)
 maybe_text = st.none() | text
 pair = st.lists(floats, min_size=2, max_size=2)
 counter = st.dictionaries(text, pair, max_size=6)
@@ -182,6 +198,7 @@ def test_sqlite_reads_version_1_and_writes_version_2(tmp_path: Path, sealed: boo
     (data,) = conn.execute("SELECT data FROM profiles WHERE user_key = 'alice'").fetchone()
     conn.close()
     assert data == Profile("alice", n_seen=42, ref=old.ref, data_key=old.data_key).stored()
+    assert unseal(data)[0] == PROFILE_VERSION
 
 
 @pytest.mark.parametrize("sealed", [True, False], ids=["crc32", "plain"])
@@ -200,6 +217,7 @@ def test_redis_reads_version_1_and_writes_version_2(
         assert store.get("alice") == Profile("alice", n_seen=42)
         written = client.get(key)
         assert written == Profile("alice", n_seen=42, ref=old.ref, data_key=old.data_key).stored()
+        assert written is not None and unseal(written)[0] == PROFILE_VERSION
     finally:
         store.close()
         client.close()
