@@ -28,6 +28,9 @@ CONNECT_TIMEOUT_S = 30
 PARALLEL_MIN_BYTES = 16 << 20
 # User (and network) partitions per worker: enough to even out their sizes.
 PARTITIONS_PER_WORKER = 2
+# At most this much input per partition: a partition's replay holds its users'
+# profiles and lines at once, so a larger log gets more partitions, not larger ones.
+PARTITION_BYTES = 64 << 20
 
 
 def local_cores() -> int:
@@ -75,6 +78,11 @@ def worker_count(client: Any) -> int:
     return max(1, len(client.scheduler_info().get("workers", {})))
 
 
+def partition_count(workers: int, input_bytes: int) -> int:
+    """User (and network) partitions: a few per worker, more as the inputs grow."""
+    return max(workers * PARTITIONS_PER_WORKER, -(-input_bytes // PARTITION_BYTES))
+
+
 def plan_engine(files: list[Path], scheduler: str | None, workers: int | None) -> int:
     """0 for this process, else the local workers to start (any, with a scheduler)."""
     if scheduler is not None:
@@ -116,5 +124,5 @@ def offline_engine(
             client,
             scheduler or f"local cluster, {local_workers} workers",
             dashboard,
-            worker_count(client) * PARTITIONS_PER_WORKER,
+            partition_count(worker_count(client), total_bytes(files)),
         )

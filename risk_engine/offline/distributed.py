@@ -63,6 +63,9 @@ from risk_engine.profiles.model import BurstCounts
 TRIM_EVERY = 65536
 # Decisions per slice the client writes at a time (about: slices cut time evenly).
 SLICE_EVENTS = 200_000
+# Deflate level of the lines and decisions the cluster keeps between steps: level 1
+# takes most of what level 6 would, at a fraction of the time.
+LINES_LEVEL = 1
 
 GeoPaths = tuple[str, str | None, str | None]
 
@@ -81,6 +84,28 @@ class Setup:
 
 
 @dataclass
+class PackedLines:
+    """A partition's lines, deflated together: what the cluster holds until the replay.
+
+    Lines wait in the workers' memory from the scan until their user partition is
+    replayed; deflated, they take a fraction of their size (JSON repeats itself).
+    """
+
+    data: bytes
+    ends: NDArray[np.int64]
+
+    @classmethod
+    def pack(cls, lines: list[bytes]) -> PackedLines:
+        ends = np.cumsum(np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)))
+        return cls(zlib.compress(b"".join(lines), LINES_LEVEL), ends)
+
+    def unpack(self) -> list[bytes]:
+        raw = zlib.decompress(self.data)
+        ends = self.ends.tolist()
+        return [raw[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+
+
+@dataclass
 class Rows:
     """Scanned events: input order key, time, the burst keys, and (for deciding) the line."""
 
@@ -90,9 +115,11 @@ class Rows:
     ips: NDArray[np.uint64]
     networks: NDArray[np.object_]
     failed: NDArray[np.bool_]
-    lines: NDArray[np.object_] | None = None
+    lines: NDArray[np.object_] | PackedLines | None = None
 
     def take(self, index: NDArray[Any], lines: bool) -> Rows:
+        if isinstance(self.lines, PackedLines):
+            raise TypeError("packed lines are unpacked (_joined) before rows are taken")
         return Rows(
             self.seq[index],
             self.stamps[index],
@@ -119,7 +146,11 @@ class Scanned:
 
 @dataclass
 class Slice:
-    """Decisions of one user partition in one time slice, in the global order."""
+    """Decisions of one user partition in one time slice, in the global order.
+
+    ``data`` is the decision lines deflated: they wait in the workers' memory until
+    the client writes their slice, after every partition has decided.
+    """
 
     stamps: NDArray[np.float64]
     seq: NDArray[np.int64]
@@ -225,9 +256,17 @@ def scan_piece(piece: Piece, setup: Setup) -> Scanned:
             rows.take(np.flatnonzero(net_of == k), lines=False) for k in range(setup.network_parts)
         ],
         by_user=[
-            rows.take(np.flatnonzero(user_of == k), lines=True) for k in range(setup.user_parts)
+            _packed(rows.take(np.flatnonzero(user_of == k), lines=True))
+            for k in range(setup.user_parts)
         ],
     )
+
+
+def _packed(rows: Rows) -> Rows:
+    """``rows`` with their lines deflated (``PackedLines``)."""
+    assert isinstance(rows.lines, np.ndarray)
+    rows.lines = PackedLines.pack(rows.lines.tolist())
+    return rows
 
 
 def network_rows(scanned: Scanned, part: int) -> Rows:
@@ -239,7 +278,11 @@ def user_rows(scanned: Scanned, part: int) -> Rows:
 
 
 def _joined(parts: Sequence[Rows]) -> Rows:
-    lines = [p.lines for p in parts if p.lines is not None]
+    lines = [
+        np.asarray(p.lines.unpack(), dtype=object) if isinstance(p.lines, PackedLines) else p.lines
+        for p in parts
+        if p.lines is not None
+    ]
     return Rows(
         np.concatenate([p.seq for p in parts]),
         np.concatenate([p.stamps for p in parts]),
@@ -308,7 +351,7 @@ def _in_order(parts: int, inputs: Sequence[Any]) -> tuple[Rows, NDArray[np.int64
 
 def _dealt(rows: Rows, counts: list[list[int]], store: DealtBurstStore) -> Iterator[Event]:
     """The partition's events in order, each with its burst counts dealt to ``store``."""
-    assert rows.lines is not None
+    assert isinstance(rows.lines, np.ndarray)
     stamps = rows.stamps.tolist()
     users = rows.users.tolist()
     ips = rows.ips.tolist()
@@ -363,7 +406,7 @@ def decide_users(
                 stamps[first : last + 1],
                 seq[first : last + 1],
                 ends[first : last + 1] - begin,
-                bytes(data[begin : int(ends[last])]),
+                zlib.compress(data[begin : int(ends[last])], LINES_LEVEL),
             )
         )
     del data
@@ -627,7 +670,7 @@ def _write_slice(parts: list[Slice], out: LineSink) -> None:
     seq = np.concatenate([p.seq for p in parts])
     owner = np.concatenate([np.full(p.seq.size, k, dtype=np.int64) for k, p in enumerate(parts)])
     position = np.concatenate([np.arange(p.seq.size) for p in parts])
-    views = [memoryview(p.data) for p in parts]
+    views = [memoryview(zlib.decompress(p.data)) for p in parts]
     starts = [np.concatenate(([0], p.ends[:-1])) for p in parts]
     write = out.write
     for i in np.lexsort((seq, stamps)).tolist():

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from risk_engine.offline.backtest import BacktestSummary, run_backtest
+from risk_engine.offline.cluster import PARTITION_BYTES, PARTITIONS_PER_WORKER, partition_count
+from risk_engine.offline.distributed import PackedLines
 from risk_engine.offline.logs import LogReport, read_piece
 from risk_engine.offline.replayer import DealtBurstStore
 from risk_engine.offline.sources import byte_ranges, plan_pieces
@@ -183,3 +187,28 @@ def test_a_two_worker_cluster_decides_as_one_process_does(
     assert one.bad > 0 and one.outcomes_applied > 0
     assert summary_of(cluster) == summary_of(one)
     assert decisions(tmp_path / "cluster.jsonl") == decisions(tmp_path / "one.jsonl")
+
+
+@settings(deadline=None, max_examples=100)
+@given(st.lists(st.binary(max_size=300), max_size=60))
+def test_packed_lines_give_back_every_line(lines: list[bytes]) -> None:
+    packed = PackedLines.pack(lines)
+    assert packed.unpack() == lines
+
+
+def test_packed_lines_take_less_than_the_lines_of_a_log() -> None:
+    lines = (SAMPLES / "events.jsonl").read_bytes().splitlines()[:2000]
+    packed = PackedLines.pack(lines)
+    assert len(packed.data) < 0.35 * sum(map(len, lines))
+
+
+def test_a_larger_log_gets_more_partitions_not_larger_ones() -> None:
+    assert partition_count(2, 1 << 20) == 2 * PARTITIONS_PER_WORKER
+    assert partition_count(2, 10 * PARTITION_BYTES) == 10
+    assert partition_count(2, 10 * PARTITION_BYTES + 1) == 11
+    sizes = [partition_count(4, n * PARTITION_BYTES // 3) for n in range(1, 400, 7)]
+    assert sizes == sorted(sizes)
+    assert all(
+        n * PARTITION_BYTES // 3 <= p * PARTITION_BYTES
+        for n, p in zip(range(1, 400, 7), sizes, strict=True)
+    )
