@@ -40,6 +40,7 @@ COMPILED: tuple[str, ...] = (
     "risk_engine.features.common",
     "risk_engine.features.device",
     "risk_engine.features.geo",
+    "risk_engine.features.learn",
     "risk_engine.features.maturity",
     "risk_engine.features.observation",
     "risk_engine.features.registry",
@@ -48,7 +49,6 @@ COMPILED: tuple[str, ...] = (
     "risk_engine.features.temporal",
     "risk_engine.features.velocity",
     "risk_engine.profiles.bursts",
-    "risk_engine.profiles.learn",
     "risk_engine.profiles.packed",
     "risk_engine.reasons",
 )

@@ -32,6 +32,7 @@ from risk_engine.errors import (
     ProfileStoreError,
 )
 from risk_engine.events import Event
+from risk_engine.features.learn import hold_pending, learn, resolve_pending, unpassed_step_up
 from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
 from risk_engine.geo import GeoLocator, Location, network_key
@@ -39,7 +40,6 @@ from risk_engine.model.artifact import ModelArtifact, default_model_path, load_a
 from risk_engine.policy import ClassPolicy, Policy, PolicyTable, load_policy
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.factory import open_store
-from risk_engine.profiles.learn import hold_pending, learn, resolve_pending, unpassed_step_up
 from risk_engine.profiles.model import BurstCounts, DeviceRecord, Profile, SessionRecord
 from risk_engine.profiles.store import BurstNote, ProfileStore
 from risk_engine.reasons import explain
