@@ -44,7 +44,8 @@ import redis
 from reference import core_mode, python_speed
 
 import risk_engine.engine as engine_module
-from risk_engine.engine import Engine, load_scorer
+from risk_engine.assembly import load_scorer
+from risk_engine.engine import Engine
 from risk_engine.errors import ProfileStoreError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator
