@@ -9,8 +9,10 @@ learn.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
+import sys
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -41,6 +43,7 @@ from risk_engine.reasons import explain
 from risk_engine.useragent import UAInfo
 
 SAMPLE = Path(__file__).parents[2] / "data" / "samples" / "events.jsonl"
+README = Path(__file__).parents[2] / "README.md"
 HISTORY_EVENTS = 1200
 START = 1_772_352_000.0  # 2026-03-01T08:00:00Z
 
@@ -354,3 +357,32 @@ def test_schema_hash_changes_when_names_change(changed: tuple[str, ...]) -> None
 
 def test_schema_hash_changes_with_the_version() -> None:
     assert _schema_hash(FEATURE_NAMES, FEATURE_VERSION + 1) != SCHEMA_HASH
+
+
+# -- the reasons' documentation ---------------------------------------------------------
+
+
+def _codes_in(module_path: Path) -> set[str]:
+    """The codes of the ``Reason(code=...)`` a module words."""
+    codes: set[str] = set()
+    for node in ast.walk(ast.parse(module_path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Reason":
+            for keyword in node.keywords:
+                if keyword.arg == "code" and isinstance(keyword.value, ast.Constant):
+                    codes.add(str(keyword.value.value))
+    return codes
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+def test_every_reason_code_is_in_the_readme(family: FeatureFamily) -> None:
+    module = sys.modules[family.explain.__module__]
+    assert module.__file__ is not None
+    codes = _codes_in(Path(module.__file__).with_suffix(".py"))
+    assert codes, f"{family.name} words no reason"
+    rows = " ".join(
+        line
+        for line in README.read_text().splitlines()
+        if line.strip().startswith(f"| {family.name} |")
+    )
+    missing = sorted(code for code in codes if f"`{code}`" not in rows)
+    assert not missing, f"reason codes of {family.name} not in the README's table: {missing}"
