@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
-import sys
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from risk_engine.compiled import source_path
 from risk_engine.engine import Engine
 from risk_engine.features.common import FeatureView, Lesson
 from risk_engine.features.observation import Observation, observe
@@ -375,9 +375,8 @@ def _codes_in(module_path: Path) -> set[str]:
 
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
 def test_every_reason_code_is_in_the_readme(family: FeatureFamily) -> None:
-    module = sys.modules[family.explain.__module__]
-    assert module.__file__ is not None
-    codes = _codes_in(Path(module.__file__).with_suffix(".py"))
+    # The source, compiled or not (a compiled module's __file__ is its extension).
+    codes = _codes_in(source_path(family.explain.__module__))
     assert codes, f"{family.name} words no reason"
     rows = " ".join(
         line
