@@ -20,12 +20,12 @@ import numpy as np
 from reference import core_mode
 
 from risk_engine.events import Event
+from risk_engine.features.learn import learn
 from risk_engine.features.observation import observe
 from risk_engine.features.registry import compute_features
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.logs import LogReport, read_events
 from risk_engine.privacy import Hasher
-from risk_engine.profiles.learn import learn
 from risk_engine.profiles.model import BurstCounts, Profile
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "events.jsonl"

@@ -48,7 +48,7 @@ _LAZY: dict[str, str] = {
     "RiskEngineClient": "risk_engine.client",
     "RiskModel": "risk_engine.model.detector",
     "Settings": "risk_engine.config",
-    "build_engine": "risk_engine.engine",
+    "build_engine": "risk_engine.assembly",
     "load_artifact": "risk_engine.model.artifact",
     "load_policy": "risk_engine.policy",
     "open_store": "risk_engine.profiles.factory",

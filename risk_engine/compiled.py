@@ -31,15 +31,17 @@ from types import ModuleType
 PURE_PYTHON_ENV = "RISK_ENGINE_PURE_PYTHON"
 # Written by the build next to the compiled modules (setup.py); never committed.
 BUILD_MANIFEST = "_compiled.json"
-# The decision path's modules: features, observation, learn step, burst windows,
-# reasons and the profile's binary form. Not engine.py (its Decision and Challenge
-# are pydantic models, and benchmarks/bench_engine.py times the phases by wrapping
-# the functions it calls), not policy.py (pydantic), not model/fastpath.py (numba).
+# The decision path's modules: features (each family's score, learn and reasons),
+# observation, learn step, burst windows, reasons and the profile's binary form.
+# Not engine.py (its Decision is a pydantic model, and benchmarks/bench_engine.py
+# times the phases by wrapping the functions it calls), nor challenges.py and
+# assembly.py beside it, not policy.py (pydantic), not model/fastpath.py (numba).
 COMPILED: tuple[str, ...] = (
     "risk_engine.features.action",
     "risk_engine.features.common",
     "risk_engine.features.device",
     "risk_engine.features.geo",
+    "risk_engine.features.learn",
     "risk_engine.features.maturity",
     "risk_engine.features.observation",
     "risk_engine.features.registry",
@@ -48,7 +50,6 @@ COMPILED: tuple[str, ...] = (
     "risk_engine.features.temporal",
     "risk_engine.features.velocity",
     "risk_engine.profiles.bursts",
-    "risk_engine.profiles.learn",
     "risk_engine.profiles.packed",
     "risk_engine.reasons",
 )

@@ -4,43 +4,33 @@ For each event: locate it, build the observation, then, atomically on the user's
 profile, compute the features from the profile as it was (score), decide, and
 only then fold the event into the profile (learn). A step-up holds the event
 until its outcome arrives: a pass teaches the new device or place, a failure
-counts against the user, a missing outcome teaches nothing.
+counts against the user, a missing outcome teaches nothing. The challenges
+themselves are ``challenges.py``'s; the engine is assembled by ``assembly.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import orjson
 
-from risk_engine.config import Settings
-from risk_engine.decision import Acr, Challenge, Decision, Outcome, Reason
-from risk_engine.errors import (
-    ConfigurationError,
-    ConflictError,
-    GeoIPError,
-    NotFoundError,
-    ProfileStoreError,
-)
+from risk_engine import challenges
+from risk_engine.challenges import ChallengeResult
+from risk_engine.decision import Acr, Decision, Outcome, Reason
+from risk_engine.errors import ConfigurationError, GeoIPError, ProfileStoreError
 from risk_engine.events import Event
+from risk_engine.features.learn import hold_pending, learn, unpassed_step_up
 from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
 from risk_engine.geo import GeoLocator, Location, network_key
-from risk_engine.model.artifact import ModelArtifact, default_model_path, load_artifact
-from risk_engine.policy import ClassPolicy, Policy, PolicyTable, load_policy
+from risk_engine.model.artifact import ModelArtifact
+from risk_engine.policy import Policy, PolicyTable
 from risk_engine.privacy import Hasher
-from risk_engine.profiles.factory import open_store
-from risk_engine.profiles.learn import hold_pending, learn, resolve_pending, unpassed_step_up
-from risk_engine.profiles.model import BurstCounts, DeviceRecord, Profile, SessionRecord
+from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.store import BurstNote, ProfileStore
 from risk_engine.reasons import explain
 from risk_engine.rotation import adopt, never_written, rekey
@@ -53,8 +43,6 @@ WARM_UP_USER_AGENT = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
     " Chrome/131.0.0.0 Safari/537.36"
 )
-# Tolerated difference between the application's event clock and ours, in seconds.
-CLOCK_SKEW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -92,27 +80,6 @@ class Verdict:
     challenge_id: str | None = None
 
 
-@dataclass(frozen=True)
-class ChallengeResult:
-    """The effect of a reported step-up result."""
-
-    challenge_id: str
-    event_id: str
-    user_key: str
-    session_id: str | None
-    passed: bool
-    satisfied: bool
-    acr: Acr | None
-    # The user's ref and data key, to seal the audit record of the result.
-    sealing: tuple[str, str] | None = None
-
-
-def action_digest(event: Event | Observation) -> str:
-    """What a challenge is bound to: the action, its amount, currency and payee."""
-    parts = f"{event.action}\x00{event.amount!r}\x00{event.currency or ''}\x00{event.payee or ''}"
-    return hashlib.sha256(parts.encode()).hexdigest()[:32]
-
-
 def burst_note(obs: Observation, *, keep_event: bool = False) -> BurstNote:
     """What the burst windows keep of an event (a failed login counts as a failure).
 
@@ -122,10 +89,6 @@ def burst_note(obs: Observation, *, keep_event: bool = False) -> BurstNote:
     return BurstNote(
         obs.ip_key, obs.network, obs.user_key, obs.ts, failed, obs.event_id if keep_event else ""
     )
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Engine:
@@ -185,17 +148,13 @@ class Engine:
             keys.append(self.previous_hasher.digest("user", user_id))
         return keys
 
-    def session_hash(self, session_id: str | None) -> str | None:
-        """The keyed hash that challenge records keep of a session id."""
-        return None if session_id is None else self.hasher.digest("session", session_id)
+    def _hashers(self) -> tuple[Hasher, ...]:
+        """The secret's hasher, then (during a secret rotation) the previous secret's."""
+        if self.previous_hasher is None:
+            return (self.hasher,)
+        return (self.hasher, self.previous_hasher)
 
-    def _session_hashes(self, session_id: str | None) -> tuple[str | None, ...]:
-        """The session's keyed hash, and the previous secret's (for challenges issued before)."""
-        if self.previous_hasher is None or session_id is None:
-            return (self.session_hash(session_id),)
-        return (self.session_hash(session_id), self.previous_hasher.digest("session", session_id))
-
-        # -- scoring ------------------------------------------------------------------------
+    # -- scoring ------------------------------------------------------------------------
 
     def locate(self, event: Event) -> tuple[Location, str | None]:
         """The event's location, or an unknown one and why (GeoIP failing is not fatal)."""
@@ -261,8 +220,15 @@ class Engine:
         decision._sealing = verdict.sealing
         if decision.decision is Outcome.STEP_UP and issue_challenge and not degraded:
             try:
-                decision.challenge = self._issue_challenge(
-                    event, obs, decision, verdict.challenge_id
+                decision.challenge = challenges.issue(
+                    self.store,
+                    event,
+                    obs,
+                    decision,
+                    verdict.challenge_id,
+                    hasher=self.hasher,
+                    ttl_s=self.challenge_ttl_s,
+                    now=self.clock(),
                 )
             except ProfileStoreError as exc:
                 # The step-up stands; only its binding could not be kept (no 5xx for that).
@@ -316,7 +282,7 @@ class Engine:
                 )
         if verdict.outcome is Outcome.STEP_UP:
             _, cls = scorer.table.class_of(obs.action)
-            assurance = self._use_assurance(profile, obs, verdict, cls)
+            assurance = challenges.use_assurance(profile, obs, verdict.reasons, cls)
             if assurance is not None:
                 verdict.outcome = Outcome.ALLOW
                 verdict.reasons.insert(0, assurance)
@@ -328,73 +294,10 @@ class Engine:
             device_trust_s=self.device_trust_s,
         )
         if verdict.outcome is Outcome.STEP_UP:
-            verdict.challenge_id = "c-" + secrets.token_urlsafe(16)
+            verdict.challenge_id = challenges.new_id()
             hold_pending(profile, obs, verdict.challenge_id)
         verdict.sealing = (profile.ref, profile.data_key)
         return verdict
-
-    @staticmethod
-    def _use_assurance(
-        profile: Profile, obs: Observation, verdict: Verdict, cls: ClassPolicy
-    ) -> Reason | None:
-        """The reason a passed step-up covers this action, or None; uses up a linked one.
-
-        A step-up covers what comes next where it was passed: in the same, unchanged
-        session (same device and network); passed without a session, on the same
-        device and network, for events without a session. In a class with dynamic
-        linking it covers only the action it was passed for, once.
-        """
-        record: SessionRecord | DeviceRecord | None
-        network: str | None
-        if obs.session_id:
-            record = profile.sessions.get(obs.session_id)
-            # A hijacked session must not inherit the victim's assurance.
-            if record is None or record.device_key != obs.device_key:
-                return None
-            network, where = record.network, "in this session"
-        else:
-            record = profile.devices.get(obs.device_key) if obs.has_device else None
-            if record is None:
-                return None
-            network, where = record.auth_network, "on this device and network"
-        if record.acr is None or record.auth_time is None or network != obs.network:
-            return None
-        codes = {r.code for r in verdict.reasons}
-        if codes & {"session_hijack", "impossible_travel", "session_device_changed"}:
-            return None
-        age = obs.ts - record.auth_time
-        # The step-up is stamped by the server clock, the event by the application's:
-        # allow a little skew, but an action from before the step-up is not covered.
-        if Acr(record.acr).rank < cls.required_acr.rank or not -CLOCK_SKEW_S <= age <= cls.max_age:
-            return None
-        if cls.dynamic_linking:
-            if record.action_digest != action_digest(obs):
-                return None
-            record.action_digest = None
-        age = max(age, 0.0)
-        return Reason(
-            code="session_assurance",
-            detail=f"{record.acr} step-up passed {where} {age / 60:.0f} min ago",
-        )
-
-    @staticmethod
-    def _grant_assurance(
-        profile: Profile, obs: Observation, acr: Acr, now: float, digest: str
-    ) -> None:
-        """Raise the assurance of where a step-up was passed: its session, else its device."""
-        record: SessionRecord | DeviceRecord | None
-        if obs.session_id:
-            record = profile.sessions.get(obs.session_id)
-        else:
-            record = profile.devices.get(obs.device_key) if obs.has_device else None
-        if record is None:
-            return
-        if record.acr is None or Acr(record.acr).rank <= acr.rank:
-            record.acr = acr.value
-        record.auth_time = now
-        record.action_digest = digest
-        if isinstance(record, DeviceRecord):
-            record.auth_network = obs.network
 
     # -- training replay ----------------------------------------------------------------
 
@@ -465,23 +368,8 @@ class Engine:
             return self.store.update_event(note, step)
         carried.append(found)
         result = self.store.update_event(note, step)
-        self._carry_challenges(found, old.user_key, obs.user_key)
+        challenges.carry(self.store, found, old.user_key, obs.user_key, self.clock())
         return result
-
-    def _carry_challenges(self, profile: Profile, old_key: str, new_key: str) -> None:
-        """Point the carried profile's outstanding challenges at its new key."""
-        now = self.clock()
-        for challenge_id in profile.challenge_ids():
-            raw = self.store.load_challenge(challenge_id, now)
-            if raw is None:
-                continue
-            record = orjson.loads(raw)
-            if record.get("user_key") != old_key:
-                continue
-            record["user_key"] = new_key
-            ttl = float(record["expires_at"]) - now
-            if ttl > 0:
-                self.store.save_challenge(challenge_id, orjson.dumps(record), ttl, now)
 
     # -- step-up outcomes ---------------------------------------------------------------
 
@@ -501,79 +389,17 @@ class Engine:
         session, else its device and network), for the action ``digest`` names (the
         challenge's; by default the held event's own).
         """
-        applied, _ = self._apply_outcome(
-            self.user_key(user_id), event_id, passed=passed, now=now, acr=acr, digest=digest
+        applied, _ = challenges.apply_outcome(
+            self.store,
+            self.user_key(user_id),
+            event_id,
+            passed=passed,
+            now=now,
+            device_trust_s=self.device_trust_s,
+            acr=acr,
+            digest=digest,
         )
         return bool(applied)
-
-    def _apply_outcome(
-        self,
-        user_key: str,
-        event_id: str,
-        *,
-        passed: bool,
-        now: float,
-        acr: Acr | None = None,
-        digest: str | None = None,
-    ) -> tuple[bool | None, tuple[str, str] | None]:
-        """``apply_outcome`` by user key, and the profile's ref and data key.
-
-        (None, None) when no profile is kept (erased, or never made): none is created.
-        """
-        sealing: list[tuple[str, str]] = []
-
-        def apply(profile: Profile) -> bool:
-            if profile.is_new:
-                # No profile (erased, or never made): an outcome must not create one.
-                raise _NoProfile
-            sealing[:] = [(profile.ref, profile.data_key)]
-            obs = resolve_pending(
-                profile, event_id, passed=passed, now=now, device_trust_s=self.device_trust_s
-            )
-            if obs is None:
-                return False
-            if passed and acr is not None:
-                self._grant_assurance(profile, obs, acr, now, digest or action_digest(obs))
-            return True
-
-        try:
-            applied = self.store.update(user_key, apply)
-        except _NoProfile:
-            return None, None
-        return applied, sealing[0]
-
-    def _issue_challenge(
-        self, event: Event, obs: Observation, decision: Decision, challenge_id: str | None
-    ) -> Challenge:
-        assert decision.required_acr is not None and decision.max_age is not None
-        challenge_id = challenge_id or "c-" + secrets.token_urlsafe(16)
-        now = self.clock()
-        expires = now + self.challenge_ttl_s
-        # Keyed ids only: the record outlives nothing (erasure deletes it) but is kept
-        # apart from the profile, so it names the user and the session by their HMACs.
-        record = {
-            "event_id": event.event_id,
-            "user_key": obs.user_key,
-            "session_hash": self.session_hash(event.session_id),
-            "action_digest": action_digest(event),
-            "required_acr": decision.required_acr.value,
-            "max_age": decision.max_age,
-            "expires_at": expires,
-            "decision_id": decision.decision_id,
-        }
-        self.store.save_challenge(challenge_id, orjson.dumps(record), self.challenge_ttl_s, now)
-        hint = (
-            'Bearer error="insufficient_user_authentication", '
-            f'error_description="step-up required", acr_values="{decision.required_acr.value}", '
-            f"max_age={decision.max_age}"
-        )
-        return Challenge(
-            id=challenge_id,
-            expires_at=_rfc3339(expires),
-            required_acr=decision.required_acr,
-            max_age=decision.max_age,
-            www_authenticate=hint,
-        )
 
     def complete_challenge(
         self,
@@ -583,111 +409,18 @@ class Engine:
         session_id: str | None,
         acr: Acr | None,
     ) -> ChallengeResult:
-        """Record a step-up result reported by the application; single use, session-bound.
-
-        A challenge issued without a session takes a result without one: its held
-        event's device and network are what its assurance is bound to.
-        """
-        now = self.clock()
-        raw = self.store.load_challenge(challenge_id, now)
-        if raw is None:
-            raise NotFoundError(f"challenge {challenge_id} is unknown or expired", field="id")
-        record = orjson.loads(raw)
-        if "user_key" not in record:
-            # Saved by an engine from before challenges kept keyed ids (a rolling upgrade).
-            record["user_key"] = self.user_key(record["user_id"])
-            record["session_hash"] = self.session_hash(record.get("session_id"))
-        bound = record.get("session_hash")
-        if bound is None and session_id is not None:
-            raise ConflictError(
-                "challenge was issued without a session: its result must name none",
-                field="session_id",
-            )
-        if bound is not None and bound not in self._session_hashes(session_id):
-            raise ConflictError(
-                "challenge result is for another session than the challenge", field="session_id"
-            )
-        if not self.store.claim_challenge(challenge_id, now):
-            raise ConflictError(f"challenge {challenge_id} was already used", field="id")
-        required = Acr(record["required_acr"])
-        satisfied = passed and (acr is None or acr.rank >= required.rank)
-        # The held event's own session is the bound one (the pending entry keeps it).
-        applied, sealing = self._apply_outcome(
-            record["user_key"],
-            record["event_id"],
-            passed=satisfied,
-            now=now,
-            acr=(acr or required) if satisfied else None,
-            digest=record["action_digest"],
-        )
-        if applied is None:
-            raise NotFoundError(
-                f"challenge {challenge_id} is for a user no longer kept (erased)", field="id"
-            )
-        return ChallengeResult(
-            challenge_id=challenge_id,
-            event_id=record["event_id"],
-            user_key=record["user_key"],
-            session_id=session_id if bound is not None else None,
+        """Record a step-up result reported by the application (``challenges.py``)."""
+        return challenges.complete(
+            self.store,
+            challenge_id,
             passed=passed,
-            satisfied=satisfied,
+            session_id=session_id,
             acr=acr,
-            sealing=sealing,
+            now=self.clock(),
+            hashers=self._hashers(),
+            device_trust_s=self.device_trust_s,
         )
-
-
-class _NoProfile(Exception):
-    """Raised inside an outcome's update to leave a missing profile missing."""
 
 
 class _LookUpPrevious(Exception):
     """Raised inside an event's transaction: no profile under the new key, try the old one."""
-
-
-def load_scorer(model_path: Path | None, policy_path: Path | None) -> Scorer:
-    """Load a verified model artifact and a validated policy (defaults when None)."""
-    return Scorer(
-        artifact=load_artifact(model_path or default_model_path()),
-        policy=load_policy(policy_path),
-    )
-
-
-def build_engine(
-    settings: Settings,
-    *,
-    store: ProfileStore | None = None,
-    geo: GeoLocator | None = None,
-    with_model: bool = True,
-) -> Engine:
-    """Assemble the engine from settings: store, GeoIP, model, policy, shadow, secret."""
-    if settings.sqlite_path is not None and store is None:
-        settings.secure_files(logs=False)
-    scorer = load_scorer(settings.model_path, settings.policy_path) if with_model else None
-    shadow = None
-    if settings.shadow_model_path or settings.shadow_policy_path:
-        shadow = load_scorer(
-            settings.shadow_model_path or settings.model_path,
-            settings.shadow_policy_path or settings.policy_path,
-        )
-    previous = settings.resolve_previous_secret()
-    return Engine(
-        store=store
-        or open_store(
-            settings.store,
-            retention_days=settings.retention_days,
-            timeout_s=settings.store_timeout_s,
-        ),
-        geo=geo
-        or GeoLocator(
-            settings.geoip_city_db,
-            asn_db=settings.geoip_asn_db,
-            anonymous_db=settings.geoip_anonymous_db,
-        ),
-        scorer=scorer,
-        shadow=shadow,
-        hasher=Hasher(settings.resolve_secret()),
-        previous_hasher=Hasher(previous) if previous is not None else None,
-        challenge_ttl_s=settings.challenge_ttl_s,
-        device_trust_days=settings.device_trust_days,
-        include_features=settings.include_features,
-    )

@@ -29,10 +29,11 @@ from risk_engine.api.metrics import Metrics
 from risk_engine.api.middleware import BodyLimitMiddleware
 from risk_engine.api.routes import ops, v1
 from risk_engine.api.service import Service
+from risk_engine.assembly import build_engine
 from risk_engine.config import Settings
 from risk_engine.console import install_console
 from risk_engine.decision_log.process import PENDING_FLUSH_S
-from risk_engine.engine import Engine, build_engine
+from risk_engine.engine import Engine
 from risk_engine.errors import RiskEngineError
 
 log = logging.getLogger("risk_engine.api")

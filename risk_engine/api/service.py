@@ -28,6 +28,7 @@ from risk_engine.api.schemas import (
     Readiness,
     ScorerInfo,
 )
+from risk_engine.assembly import load_scorers
 from risk_engine.audit import AuditLog, RecordKind, decision_record, seal_personal
 from risk_engine.config import Settings
 from risk_engine.decision import Decision, Outcome
@@ -38,7 +39,7 @@ from risk_engine.decision_log import (
     open_decision_log_writer,
 )
 from risk_engine.decision_log.writer import EntryFields
-from risk_engine.engine import Engine, Scorer, load_scorer
+from risk_engine.engine import Engine, Scorer
 from risk_engine.errors import (
     ConfigurationError,
     ConflictError,
@@ -443,15 +444,9 @@ class Service:
         Requests in flight keep the Scorer they started with; the swap is one
         attribute store, so none is dropped or sees half a model.
         """
-        s = self.settings
         with self._reload_lock:
             try:
-                live = load_scorer(s.model_path, s.policy_path)
-                shadow = None
-                if s.shadow_model_path or s.shadow_policy_path:
-                    shadow = load_scorer(
-                        s.shadow_model_path or s.model_path, s.shadow_policy_path or s.policy_path
-                    )
+                live, shadow = load_scorers(self.settings)
             except RiskEngineError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 raise ConfigurationError(

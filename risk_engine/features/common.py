@@ -1,9 +1,13 @@
-"""Small helpers shared by the feature families."""
+"""What the feature families share: the lesson they learn, the helpers they score
+and word their reasons with."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
+from risk_engine.decision import Reason
 from risk_engine.geo import haversine_km
 from risk_engine.profiles.model import Profile
 
@@ -11,6 +15,41 @@ from risk_engine.profiles.model import Profile
 MIN_HISTORY = 1
 HOUR_S = 3600.0
 DAY_S = 86400.0
+# How long a device stays trusted after its last trusted use.
+DEFAULT_DEVICE_TRUST_S = 90 * DAY_S
+
+# A reason and the weight that orders it among the event's reasons (higher first).
+Weighted = tuple[float, Reason]
+
+
+@dataclass(frozen=True, slots=True)
+class Lesson:
+    """What one event teaches the profile: its decision, or its step-up's outcome.
+
+    ``seen``: the event happens now, so its activity counts (recent events, failed
+    logins, steps) whatever its decision; False when a held event's outcome
+    arrives (it was counted when it was scored). ``trusted``: it teaches where the
+    user is and what the user uses. ``refused``: denied, or its step-up failed, so
+    its device is kept as an untrusted one. ``failed_at``: a failed step-up counts
+    as a failure at that time.
+    """
+
+    seen: bool
+    trusted: bool
+    refused: bool
+    device_trust_s: float = DEFAULT_DEVICE_TRUST_S
+    failed_at: float | None = None
+
+
+class FeatureView:
+    """One event's feature vector, read by name: a family's reasons may read any feature."""
+
+    def __init__(self, values: list[float], index: Mapping[str, int]) -> None:
+        self.values = values
+        self.index = index
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[self.index[name]]
 
 
 def familiarity(counter: dict[str, list[float]], key: str, total: float | None = None) -> float:
@@ -79,3 +118,25 @@ def speed_kmh(distance_km: float, seconds: float) -> float:
 
 def log1p(value: float) -> float:
     return math.log1p(max(0.0, value))
+
+
+def km_text(value: float) -> str:
+    """A distance as reasons word it.
+
+    >>> km_text(8412.4)
+    '8,412 km'
+    """
+    return f"{value:,.0f} km"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as reasons word it: minutes, hours, then days.
+
+    >>> duration_text(35 * 60.0), duration_text(5 * 3600.0), duration_text(9 * 86400.0)
+    ('35 min', '5.0 h', '9 days')
+    """
+    minutes = seconds / 60.0
+    if minutes < 90:
+        return f"{max(1, round(minutes))} min"
+    hours = minutes / 60.0
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.0f} days"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from risk_engine.decision import Reason
+from risk_engine.features.common import FeatureView, Lesson, Weighted
 from risk_engine.features.geo import familiar_place_and_network
 from risk_engine.features.observation import Observation
-from risk_engine.profiles.model import BurstCounts, DeviceRecord, Profile
+from risk_engine.profiles.model import MAX_DEVICES, BurstCounts, DeviceRecord, Profile
 
 # Drift weights: a browser version bump is mild, a new browser family or OS is strong.
 W_FAMILY = 0.40
@@ -110,3 +112,99 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         0.0 if familiar_place_and_network(profile, obs) else min(obs.tz_mismatch_h, 12.0),
         device_novelty(profile),
     )
+
+
+def learn(profile: Profile, obs: Observation, lesson: Lesson) -> None:
+    """A trusted event's device, trusted for a while; a refused event's, as untrusted.
+
+    A device is remembered as untrusted only when its event was refused: an
+    unanswered step-up leaves no mark, so "untrusted device" means "seen
+    attacking" and a retry finds the profile as the first try did.
+    """
+    if lesson.trusted:
+        _remember(profile, obs, trusted=True, device_trust_s=lesson.device_trust_s)
+    elif lesson.refused:
+        _remember(profile, obs, trusted=False, device_trust_s=lesson.device_trust_s)
+
+
+def _remember(profile: Profile, obs: Observation, *, trusted: bool, device_trust_s: float) -> None:
+    if not obs.has_device:
+        return
+    ua = obs.ua
+    record = profile.devices.get(obs.device_key)
+    if record is None:
+        if len(profile.devices) >= MAX_DEVICES:
+            # Evict untrusted devices first, then the least recently used trusted one;
+            # but an attacker's device never pushes out a device the user trusts.
+            victim = min(profile.devices.values(), key=lambda d: (d.trusted, d.last_ts))
+            if victim.trusted and not trusted:
+                return
+            del profile.devices[victim.key]
+        record = DeviceRecord(key=obs.device_key, has_id=obs.has_device_id, first_ts=obs.ts)
+        profile.devices[obs.device_key] = record
+    # Attributes follow the device (browser updates) only when the event is trusted.
+    if trusted or record.count == 0:
+        record.ua_family = ua.family
+        record.ua_major = ua.major
+        record.os_family = ua.os_family
+        record.os_major = ua.os_major
+        record.device_class = ua.device_class
+        record.platform = obs.platform
+        record.timezone = obs.timezone
+        record.language = obs.language
+        record.screen = obs.screen
+    record.count += 1
+    record.last_ts = max(record.last_ts, obs.ts)
+    if trusted:
+        record.trusted = True
+        record.trusted_until = obs.ts + device_trust_s
+
+
+def explain(
+    profile: Profile, bursts: BurstCounts, obs: Observation, values: FeatureView
+) -> list[Weighted]:
+    """A new, similar, untrusted or changed device; a clock zone off the address's."""
+    out: list[Weighted] = []
+    label = obs.ua.label
+    if values["device_new"]:
+        out.append((5.0, Reason(code="new_device", detail=f"never seen before: {label}")))
+    elif values["device_similar"]:
+        record, _, drift = match(profile, obs)
+        known = record.ua_family + " " + record.ua_major if record else "a known device"
+        out.append(
+            (
+                1.5,
+                Reason(
+                    code="similar_device",
+                    detail=f"device id not recognised, but close to {known.strip()} "
+                    f"(drift {drift:.2f})",
+                ),
+            )
+        )
+    if values["device_untrusted"]:
+        out.append((4.0, Reason(code="untrusted_device", detail=f"{label} never passed a step-up")))
+    drift = values["device_drift"]
+    if values["device_known"] and drift >= 0.3:
+        out.append(
+            (
+                3.0,
+                Reason(
+                    code="device_changed", detail=f"known device id, attributes drifted {drift:.2f}"
+                ),
+            )
+        )
+    mismatch = values["tz_mismatch_h"]
+    if mismatch >= 2:
+        out.append(
+            (
+                3.0,
+                Reason(
+                    code="timezone_mismatch",
+                    detail=f"device time zone {obs.timezone or '?'} is {mismatch:.0f} h off "
+                    f"the address's {obs.geo_timezone or '?'}",
+                ),
+            )
+        )
+    if values["device_missing"]:
+        out.append((1.0, Reason(code="no_device_info", detail="no device id or User-Agent")))
+    return out

@@ -8,17 +8,35 @@ office's NAT range are not new networks; a network elsewhere still is.
 
 from __future__ import annotations
 
+from risk_engine.decision import Reason
 from risk_engine.features.common import (
+    FeatureView,
+    Lesson,
+    Weighted,
+    duration_text,
     effective_distance_km,
     familiarity,
     is_new,
+    km_text,
     log1p,
     mass,
     novelty,
     speed_kmh,
 )
 from risk_engine.features.observation import Observation
-from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.model import (
+    MAX_CITIES,
+    MAX_COUNTRIES,
+    MAX_FAMILIES,
+    MAX_IPS,
+    MAX_NETWORKS,
+    MAX_PLACES,
+    BurstCounts,
+    Place,
+    Profile,
+    bump,
+    push_bounded,
+)
 
 # Faster than an airliner over a distance a GeoIP error cannot explain.
 IMPOSSIBLE_KMH = 1000.0
@@ -143,3 +161,76 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         novelty(families, family_mass) if families else novelty(networks, network_mass),
         novelty(ips, ip_mass),
     )
+
+
+def learn(profile: Profile, obs: Observation, lesson: Lesson) -> None:
+    """A trusted event's place, country, city, network, network family and address."""
+    if not lesson.trusted:
+        return
+    ts = obs.ts
+    if obs.geo_known and obs.latitude is not None and obs.longitude is not None:
+        push_bounded(
+            profile.places,
+            Place(ts, obs.latitude, obs.longitude, obs.accuracy_km, obs.country, obs.city),
+            MAX_PLACES,
+        )
+    if obs.country:
+        bump(profile.countries, obs.country, ts, MAX_COUNTRIES)
+    if obs.city_key:
+        bump(profile.cities, obs.city_key, ts, MAX_CITIES)
+    bump(profile.networks, obs.network, ts, MAX_NETWORKS)
+    if obs.network_family:
+        bump(profile.families, obs.network_family, ts, MAX_FAMILIES)
+    bump(profile.ips, obs.ip_key, ts, MAX_IPS)
+
+
+def explain(
+    profile: Profile, bursts: BurstCounts, obs: Observation, values: FeatureView
+) -> list[Weighted]:
+    """Travel from the last trusted place, then new or unlocatable places and networks."""
+    return _travel(profile, obs, values) + _places(profile, obs, values)
+
+
+def _travel(profile: Profile, obs: Observation, values: FeatureView) -> list[Weighted]:
+    km, seconds, kmh = travel(profile, obs)
+    if km <= 0 or not profile.places:
+        return []
+    origin = profile.places[-1]
+    where = f"{origin.city}, {origin.country}" if origin.city else origin.country or "last place"
+    detail = f"{km_text(km)} from {where} in {duration_text(seconds)} ({kmh:,.0f} km/h)"
+    if values["impossible_travel"]:
+        return [(10.0, Reason(code="impossible_travel", detail=detail))]
+    if km > 500:
+        return [(3.0, Reason(code="long_distance", detail=detail))]
+    return []
+
+
+def _places(profile: Profile, obs: Observation, values: FeatureView) -> list[Weighted]:
+    out: list[Weighted] = []
+    if values["geo_unknown"]:
+        out.append((1.0, Reason(code="unknown_location", detail="the address cannot be located")))
+    if values["new_country"]:
+        usual = ", ".join(sorted(profile.countries, key=lambda c: -profile.countries[c][0])[:3])
+        out.append(
+            (
+                6.0,
+                Reason(code="new_country", detail=f"first time from {obs.country}; usual: {usual}"),
+            )
+        )
+    elif values["new_city"]:
+        out.append((2.5, Reason(code="new_city", detail=f"first time from {obs.place}")))
+    if values["new_network"]:
+        known = len(profile.families) or len(profile.networks)
+        out.append(
+            (
+                2.0,
+                Reason(
+                    code="new_network",
+                    detail=f"first time from network {obs.network} "
+                    f"({known} network families known)",
+                ),
+            )
+        )
+    if values["anonymous_ip"]:
+        out.append((5.0, Reason(code="anonymous_ip", detail="VPN, proxy or Tor exit address")))
+    return out

@@ -1,8 +1,9 @@
-"""The feature registry: the ordered names, a version, a schema hash, and the one compute.
+"""The feature registry: the families in order, a version, a schema hash, the one compute.
 
 Online scoring and offline training both call ``compute_features``; the model
 artifact records ``SCHEMA_HASH`` and loading refuses a model built for another
-feature set.
+feature set. The learn step (``features/learn.py``) and the reasons
+(``reasons.explain``) go through the same families, in the same order.
 """
 
 from __future__ import annotations
@@ -21,32 +22,39 @@ from risk_engine.features import (
     temporal,
     velocity,
 )
+from risk_engine.features.common import FeatureView, Lesson, Weighted
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile
 
 FEATURE_VERSION = 2
 
 Compute = Callable[[Profile, BurstCounts, Observation], tuple[float, ...]]
+Learn = Callable[[Profile, Observation, Lesson], None]
+Explain = Callable[[Profile, BurstCounts, Observation, FeatureView], list[Weighted]]
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureFamily:
-    """A group of signals computed together, with their names in order."""
+    """A group of signals with their names in order, as river's estimators pair them:
+    ``compute`` scores an event against the profile as it was, ``learn`` folds the
+    event into the profile afterwards, ``explain`` words the signals as reasons."""
 
     name: str
     names: tuple[str, ...]
     compute: Compute
+    learn: Learn
+    explain: Explain
 
 
 FAMILIES: tuple[FeatureFamily, ...] = (
-    FeatureFamily("geo", geo.NAMES, geo.compute),
-    FeatureFamily("device", device.NAMES, device.compute),
-    FeatureFamily("temporal", temporal.NAMES, temporal.compute),
-    FeatureFamily("action", action.NAMES, action.compute),
-    FeatureFamily("session", session.NAMES, session.compute),
-    FeatureFamily("velocity", velocity.NAMES, velocity.compute),
-    FeatureFamily("sequence", sequence.NAMES, sequence.compute),
-    FeatureFamily("maturity", maturity.NAMES, maturity.compute),
+    FeatureFamily("geo", geo.NAMES, geo.compute, geo.learn, geo.explain),
+    FeatureFamily("device", device.NAMES, device.compute, device.learn, device.explain),
+    FeatureFamily("temporal", temporal.NAMES, temporal.compute, temporal.learn, temporal.explain),
+    FeatureFamily("action", action.NAMES, action.compute, action.learn, action.explain),
+    FeatureFamily("session", session.NAMES, session.compute, session.learn, session.explain),
+    FeatureFamily("velocity", velocity.NAMES, velocity.compute, velocity.learn, velocity.explain),
+    FeatureFamily("sequence", sequence.NAMES, sequence.compute, sequence.learn, sequence.explain),
+    FeatureFamily("maturity", maturity.NAMES, maturity.compute, maturity.learn, maturity.explain),
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.names)

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import math
 
-from risk_engine.features.action import MIN_AMOUNTS, SENSITIVITY
-from risk_engine.features.common import log1p
+from risk_engine.decision import Reason
+from risk_engine.features.action import MIN_AMOUNTS, SENSITIVE, SENSITIVITY, first_use
+from risk_engine.features.common import FeatureView, Lesson, Weighted, duration_text, log1p
 from risk_engine.features.observation import Observation
-from risk_engine.features.temporal import hour_of_day_probability
-from risk_engine.profiles.model import BurstCounts, Profile, Step
+from risk_engine.features.session import session_of
+from risk_engine.features.temporal import QUIET_HOUR, quietness
+from risk_engine.profiles.model import (
+    MAX_PAYEES,
+    MAX_STEPS,
+    BurstCounts,
+    Profile,
+    Step,
+    bump,
+    push_bounded,
+)
 
 # "Within minutes": how long after a payee or credential step a money action follows it.
 SEQUENCE_WINDOW_S = 30 * 60.0
@@ -24,16 +34,17 @@ MONEY_ACTIONS = frozenset({"transfer"})
 CONTROL_ACTIONS = frozenset(
     {"transfer", "add_payee", "export_data", "create_api_key", "grant_role"}
 )
-# Actions that hand out control or data (a role, an API key, an export): rare for most
-# users and what an attacker on the device is after, so a user's first one is asked
-# about whatever the score (policy floor ``first_privileged_action``).
-PRIVILEGED_ACTIONS = frozenset({"grant_role", "create_api_key", "export_data"})
-# Trusted events before "never done this" and "never at this hour" carry meaning.
-FIRST_USE_MIN_EVENTS = 5
-QUIET_MIN_EVENTS = 10
-# Below this sensitivity a first use is no evidence (viewing the account).
-FIRST_USE_MIN_SENSITIVITY = 0.5
 AMOUNT_OVER_CAP = 20.0
+# An amount this many times (in log) the largest the user moved is a takeover's at quiet hours.
+TAKEOVER_AMOUNT_OVER = math.log(2.0)
+# The steps that open a way to money or control, by action: a money action shortly
+# after one is a sequence signal.
+STEP_KINDS: dict[str, str] = {
+    "add_payee": "payee",
+    "change_password": "credential",
+    "change_email": "credential",
+    "change_mfa": "credential",
+}
 
 NAMES: tuple[str, ...] = (
     "payee_then_transfer",
@@ -65,31 +76,6 @@ def preceding_step(profile: Profile, obs: Observation, kind: str) -> Step | None
         if found is None or step.ts >= found.ts:
             found = step
     return found
-
-
-def quietness(profile: Profile, hour_of_week: int) -> float:
-    """How far below a flat day this local hour is for the user: 0 (usual) to 1 (never).
-
-    0 without enough history to know the user's hours.
-    """
-    if profile.n_events < QUIET_MIN_EVENTS:
-        return 0.0
-    p = hour_of_day_probability(profile.hours, hour_of_week % 24)
-    return max(0.0, 1.0 - 24.0 * p)
-
-
-def first_use(profile: Profile, obs: Observation) -> bool:
-    """A sensitive action this established user has never taken in a trusted event."""
-    return (
-        profile.n_events >= FIRST_USE_MIN_EVENTS
-        and SENSITIVITY.get(obs.action, 0.0) >= FIRST_USE_MIN_SENSITIVITY
-        and obs.action not in profile.actions
-    )
-
-
-def first_privileged_use(profile: Profile, obs: Observation) -> bool:
-    """The first privileged action (a role, an API key, an export) of an established user."""
-    return obs.action in PRIVILEGED_ACTIONS and first_use(profile, obs)
 
 
 def amount_over_max(history: list[float], amount: float | None) -> float:
@@ -138,3 +124,85 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         1.0 if is_new_payee(profile, obs) else 0.0,
         log1p(age_min),
     )
+
+
+def learn(profile: Profile, obs: Observation, lesson: Lesson) -> None:
+    """Every step that opens a way to money or control; a trusted transfer's payee.
+
+    Like failures, steps only ever add suspicion to what follows them, so even a
+    refused or pending one is kept: a transfer right after a denied payee is no
+    less telling. A payee becomes familiar by being paid, not by being added.
+    """
+    if lesson.seen:
+        kind = STEP_KINDS.get(obs.action)
+        if kind is not None:
+            step = Step(obs.ts, kind, obs.action, obs.session_id, obs.payee_key)
+            push_bounded(profile.steps, step, MAX_STEPS)
+    if lesson.trusted and obs.payee_key and obs.action == "transfer":
+        bump(profile.payees, obs.payee_key, obs.ts, MAX_PAYEES)
+
+
+def _since_login(profile: Profile, obs: Observation) -> str:
+    record = session_of(profile, obs)
+    if record is None or record.start_ts is None:
+        return ""
+    return f", {duration_text(obs.ts - record.start_ts)} into the session"
+
+
+def explain(
+    profile: Profile, bursts: BurstCounts, obs: Observation, values: FeatureView
+) -> list[Weighted]:
+    """A payee or credential step shortly before money moved; a takeover at quiet hours."""
+    out: list[Weighted] = []
+    amount = f" of {obs.amount:,.2f}" if obs.amount is not None else ""
+    if values["payee_then_transfer"]:
+        step = preceding_step(profile, obs, "payee")
+        if step is not None:
+            which = "that payee" if step.payee and obs.payee_key else "a payee"
+            out.append(
+                (
+                    6.0,
+                    Reason(
+                        code="payee_then_transfer",
+                        detail=f"{obs.action}{amount} to {which} added "
+                        f"{duration_text(obs.ts - step.ts)} before{_since_login(profile, obs)}",
+                    ),
+                )
+            )
+    if values["credential_then_money"]:
+        step = preceding_step(profile, obs, "credential")
+        if step is not None:
+            out.append(
+                (
+                    6.0,
+                    Reason(
+                        code="credential_then_money",
+                        detail=f"{obs.action}{amount} {duration_text(obs.ts - step.ts)} after "
+                        f"{step.action}{_since_login(profile, obs)}",
+                    ),
+                )
+            )
+    quiet = quietness(profile, obs.hour_of_week)
+    if quiet < QUIET_HOUR or SENSITIVITY.get(obs.action, 0.0) < SENSITIVE:
+        return out
+    over = values["amount_over_max_log"]
+    if out:
+        what = out[0][1].code.replace("_", " ")
+    elif values["first_use_sensitivity"]:
+        what = f"first {obs.action}"
+    elif over >= TAKEOVER_AMOUNT_OVER:
+        what = f"{obs.action} of {math.exp(over):.1f}x the largest amount"
+    else:
+        return out
+    hour = obs.hour_of_week % 24
+    out.append(
+        (
+            8.0,
+            Reason(
+                code="quiet_hour_takeover",
+                detail=f"{what} at {hour:02d}:00 local time, an hour "
+                f"{quiet:.0%} below this user's usual activity",
+            ),
+        )
+    )
+    return out

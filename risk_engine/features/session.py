@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from risk_engine.features.common import effective_distance_km, log1p, speed_kmh
+from risk_engine.decision import Reason
+from risk_engine.features.common import (
+    FeatureView,
+    Lesson,
+    Weighted,
+    duration_text,
+    effective_distance_km,
+    km_text,
+    log1p,
+    speed_kmh,
+)
+from risk_engine.features.geo import IMPOSSIBLE_KMH, IMPOSSIBLE_MIN_KM
 from risk_engine.features.observation import Observation
-from risk_engine.profiles.model import BurstCounts, Profile, SessionRecord
+from risk_engine.profiles.model import MAX_SESSIONS, BurstCounts, Profile, SessionRecord
 
 NAMES: tuple[str, ...] = (
     "session_known",
@@ -55,3 +66,63 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         1.0 if record.device_key != obs.device_key else 0.0,
         log1p(kmh),
     )
+
+
+def learn(profile: Profile, obs: Observation, lesson: Lesson) -> None:
+    """A trusted event moves its session's last event here (opening it if new).
+
+    A pending step-up leaves its session as it was: a retry must not find the
+    session continued from the challenged place and device, which would make it
+    look familiar.
+    """
+    if not lesson.trusted or not obs.session_id:
+        return
+    sessions = profile.sessions
+    record = sessions.get(obs.session_id)
+    if record is None:
+        if len(sessions) >= MAX_SESSIONS:
+            oldest = min(sessions, key=lambda k: sessions[k].ts)
+            del sessions[oldest]
+        record = SessionRecord(obs.ts, obs.ip_key, obs.network, obs.device_key, obs.country)
+        record.start_ts = obs.ts
+        sessions[obs.session_id] = record
+    # The session keeps the assurance its step-up earned (acr, auth_time) as long as
+    # it stays consistent: the engine checks that.
+    record.ts = obs.ts
+    record.ip_key = obs.ip_key
+    record.network = obs.network
+    record.device_key = obs.device_key
+    record.country = obs.country
+    record.latitude = obs.latitude
+    record.longitude = obs.longitude
+    record.accuracy_km = obs.accuracy_km
+    record.place = obs.place
+
+
+def explain(
+    profile: Profile, bursts: BurstCounts, obs: Observation, values: FeatureView
+) -> list[Weighted]:
+    """A session that moved impossibly fast, or changed its network or device."""
+    record = session_of(profile, obs)
+    if record is None:
+        return []
+    out: list[Weighted] = []
+    km, kmh = session_speed(record, obs)
+    if km > IMPOSSIBLE_MIN_KM and kmh > IMPOSSIBLE_KMH:
+        out.append(
+            (
+                12.0,
+                Reason(
+                    code="session_hijack",
+                    detail=f"session moved {km_text(km)} from {record.place or 'its start'} in "
+                    f"{duration_text(obs.ts - record.ts)} ({kmh:,.0f} km/h)",
+                ),
+            )
+        )
+    elif values["session_ip_changed"] >= 1.0:
+        out.append((3.0, Reason(code="session_ip_changed", detail="network changed mid-session")))
+    if values["session_device_changed"]:
+        out.append(
+            (4.0, Reason(code="session_device_changed", detail="device changed mid-session"))
+        )
+    return out

@@ -9,10 +9,19 @@ Failures count everywhere.
 
 from __future__ import annotations
 
-from risk_engine.features.common import HOUR_S, log1p
+import math
+
+from risk_engine.decision import Reason
+from risk_engine.features.common import HOUR_S, FeatureView, Lesson, Weighted, log1p
 from risk_engine.features.geo import family_count
 from risk_engine.features.observation import Observation
-from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.profiles.model import (
+    MAX_FAILURES,
+    MAX_RECENT,
+    BurstCounts,
+    Profile,
+    push_bounded,
+)
 
 NAMES: tuple[str, ...] = (
     "login_failed",
@@ -51,3 +60,52 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         log1p(min(bursts.network_users, 1) if shared else bursts.network_users),
         log1p(bursts.network_failures),
     )
+
+
+def learn(profile: Profile, obs: Observation, lesson: Lesson) -> None:
+    """Every event seen counts as activity, a failed login or step-up as a failure.
+
+    Whatever the decision: a refused or pending event is no less activity.
+    """
+    if lesson.seen:
+        push_bounded(profile.recent, obs.ts, MAX_RECENT)
+        if obs.action == "login" and not obs.success:
+            push_bounded(profile.failures, obs.ts, MAX_FAILURES)
+    if lesson.failed_at is not None:
+        push_bounded(profile.failures, lesson.failed_at, MAX_FAILURES)
+
+
+def explain(
+    profile: Profile, bursts: BurstCounts, obs: Observation, values: FeatureView
+) -> list[Weighted]:
+    """The user's failed logins; many accounts from this address or network."""
+    out: list[Weighted] = []
+    failures = round(math.expm1(values["user_failures_1h"]))
+    if failures >= 3:
+        out.append(
+            (3.0, Reason(code="failed_logins", detail=f"{failures} failed logins in the last hour"))
+        )
+    # A network the user trusts is shared by many by nature (an office, a carrier).
+    shared = home_network(profile, obs)
+    if bursts.ip_users >= 5 and not (shared and bursts.ip_failures == 0):
+        out.append(
+            (
+                5.0,
+                Reason(
+                    code="ip_burst",
+                    detail=f"{bursts.ip_users} accounts from this address in the last hour, "
+                    f"{bursts.ip_failures} failed",
+                ),
+            )
+        )
+    elif bursts.network_users >= 10 and not shared:
+        out.append(
+            (
+                3.0,
+                Reason(
+                    code="network_burst",
+                    detail=f"{bursts.network_users} accounts from {obs.network} in the last hour",
+                ),
+            )
+        )
+    return out

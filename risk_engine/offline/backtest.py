@@ -14,22 +14,20 @@ import sys
 import time
 from pathlib import Path
 
-from risk_engine.engine import load_scorer
+from risk_engine.assembly import BACKTEST_SECRET, build_engine, load_scorer
 from risk_engine.errors import InvalidEventError
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.cluster import offline_engine
 from risk_engine.offline.distributed import run_distributed
 from risk_engine.offline.logs import BadLine, LogReport, LogWriter, expand_paths, merged_events
 from risk_engine.offline.replayer import (
-    BACKTEST_SECRET,
     BacktestSummary,
+    EventClock,
     Replayer,
     Ticker,
-    backtest_engine,
     load_outcomes,
 )
 from risk_engine.offline.sources import plan_pieces
-from risk_engine.profiles.memory import MemoryStore
 
 __all__ = ["BACKTEST_SECRET", "BacktestSummary", "load_outcomes", "run_backtest"]
 
@@ -106,10 +104,11 @@ def run_backtest(
             summary.decisions = result.decisions
             summary.outcomes_applied = result.outcomes_applied
         else:
-            engine, clock_now = backtest_engine(scorer, MemoryStore(), geo or GeoLocator())
+            clock = EventClock()
+            engine = build_engine(scorer=scorer, geo=geo, clock=clock)
             report = LogReport()
             with LogWriter(out_path) as out, Ticker(total, show, label) as ticker:
-                replayer = Replayer(engine, clock_now, outcomes, out)
+                replayer = Replayer(engine, clock, outcomes, out)
                 for event in merged_events(files, report):
                     replayer.step(event)
                     if report.lines % 2000 == 0:

@@ -40,23 +40,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from risk_engine.engine import Engine, Scorer, load_scorer
+from risk_engine.assembly import build_engine, load_scorer
+from risk_engine.engine import Scorer
 from risk_engine.events import Event, parse_event_line
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.labels import Label
 from risk_engine.offline.logs import MAX_KEPT_PROBLEMS, BadLine, LineSink, LogReport, read_piece
-from risk_engine.offline.replay import replay_engine
-from risk_engine.offline.replayer import (
-    BACKTEST_SECRET,
-    DealtBurstStore,
-    Replayer,
-    backtest_engine,
-)
+from risk_engine.offline.replayer import DealtBurstStore, EventClock, Replayer
 from risk_engine.offline.sample import FeatureSample
 from risk_engine.offline.sources import Piece
-from risk_engine.privacy import Hasher
 from risk_engine.profiles.bursts import BurstTable
-from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import BurstCounts
 
 # Events between two trims of a partition's burst windows.
@@ -202,12 +195,7 @@ def _scorer(model_path: str | None, policy_path: str | None) -> Scorer:
 
 def scan_piece(piece: Piece, setup: Setup) -> Scanned:
     """Validate every line of a piece; split its events by network and by user."""
-    engine = Engine(
-        store=MemoryStore(),
-        geo=_geo(setup.geo_paths),
-        scorer=None,
-        hasher=Hasher(BACKTEST_SECRET),
-    )
+    engine = build_engine(geo=_geo(setup.geo_paths))
     report = LogReport(keys=dict(setup.keys) if setup.keys else None)
     seq: list[int] = []
     stamps: list[float] = []
@@ -381,11 +369,15 @@ def decide_users(
     """Replay one user partition in the global order: ``parts`` Rows, then burst shares."""
     rows, seq, counts = _in_order(parts, inputs)
     store = DealtBurstStore()
-    engine, clock_now = backtest_engine(
-        _scorer(setup.model_path, setup.policy_path), store, _geo(setup.geo_paths)
+    clock = EventClock()
+    engine = build_engine(
+        store=store,
+        geo=_geo(setup.geo_paths),
+        scorer=_scorer(setup.model_path, setup.policy_path),
+        clock=clock,
     )
     out = io.BytesIO()
-    replayer = Replayer(engine, clock_now, outcomes, out)
+    replayer = Replayer(engine, clock, outcomes, out)
     ends = np.empty(seq.size, dtype=np.int64)
     for i, event in enumerate(_dealt(rows, counts, store)):
         replayer.step(event)
@@ -419,7 +411,7 @@ def sample_users(
     """Training's replay of one user partition in the global order, kept as a bounded sample."""
     rows, _, counts = _in_order(parts, inputs)
     store = DealtBurstStore()
-    engine = replay_engine(store, _geo(setup.geo_paths))
+    engine = build_engine(store=store, geo=_geo(setup.geo_paths))
     sample = FeatureSample(capacity, seed)
     for event in _dealt(rows, counts, store):
         label = labels.get(event.event_id)

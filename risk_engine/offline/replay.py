@@ -14,15 +14,12 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from risk_engine.assembly import build_engine
 from risk_engine.engine import Engine
 from risk_engine.features.registry import FEATURE_NAMES
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.labels import Label
 from risk_engine.offline.logs import LogReport, merged_events
-from risk_engine.offline.replayer import BACKTEST_SECRET
-from risk_engine.privacy import Hasher
-from risk_engine.profiles.memory import MemoryStore
-from risk_engine.profiles.store import ProfileStore
 
 
 @dataclass
@@ -40,11 +37,6 @@ class FeatureTable:
     report: LogReport = field(default_factory=LogReport)
 
 
-def replay_engine(store: ProfileStore, geo: GeoLocator) -> Engine:
-    """The engine training replays through: no model, the backtest's deterministic keys."""
-    return Engine(store=store, geo=geo, scorer=None, hasher=Hasher(BACKTEST_SECRET))
-
-
 def replay(
     paths: list[Path],
     labels: dict[str, Label],
@@ -59,7 +51,8 @@ def replay(
     those of erased users stay sealed and are counted in the report, not replayed.
     """
     report = LogReport(keys=keys)
-    engine = engine or replay_engine(MemoryStore(), geo or GeoLocator())
+    # The offline engine without a model: the backtest's keys, features only.
+    engine = engine or build_engine(geo=geo)
     rows: list[list[float]] = []
     ids: list[str] = []
     stamps: list[float] = []

@@ -1,10 +1,11 @@
 """What every backtest process runs: its engine, its loop body and its progress bar.
 
 The one-process backtest and each partition of the distributed one build the
-same engine (deterministic keys, event time as the clock, an in-memory store) and
-step events through the same ``Replayer``: decide, write, apply the step-up
-outcome at once. A partition gets its burst counts dealt (``DealtBurstStore``)
-from the distributed step that ran the windows over its network.
+same engine (``assembly.build_engine`` without settings: deterministic keys, an
+in-memory store, an ``EventClock``) and step events through the same
+``Replayer``: decide, write, apply the step-up outcome at once. A partition gets
+its burst counts dealt (``DealtBurstStore``) from the distributed step that ran
+the windows over its network.
 """
 
 from __future__ import annotations
@@ -21,18 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from risk_engine.decision import Outcome
-from risk_engine.engine import Engine, Scorer
+from risk_engine.engine import Engine
 from risk_engine.errors import InvalidEventError
 from risk_engine.events import Event
-from risk_engine.geo import GeoLocator
 from risk_engine.offline.logs import BadLine, LineSink, LogReport, read_records, required_text
-from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BurstNote, ProfileStore
-
-# Deterministic keys: a backtest is a pure function of its inputs.
-BACKTEST_SECRET = "risk-engine-backtest"
+from risk_engine.profiles.store import BurstNote
 
 T = TypeVar("T")
 
@@ -110,36 +106,34 @@ class Ticker:
             self._progress.update(self._task, total=total)
 
 
-def backtest_engine(
-    scorer: Scorer, store: ProfileStore, geo: GeoLocator
-) -> tuple[Engine, list[float]]:
-    """The engine every backtest process runs, and the clock cell that holds event time."""
-    clock_now = [0.0]
-    engine = Engine(
-        store=store,
-        geo=geo,
-        scorer=scorer,
-        hasher=Hasher(BACKTEST_SECRET),
-        clock=lambda: clock_now[0],
-    )
-    return engine, clock_now
+class EventClock:
+    """The backtest engine's clock: the time of the event being decided."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Replayer:
-    """The backtest's loop body: decide an event, write it, apply its outcome at once."""
+    """The backtest's loop body: decide an event, write it, apply its outcome at once.
+
+    ``engine`` must run on ``clock`` (``build_engine(clock=clock, ...)``).
+    """
 
     def __init__(
-        self, engine: Engine, clock_now: list[float], outcomes: dict[str, bool], out: LineSink
+        self, engine: Engine, clock: EventClock, outcomes: dict[str, bool], out: LineSink
     ) -> None:
         self.engine = engine
         self.decisions: Counter[str] = Counter()
         self.outcomes_applied = 0
-        self._clock_now = clock_now
+        self._clock = clock
         self._outcomes = outcomes
         self._out = out
 
     def step(self, event: Event) -> None:
-        self._clock_now[0] = event.epoch
+        self._clock.now = event.epoch
         decision = self.engine.decide(event, issue_challenge=False)
         self._out.write(orjson.dumps(decision.contract_dict()) + b"\n")
         self.decisions[decision.decision.value] += 1

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from risk_engine.assembly import build_engine
 from risk_engine.events import Event
 from risk_engine.features.registry import FEATURE_NAMES
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.labels import Label
 from risk_engine.offline.logs import LogReport, merged_events
-from risk_engine.offline.replay import FeatureTable, replay_engine
-from risk_engine.profiles.memory import MemoryStore
+from risk_engine.offline.replay import FeatureTable
 
 # Legitimate rows kept by default: the forest's 200 trees of 256 rows see 51,200 at most.
 SAMPLE_ROWS = 1 << 17
@@ -155,7 +155,7 @@ def replay_sample(
 ) -> tuple[LogReport, FeatureSample]:
     """Training's replay in this process (``replay``'s loop), kept as a bounded sample."""
     report = LogReport(keys=keys)
-    engine = replay_engine(MemoryStore(), geo)
+    engine = build_engine(geo=geo)
     sample = FeatureSample(capacity, seed)
     users: set[str] = set()
     for event in merged_events(paths, report):

@@ -6,6 +6,7 @@ Shared by the in-memory and SQLite stores; Redis keeps the same shape in sorted 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 
@@ -24,45 +25,96 @@ class BurstWindow:
 
     ``counts(now)`` is ``walk(entries, now)`` by definition: from the newest entry
     back to the first at or before the window's start, skipping entries after
-    ``now``. A long window
-    keeps that answer incrementally instead: while its entries arrive in time
-    order and the queries' ``now`` neither precedes the newest entry nor moves
-    back, the counted entries are exactly its newest ones after the window's
-    start, so a query only uncounts those that fell out. Anything else (an entry
-    out of order, a query into the past) walks, and the next in-order query
-    recounts once. ``tests/unit/test_bursts.py`` holds both to the same answers.
+    ``now``. A long window keeps that answer incrementally instead, whatever the
+    order in which entries arrive and queries ask. The entry where the walk stops
+    (the cut) is the last of the entries older than every entry after them: those
+    are kept as a stack in time order, so the cut is a bisection away. The entries
+    that ``now`` passed since the last query are found in an index by time. A query
+    then counts or uncounts only the entries that crossed the cut or ``now`` since
+    the last one, and counts the entries added since: for a busy network whose
+    events arrive in time order or a little out of it, a few per event, never the
+    window. ``tests/unit/test_bursts.py`` holds both to the same answers.
     """
 
-    __slots__ = ("_failures", "_inversions", "_live", "_start", "_users", "entries")
+    __slots__ = (
+        "_base",
+        "_counted",
+        "_cut",
+        "_failures",
+        "_head",
+        "_high",
+        "_minima",
+        "_minima_ts",
+        "_now",
+        "_numbers",
+        "_synced",
+        "_times",
+        "_users",
+        "entries",
+    )
 
     def __init__(self) -> None:
         self.entries: deque[tuple[float, str, bool]] = deque(maxlen=BURST_MAX_ENTRIES)
+        # The arrival number of entries[0]: entry number n is entries[n - _base].
+        self._base = 0
         # user -> counted entries of that user; None while the window is short.
         self._users: dict[str, int] | None = None
         self._failures = 0
-        # The newest ``_live`` entries are the counted ones; -1: recount first.
-        self._live = -1
-        self._start = -math.inf
-        # Adjacent pairs whose second entry is older than the first.
-        self._inversions = 0
+        # The counts are those of the entries numbered in (_cut, _synced) whose time
+        # is at or before _now; False: count afresh at the next query.
+        self._counted = False
+        self._cut = -1
+        self._synced = 0
+        self._now = -math.inf
+        # No entry is later than this.
+        self._high = -math.inf
+        # The entries older than every entry after them, from _head on: their numbers
+        # and times, both increasing.
+        self._minima: list[int] = []
+        self._minima_ts: list[float] = []
+        self._head = 0
+        # Every entry's time, sorted, and its number beside it; entries dropped from
+        # the window stay until the index is rebuilt (numbers below _base).
+        self._times: list[float] = []
+        self._numbers: list[int] = []
 
     def add(self, ts: float, user_key: str, failed: bool) -> None:
         entries = self.entries
-        if entries and ts < entries[-1][0]:
-            self._inversions += 1
-            self._live = -1
         if len(entries) == BURST_MAX_ENTRIES:
             self._drop_oldest()
         entries.append((ts, user_key, failed))
-        users = self._users
-        if users is None:
-            if len(entries) > TRACK_FROM:
-                self._users = {}
-                self._live = -1
-        elif self._live >= 0:
-            users[user_key] = users.get(user_key, 0) + 1
-            self._failures += failed
-            self._live += 1
+        if self._users is not None:
+            self._index(self._base + len(entries) - 1, ts)
+        elif len(entries) > TRACK_FROM:
+            self._users = {}
+            for number, (entry_ts, _, _) in enumerate(entries, self._base):
+                self._index(number, entry_ts)
+
+    def _index(self, number: int, ts: float) -> None:
+        minima, minima_ts = self._minima, self._minima_ts
+        while len(minima) > self._head and minima_ts[-1] >= ts:
+            minima.pop()
+            minima_ts.pop()
+        minima.append(number)
+        minima_ts.append(ts)
+        if len(self._times) >= 2 * BURST_MAX_ENTRIES:
+            self._reindex()
+        times = self._times
+        if ts >= self._high:
+            self._high = ts
+            times.append(ts)
+            self._numbers.append(number)
+        else:
+            at = bisect_right(times, ts)
+            times.insert(at, ts)
+            self._numbers.insert(at, number)
+
+    def _reindex(self) -> None:
+        """Leave out of the index by time the entries no longer in the window."""
+        base = self._base
+        kept = [(ts, n) for ts, n in zip(self._times, self._numbers, strict=True) if n >= base]
+        self._times = [ts for ts, _ in kept]
+        self._numbers = [n for _, n in kept]
 
     def without(self, user_key: str) -> BurstWindow:
         """A copy of this window without ``user_key``'s entries."""
@@ -79,13 +131,28 @@ class BurstWindow:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
-        entries = self.entries
-        if len(entries) > 1 and entries[1][0] < entries[0][0]:
-            self._inversions -= 1
-        _, user, failed = entries.popleft()
-        if self._live > len(entries):  # the dropped entry was a counted one
+        ts, user, failed = self.entries.popleft()
+        number = self._base
+        self._base += 1
+        if self._users is None:
+            return
+        if self._counted and self._cut < number < self._synced and ts <= self._now:
             self._uncount(user, failed)
-            self._live -= 1
+        head = self._head
+        minima = self._minima
+        if head < len(minima) and minima[head] == number:
+            head += 1
+            if head > 64 and head * 2 > len(minima):
+                del minima[:head]
+                del self._minima_ts[:head]
+                head = 0
+            self._head = head
+
+    def _count(self, user: str, failed: bool) -> None:
+        users = self._users
+        assert users is not None
+        users[user] = users.get(user, 0) + 1
+        self._failures += failed
 
     def _uncount(self, user: str, failed: bool) -> None:
         users = self._users
@@ -99,30 +166,70 @@ class BurstWindow:
 
     def counts(self, now: float) -> tuple[int, int]:
         """Distinct users and failures in (now - window, now]."""
-        start = now - BURST_WINDOW_S
         entries = self.entries
         users = self._users
-        if users is None or self._inversions or (entries and entries[-1][0] > now):
-            self._live = -1
+        if users is None:
             return walk(entries, now)
-        if self._live < 0 or start < self._start:
+        base = self._base
+        end = base + len(entries)
+        head = self._head
+        found = bisect_right(self._minima_ts, now - BURST_WINDOW_S, head)
+        cut = self._minima[found - 1] if found > head else base - 1
+        if not self._counted:
             users.clear()
             self._failures = 0
-            self._live = 0
-            for ts, user, failed in reversed(entries):
-                if ts <= start:
-                    break
+            synced = cut + 1
+        else:
+            synced = self._synced
+            old_cut, old_now = self._cut, self._now
+            # The cut moved: the entries it passed leave the counts, or join them.
+            if cut > old_cut:
+                for number in range(old_cut + 1 if old_cut >= base else base, min(cut + 1, synced)):
+                    ts, user, failed = entries[number - base]
+                    if ts <= old_now:
+                        left = users[user] - 1
+                        if left:
+                            users[user] = left
+                        else:
+                            del users[user]
+                        self._failures -= failed
+            elif cut < old_cut:
+                for number in range(cut + 1 if cut >= base else base, old_cut + 1):
+                    ts, user, failed = entries[number - base]
+                    if ts <= old_now:
+                        users[user] = users.get(user, 0) + 1
+                        self._failures += failed
+            # ``now`` moved: the entries after the cut that it passed join, or leave.
+            if old_now < now:
+                if old_now < self._high:
+                    self._cross(old_now, now, cut, synced, True)
+            elif now < old_now:
+                self._cross(now, old_now, cut, synced, False)
+        # The entries added since the last query.
+        for number in range(synced if synced > cut else cut + 1, end):
+            ts, user, failed = entries[number - base]
+            if ts <= now:
                 users[user] = users.get(user, 0) + 1
                 self._failures += failed
-                self._live += 1
-        else:
-            size = len(entries)
-            while self._live and entries[size - self._live][0] <= start:
-                _, user, failed = entries[size - self._live]
-                self._uncount(user, failed)
-                self._live -= 1
-        self._start = start
+        self._counted = True
+        self._cut = cut
+        self._now = now
+        self._synced = end
         return len(users), self._failures
+
+    def _cross(self, low: float, high: float, cut: int, synced: int, join: bool) -> None:
+        """Count (``join``) or uncount the entries in (cut, synced) timed in (low, high]."""
+        times, numbers, entries, base = self._times, self._numbers, self.entries, self._base
+        for i in range(bisect_right(times, low), len(times)):
+            if times[i] > high:
+                break
+            number = numbers[i]
+            if base <= number and cut < number < synced:
+                _, user, failed = entries[number - base]
+                if join:
+                    self._count(user, failed)
+                else:
+                    self._uncount(user, failed)
 
 
 def walk(entries: deque[tuple[float, str, bool]], now: float) -> tuple[int, int]:

@@ -22,8 +22,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from risk_engine.api import create_app
+from risk_engine.assembly import build_engine
 from risk_engine.config import Settings
-from risk_engine.engine import Engine, build_engine
+from risk_engine.engine import Engine
 from risk_engine.errors import IncompatibleModelError
 from risk_engine.model.artifact import default_model_path, load_artifact
 

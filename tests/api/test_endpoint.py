@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from risk_engine.api import create_app
 from risk_engine.api.endpoint import DecisionEndpoint
+from risk_engine.assembly import build_engine
 from risk_engine.config import Settings
-from risk_engine.engine import build_engine
 
 EventFactory = Callable[..., dict[str, Any]]
 

@@ -25,9 +25,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from risk_engine.api import create_app
+from risk_engine.assembly import build_engine
 from risk_engine.audit import verify_chain
 from risk_engine.config import Settings
-from risk_engine.engine import Engine, build_engine
+from risk_engine.engine import Engine
 from risk_engine.offline.logs import LogReport, read_events
 from risk_engine.policy import load_policy, save_policy
 from risk_engine.profiles.redis import RedisStore

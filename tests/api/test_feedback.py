@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from risk_engine.api import create_app
+from risk_engine.assembly import build_engine
 from risk_engine.config import Settings
-from risk_engine.engine import build_engine
 from risk_engine.profiles.redis import RedisStore
 
 EventFactory = Callable[..., dict[str, Any]]

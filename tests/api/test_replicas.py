@@ -17,9 +17,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from risk_engine.api import create_app
+from risk_engine.assembly import build_engine
 from risk_engine.config import Settings
 from risk_engine.decision import Decision
-from risk_engine.engine import Engine, build_engine
+from risk_engine.engine import Engine
 from risk_engine.errors import ConfigurationError
 from risk_engine.events import parse_event
 from risk_engine.privacy import Hasher

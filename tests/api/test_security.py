@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from risk_engine.api import create_app
+from risk_engine.assembly import build_engine
 from risk_engine.cli import app as cli
 from risk_engine.client import RiskEngineClient
 from risk_engine.config import Settings
-from risk_engine.engine import Engine, build_engine
+from risk_engine.engine import Engine
 from risk_engine.errors import ConfigurationError, ForbiddenError, NotFoundError
 from risk_engine.geo import GeoLocator
 from risk_engine.privacy import Hasher

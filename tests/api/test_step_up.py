@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from risk_engine.api import create_app
+from risk_engine.assembly import build_engine
 from risk_engine.config import Settings
-from risk_engine.engine import build_engine
 from risk_engine.errors import ProfileStoreError
 from risk_engine.geo import GeoLocator
 from risk_engine.policy import load_policy, save_policy

@@ -15,8 +15,8 @@ import httpx
 from fastapi.testclient import TestClient
 
 from risk_engine.api import create_app
+from risk_engine.assembly import build_engine
 from risk_engine.config import Settings
-from risk_engine.engine import build_engine
 from risk_engine.profiles import Profile, SQLiteStore
 from tests.unit.test_sqlite_store import corrupt_overflow_pages
 

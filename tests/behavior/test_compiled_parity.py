@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main() -> None:
     """Replay ``argv[1]`` and write one line per decision to ``argv[2]``; the mode first."""
-    from risk_engine.engine import Engine, load_scorer
+    from risk_engine.assembly import load_scorer
+    from risk_engine.engine import Engine
     from risk_engine.features import registry
     from risk_engine.geo import GeoLocator
     from risk_engine.offline.logs import LogReport, events_in_time_order

@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from risk_engine.assembly import load_scorer
 from risk_engine.decision import Decision, Outcome
-from risk_engine.engine import Engine, load_scorer
+from risk_engine.engine import Engine
 from risk_engine.events import parse_event
 from risk_engine.geo import GeoLocator
 from risk_engine.privacy import Hasher

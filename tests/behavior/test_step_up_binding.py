@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from risk_engine.assembly import load_scorer
 from risk_engine.decision import Acr, Decision, Outcome
-from risk_engine.engine import Engine, Scorer, load_scorer
+from risk_engine.engine import Engine, Scorer
 from risk_engine.errors import ConflictError
 from risk_engine.events import parse_event
 from risk_engine.geo import GeoLocator

@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from risk_engine.assembly import load_scorer
 from risk_engine.decision import Decision, Outcome
-from risk_engine.engine import Engine, Scorer, load_scorer
+from risk_engine.engine import Engine, Scorer
 from risk_engine.events import parse_event
 from risk_engine.features.registry import FEATURE_NAMES
 from risk_engine.geo import GeoLocator

@@ -2,11 +2,14 @@
 
 Each family must return exactly one finite float per name, whatever the profile
 (fresh, built from a realistic history) and whatever the observation (Hypothesis
-draws them); no family may change the profile it reads (score-then-learn).
+draws them); no family may change the profile it reads (score-then-learn), nor
+while it words its reasons; its learn changes the profile only with something to
+learn.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
 from collections.abc import Iterator
@@ -17,10 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from risk_engine.compiled import source_path
 from risk_engine.engine import Engine
+from risk_engine.features.common import FeatureView, Lesson
 from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import (
     FAMILIES,
+    FEATURE_INDEX,
     FEATURE_NAMES,
     FEATURE_VERSION,
     SCHEMA_HASH,
@@ -33,9 +39,11 @@ from risk_engine.offline.logs import LogReport, read_events
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import HOURS_OF_WEEK, BurstCounts, Profile
+from risk_engine.reasons import explain
 from risk_engine.useragent import UAInfo
 
 SAMPLE = Path(__file__).parents[2] / "data" / "samples" / "events.jsonl"
+README = Path(__file__).parents[2] / "README.md"
 HISTORY_EVENTS = 1200
 START = 1_772_352_000.0  # 2026-03-01T08:00:00Z
 
@@ -235,6 +243,59 @@ def test_generated_observations_on_a_mature_profile(
     assert mature_profile.dumps() == before
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+def test_reasons_are_weighted_codes_and_do_not_mutate_the_profile(
+    family: FeatureFamily, history_cases: list[Case]
+) -> None:
+    for profile, bursts, obs in history_cases[::5]:
+        view = FeatureView(compute_features(profile, bursts, obs), FEATURE_INDEX)
+        before = profile.dumps()
+        reasons = family.explain(profile, bursts, obs, view)
+        assert profile.dumps() == before
+        for weight, reason in reasons:
+            assert isinstance(weight, float) and weight > 0.0, family.name
+            assert reason.code.isidentifier() and reason.code == reason.code.lower()
+            assert reason.detail
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_learns_nothing_from_a_lesson_without_one(
+    family: FeatureFamily, mature_profile: Profile, data: st.DataObject
+) -> None:
+    """An event neither seen now, trusted nor refused teaches no family anything."""
+    obs = data.draw(observations(sessions=list(mature_profile.sessions)))
+    profile = snapshot(mature_profile)
+    family.learn(profile, obs, Lesson(seen=False, trusted=False, refused=False))
+    assert profile.dumps() == mature_profile.dumps()
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data(), seen=st.booleans(), trusted=st.booleans(), refused=st.booleans())
+def test_learn_keeps_the_profile_readable(
+    family: FeatureFamily,
+    mature_profile: Profile,
+    data: st.DataObject,
+    seen: bool,
+    trusted: bool,
+    refused: bool,
+) -> None:
+    """Whatever it learns, the profile still stores, loads, and scores to finite values."""
+    obs = data.draw(observations(sessions=list(mature_profile.sessions)))
+    profile = snapshot(mature_profile)
+    family.learn(profile, obs, Lesson(seen=seen, trusted=trusted, refused=refused))
+    stored = Profile.loads(profile.dumps())
+    assert stored.dumps() == profile.dumps()
+    for each in FAMILIES:
+        check_values(each, each.compute(stored, BurstCounts(), obs))
+
+
 # -- the registry -----------------------------------------------------------------------
 
 
@@ -262,6 +323,16 @@ def test_compute_features_is_the_families_concatenated_and_pure(
         assert list(as_dict(values)) == list(FEATURE_NAMES)
 
 
+def test_reasons_are_the_families_reasons_by_weight(history_cases: list[Case]) -> None:
+    """Most important first; equal weights in registry order."""
+    for profile, bursts, obs in history_cases[::25]:
+        values = compute_features(profile, bursts, obs)
+        view = FeatureView(values, FEATURE_INDEX)
+        weighted = [r for family in FAMILIES for r in family.explain(profile, bursts, obs, view)]
+        expected = [reason for _, reason in sorted(weighted, key=lambda item: -item[0])]
+        assert explain(profile, bursts, obs, values) == expected
+
+
 def _schema_hash(names: tuple[str, ...], version: int = FEATURE_VERSION) -> str:
     return hashlib.sha256(f"v{version}:{','.join(names)}".encode()).hexdigest()[:16]
 
@@ -286,3 +357,31 @@ def test_schema_hash_changes_when_names_change(changed: tuple[str, ...]) -> None
 
 def test_schema_hash_changes_with_the_version() -> None:
     assert _schema_hash(FEATURE_NAMES, FEATURE_VERSION + 1) != SCHEMA_HASH
+
+
+# -- the reasons' documentation ---------------------------------------------------------
+
+
+def _codes_in(module_path: Path) -> set[str]:
+    """The codes of the ``Reason(code=...)`` a module words."""
+    codes: set[str] = set()
+    for node in ast.walk(ast.parse(module_path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Reason":
+            for keyword in node.keywords:
+                if keyword.arg == "code" and isinstance(keyword.value, ast.Constant):
+                    codes.add(str(keyword.value.value))
+    return codes
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+def test_every_reason_code_is_in_the_readme(family: FeatureFamily) -> None:
+    # The source, compiled or not (a compiled module's __file__ is its extension).
+    codes = _codes_in(source_path(family.explain.__module__))
+    assert codes, f"{family.name} words no reason"
+    rows = " ".join(
+        line
+        for line in README.read_text().splitlines()
+        if line.strip().startswith(f"| {family.name} |")
+    )
+    missing = sorted(code for code in codes if f"`{code}`" not in rows)
+    assert not missing, f"reason codes of {family.name} not in the README's table: {missing}"

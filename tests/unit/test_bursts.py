@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,18 +24,21 @@ def walked(window: BurstWindow, now: float) -> tuple[int, int]:
 
 
 # One step: ("add", seconds after the previous entry (negative: out of order), user,
-# failed), ("count", seconds after the newest entry (negative: into the past)) or
+# failed), ("event", the same, counted at its own time before it is added, as the
+# stores do), ("count", seconds after the newest entry (negative: into the past)) or
 # ("trim", seconds after the newest entry).
+gaps = st.one_of(
+    st.floats(0, 60),
+    st.floats(0, 4000),
+    st.floats(-600, 0),
+    st.floats(-4000, 0),
+    st.sampled_from([0.0, BURST_WINDOW_S, -BURST_WINDOW_S]),
+)
 steps = st.lists(
     st.one_of(
         st.tuples(
-            st.just("add"),
-            st.one_of(
-                st.floats(0, 60),
-                st.floats(0, 4000),
-                st.floats(-600, 0),
-                st.sampled_from([0.0, BURST_WINDOW_S]),
-            ),
+            st.sampled_from(["add", "event"]),
+            gaps,
             st.sampled_from(["u1", "u2", "u3", "u4", "u5"]),
             st.booleans(),
         ),
@@ -51,22 +57,36 @@ steps = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(steps=steps, prefill=st.integers(0, BURST_MAX_ENTRIES + 40))
+@given(
+    steps=steps,
+    prefill=st.integers(0, BURST_MAX_ENTRIES + 40),
+    block=st.sampled_from([1, 2, 16, 600]),
+    rng=st.randoms(use_true_random=False),
+)
 def test_counts_match_the_walk_whatever_the_order(
-    steps: list[tuple[object, ...]], prefill: int
+    steps: list[tuple[object, ...]], prefill: int, block: int, rng: random.Random
 ) -> None:
     window = BurstWindow()
-    ts = 1_000_000.0
-    # Enough in-order entries to start with that the window counts incrementally,
-    # and sometimes enough to fill it, so that appends push the oldest out.
-    for k in range(prefill):
-        ts += 7.0
-        window.add(ts, f"p{k % 9}", k % 5 == 0)
+    # Enough entries to start with that the window counts incrementally, and
+    # sometimes enough to fill it, so that appends push the oldest out; 7 s apart,
+    # arriving shuffled within blocks (1: in time order).
+    times = [1_000_000.0 + 7.0 * (k + 1) for k in range(prefill)]
+    for first in range(0, prefill, block):
+        part = times[first : first + block]
+        rng.shuffle(part)
+        times[first : first + block] = part
+    for k, prefilled in enumerate(times):
+        if k % 3 == 0:
+            assert window.counts(prefilled) == walked(window, prefilled)
+        window.add(prefilled, f"p{k % 9}", k % 5 == 0)
+    ts = times[-1] if times else 1_000_000.0
     for step in steps:
-        if step[0] == "add":
+        if step[0] in ("add", "event"):
             _, gap, user, failed = step
             assert isinstance(gap, float) and isinstance(user, str) and isinstance(failed, bool)
             ts += gap
+            if step[0] == "event":
+                assert window.counts(ts) == walked(window, ts)
             window.add(ts, user, failed)
         elif step[0] == "count":
             newest = window.entries[-1][0] if window.entries else ts
@@ -82,6 +102,26 @@ def test_counts_match_the_walk_whatever_the_order(
         assert len(window.entries) <= BURST_MAX_ENTRIES
     newest = window.entries[-1][0] if window.entries else ts
     for offset in (0.0, 1.0, BURST_WINDOW_S / 2, BURST_WINDOW_S):
+        assert window.counts(newest + offset) == walked(window, newest + offset)
+
+
+@pytest.mark.parametrize("block", [1, 16, 200])
+def test_a_busy_window_counts_as_the_walk_long_after_it_filled(block: int) -> None:
+    """Many windows' worth of events, 7 s apart, arriving shuffled within blocks."""
+    rng = random.Random(block)
+    times = [1_000_000.0 + 7.0 * k for k in range(5 * BURST_MAX_ENTRIES)]
+    for first in range(0, len(times), block):
+        part = times[first : first + block]
+        rng.shuffle(part)
+        times[first : first + block] = part
+    window = BurstWindow()
+    for k, ts in enumerate(times):
+        counted = window.counts(ts)
+        if k % 7 == 0 or k > len(times) - 50:
+            assert counted == walked(window, ts)
+        window.add(ts, f"u{k % 300}", k % 20 == 0)
+    newest = window.entries[-1][0]
+    for offset in (-BURST_WINDOW_S, -600.0, 0.0, 600.0, BURST_WINDOW_S):
         assert window.counts(newest + offset) == walked(window, newest + offset)
 
 

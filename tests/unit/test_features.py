@@ -17,11 +17,11 @@ from risk_engine.features import device as device_features
 from risk_engine.features import geo as geo_features
 from risk_engine.features.action import amount_z
 from risk_engine.features.common import effective_distance_km, familiarity, speed_kmh
+from risk_engine.features.learn import learn
 from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
 from risk_engine.geo import EARTH_RADIUS_KM, Location, haversine_km
 from risk_engine.privacy import Hasher
-from risk_engine.profiles.learn import learn
 from risk_engine.profiles.model import BurstCounts, Profile
 
 HASHER = Hasher("feature-tests")

@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from risk_engine.events import parse_event
+from risk_engine.features.learn import hold_pending, learn, resolve_pending, unpassed_step_up
 from risk_engine.features.observation import Observation, observe
 from risk_engine.geo import Location
 from risk_engine.privacy import Hasher
-from risk_engine.profiles.learn import hold_pending, learn, resolve_pending, unpassed_step_up
 from risk_engine.profiles.model import (
     MAX_ACTIONS,
     MAX_AMOUNTS,

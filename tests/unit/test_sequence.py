@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from risk_engine.events import parse_event
+from risk_engine.features.learn import learn
 from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
 from risk_engine.features.sequence import (
@@ -21,7 +22,6 @@ from risk_engine.features.sequence import (
 )
 from risk_engine.geo import Location
 from risk_engine.privacy import Hasher
-from risk_engine.profiles.learn import learn
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.reasons import explain
 

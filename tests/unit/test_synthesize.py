@@ -15,6 +15,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
+from risk_engine.assembly import BACKTEST_SECRET, build_engine
 from risk_engine.cli import app
 from risk_engine.engine import Engine
 from risk_engine.errors import ConfigurationError
@@ -22,7 +23,6 @@ from risk_engine.events import parse_event
 from risk_engine.geo import GeoLocator
 from risk_engine.model.artifact import load_artifact
 from risk_engine.model.detector import DetectorParams
-from risk_engine.offline.backtest import BACKTEST_SECRET
 from risk_engine.offline.labels import load_labels
 from risk_engine.offline.logs import LogReport
 from risk_engine.offline.replay import replay
@@ -37,7 +37,6 @@ from risk_engine.offline.synthesize import (
 )
 from risk_engine.offline.train import train
 from risk_engine.privacy import Hasher
-from risk_engine.profiles.memory import MemoryStore
 from risk_engine.useragent import parse_user_agent
 
 SAMPLES = Path(__file__).parents[2] / "data" / "samples"
@@ -235,8 +234,8 @@ def test_injected_attacks_never_teach_the_victims_profile(
     labels = synthesis.labels
 
     def replayed(paths: list[Path]) -> Engine:
-        engine = Engine(store=MemoryStore(), geo=geo, scorer=None, hasher=Hasher(BACKTEST_SECRET))
-        replay(paths, labels, engine=engine)  # training's own replay, as train() calls it
+        engine = build_engine(geo=geo)  # training's own engine and replay, as train() has them
+        replay(paths, labels, engine=engine)
         return engine
 
     clean, attacked = replayed([EVENTS]), replayed([EVENTS, injected])
