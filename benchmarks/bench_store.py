@@ -33,9 +33,10 @@ import orjson
 import redis
 from reference import core_mode, python_speed
 
+from risk_engine.assembly import build_engine
 from risk_engine.errors import ProfileStoreError
 from risk_engine.geo import GeoLocator
-from risk_engine.offline.replay import replay, replay_engine
+from risk_engine.offline.replay import replay
 from risk_engine.profiles import (
     DeviceRecord,
     MemoryStore,
@@ -286,7 +287,7 @@ def checksum(sample: Profile, runs: int) -> None:
 def log_sizes(paths: list[Path]) -> int:
     """The stored size of every profile the logs build: what a store keeps per user."""
     store = MemoryStore()
-    engine = replay_engine(store, GeoLocator())
+    engine = build_engine(store=store, geo=GeoLocator())
     table = replay(paths, {}, engine=engine)
     profiles = [store.get(engine.user_key(user)) for user in sorted(set(table.user_ids))]
     stored = sorted(len(p.stored()) for p in profiles if p is not None)
