@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 from risk_engine.decision import Reason
+from risk_engine.features import crowd as crowd_features
 from risk_engine.features import device as device_features
 from risk_engine.features import geo as geo_features
 from risk_engine.features import sequence as sequence_features
@@ -340,8 +341,9 @@ def _bursts(
         out.append(
             (3.0, Reason(code="failed_logins", detail=f"{failures} failed logins in the last hour"))
         )
-    # A network the user trusts is shared by many by nature (an office, a carrier).
-    shared = velocity_features.home_network(profile, obs)
+    # A network the user trusts, or a crowd's, is shared by many by nature (an office,
+    # a carrier).
+    shared = velocity_features.shared_network(profile, bursts, obs)
     if bursts.ip_users >= 5 and not (shared and bursts.ip_failures == 0):
         out.append(
             (
@@ -386,6 +388,7 @@ def explain(
     for explainer in _EXPLAINERS:
         weighted.extend(explainer(profile, obs, values))
     weighted.extend(_bursts(profile, bursts, obs, values))
+    weighted.extend(crowd_features.explain(profile, bursts, obs))
     if profile.n_events == 0:
         weighted.append((0.5, Reason(code="new_user", detail="no history for this user yet")))
     weighted.sort(key=lambda item: -item[0])

@@ -24,7 +24,7 @@ from risk_engine.features import (
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 
 Compute = Callable[[Profile, BurstCounts, Observation], tuple[float, ...]]
 
