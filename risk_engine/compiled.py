@@ -39,6 +39,7 @@ BUILD_MANIFEST = "_compiled.json"
 COMPILED: tuple[str, ...] = (
     "risk_engine.features.action",
     "risk_engine.features.common",
+    "risk_engine.features.crowd",
     "risk_engine.features.device",
     "risk_engine.features.geo",
     "risk_engine.features.learn",
@@ -50,6 +51,7 @@ COMPILED: tuple[str, ...] = (
     "risk_engine.features.temporal",
     "risk_engine.features.velocity",
     "risk_engine.profiles.bursts",
+    "risk_engine.profiles.crowds",
     "risk_engine.profiles.packed",
     "risk_engine.reasons",
 )

@@ -87,7 +87,13 @@ def burst_note(obs: Observation, *, keep_event: bool = False) -> BurstNote:
     """
     failed = obs.action == "login" and not obs.success
     return BurstNote(
-        obs.ip_key, obs.network, obs.user_key, obs.ts, failed, obs.event_id if keep_event else ""
+        obs.ip_key,
+        obs.network,
+        obs.user_key,
+        obs.ts,
+        failed,
+        obs.event_id if keep_event else "",
+        obs.success,
     )
 
 

@@ -10,6 +10,7 @@ Each reason has a stable code.
 from __future__ import annotations
 
 from risk_engine.decision import Reason
+from risk_engine.features import crowd as crowd_features
 from risk_engine.features.common import FeatureView, Weighted
 from risk_engine.features.observation import Observation
 from risk_engine.features.registry import FAMILIES, FEATURE_INDEX
@@ -24,5 +25,7 @@ def explain(
     weighted: list[Weighted] = []
     for family in FAMILIES:
         weighted.extend(family.explain(profile, bursts, obs, view))
+    # Population familiarity has no feature of its own (features.crowd), only a reason.
+    weighted.extend(crowd_features.explain(profile, bursts, obs))
     weighted.sort(key=lambda item: -item[0])
     return [reason for _, reason in weighted]

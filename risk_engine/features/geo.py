@@ -23,6 +23,7 @@ from risk_engine.features.common import (
     novelty,
     speed_kmh,
 )
+from risk_engine.features.crowd import crowded
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import (
     MAX_CITIES,
@@ -120,9 +121,10 @@ def familiar_place_and_network(profile: Profile, obs: Observation) -> bool:
     return familiar_destination(profile, obs) and family_count(profile, obs) > 0.0
 
 
-def new_network(profile: Profile, obs: Observation, family_seen: float) -> float:
-    """1.0 when neither the network nor its family was seen in a trusted event."""
-    if family_seen > 0.0:
+def new_network(profile: Profile, obs: Observation, family_seen: float, crowd: bool) -> float:
+    """1.0 when neither the network nor its family was seen in a trusted event, and
+    the network is no crowd's in the user's country (features.crowd)."""
+    if family_seen > 0.0 or crowd:
         return 0.0
     return is_new(profile, profile.networks, obs.network)
 
@@ -141,6 +143,10 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
     if family_seen:
         # Witten-Bell, as ``familiarity`` computes it, of the matching family.
         network_familiarity = max(network_familiarity, family_seen / (family_mass + len(families)))
+    crowd = crowded(profile, bursts, obs)
+    if crowd:
+        # A crowd's network counts as seen once by this user.
+        network_familiarity = max(network_familiarity, 1.0 / (family_mass + len(families) + 1.0))
     ips = profile.ips
     ip_mass = mass(ips)
     return (
@@ -150,7 +156,7 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         impossible,
         is_new(profile, countries, obs.country),
         is_new(profile, profile.cities, city),
-        new_network(profile, obs, family_seen),
+        new_network(profile, obs, family_seen, crowd),
         is_new(profile, ips, obs.ip_key),
         familiarity(countries, obs.country, country_mass),
         familiarity(profile.cities, city),

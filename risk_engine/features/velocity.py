@@ -1,10 +1,11 @@
 """Velocity and burst signals: failures and activity for the user, the address, the network.
 
 How many accounts use an address tells of credential stuffing only where the user
-is a stranger: an office or a carrier network the user has used in trusted events
-is shared by many by nature, so there its crowd counts as one account at most
-(never fewer than the failures imply: a lone failed login is one account).
-Failures count everywhere.
+is a stranger: an office or a carrier network the user has used in trusted events,
+or one where many other users have succeeded on earlier days (features.crowd), is
+shared by many by nature, so there its crowd counts as one account at most (never
+fewer than the failures imply: a lone failed login is one account). Failures
+count everywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 
 from risk_engine.decision import Reason
 from risk_engine.features.common import HOUR_S, FeatureView, Lesson, Weighted, log1p
+from risk_engine.features.crowd import crowded
 from risk_engine.features.geo import family_count
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import (
@@ -49,8 +51,13 @@ def home_network(profile: Profile, obs: Observation) -> bool:
     )
 
 
+def shared_network(profile: Profile, bursts: BurstCounts, obs: Observation) -> bool:
+    """A network shared by many by nature: the user's own, or a crowd's in the user's country."""
+    return home_network(profile, obs) or crowded(profile, bursts, obs)
+
+
 def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[float, ...]:
-    shared = home_network(profile, obs)
+    shared = shared_network(profile, bursts, obs)
     return (
         0.0 if obs.success else 1.0,
         log1p(recent_count(profile.failures, obs.ts)),
@@ -85,8 +92,9 @@ def explain(
         out.append(
             (3.0, Reason(code="failed_logins", detail=f"{failures} failed logins in the last hour"))
         )
-    # A network the user trusts is shared by many by nature (an office, a carrier).
-    shared = home_network(profile, obs)
+    # A network the user trusts, or a crowd's, is shared by many by nature (an office,
+    # a carrier).
+    shared = shared_network(profile, bursts, obs)
     if bursts.ip_users >= 5 and not (shared and bursts.ip_failures == 0):
         out.append(
             (

@@ -2,13 +2,15 @@
 
 An event's decision depends on its own user's earlier events, and on the burst
 windows (distinct users and failed logins per address and per network in the
-last hour), which depend on the event stream alone, never on decisions. An
-address belongs to one network, so the windows split by network. Four steps:
+last hour) and the networks' crowds (which users succeeded there on earlier
+days), which depend on the event stream alone, never on decisions. An address
+belongs to one network, so the windows and crowds split by network. Four steps:
 
 1. scan, per piece of the inputs: validate every line (bad ones are reported
    from here), and split the valid events by network and by user;
 2. bursts, per network partition: order its events (timestamp, then input
-   order) and run the burst windows over them, with the memory store's table;
+   order) and run the burst windows and crowds over them, with the memory
+   store's tables;
 3. decide, per user partition: order its events the same way and replay them
    through the backtest's own loop body, each with its dealt burst counts; the
    store checks that the engine asks about exactly the keys the scan derived, so
@@ -50,8 +52,11 @@ from risk_engine.offline.replayer import DealtBurstStore, EventClock, Replayer
 from risk_engine.offline.sample import FeatureSample
 from risk_engine.offline.sources import Piece
 from risk_engine.profiles.bursts import BurstTable
+from risk_engine.profiles.crowds import CrowdTable
 from risk_engine.profiles.model import BurstCounts
 
+# Counts dealt with each event: the four burst counts, then the crowd's users and days.
+COUNTS = 6
 # Events between two trims of a partition's burst windows.
 TRIM_EVERY = 65536
 # Decisions per slice the client writes at a time (about: slices cut time evenly).
@@ -108,6 +113,7 @@ class Rows:
     ips: NDArray[np.uint64]
     networks: NDArray[np.object_]
     failed: NDArray[np.bool_]
+    succeeded: NDArray[np.bool_]
     lines: NDArray[np.object_] | PackedLines | None = None
 
     def take(self, index: NDArray[Any], lines: bool) -> Rows:
@@ -120,6 +126,7 @@ class Rows:
             self.ips[index],
             self.networks[index],
             self.failed[index],
+            self.succeeded[index],
             self.lines[index] if lines and self.lines is not None else None,
         )
 
@@ -203,6 +210,7 @@ def scan_piece(piece: Piece, setup: Setup) -> Scanned:
     ips: list[int] = []
     networks: list[str] = []
     failed: list[bool] = []
+    succeeded: list[bool] = []
     lines: list[bytes] = []
     number = 0
     base = piece.index << 32
@@ -216,6 +224,7 @@ def scan_piece(piece: Piece, setup: Setup) -> Scanned:
         ips.append(int(engine.hasher.digest("ip", str(event.ip)), 16))
         networks.append(engine.network_of(event))
         failed.append(event.action == "login" and not event.success)
+        succeeded.append(event.success)
         if b'"sealed"' in raw and b'"prev_hash"' in raw:
             # An opened audit record: the partition re-reads the event, not the sealed line.
             raw = event.model_dump_json().encode()
@@ -227,9 +236,10 @@ def scan_piece(piece: Piece, setup: Setup) -> Scanned:
         np.asarray(ips, dtype=np.uint64),
         np.asarray(networks, dtype=object),
         np.asarray(failed, dtype=np.bool_),
+        np.asarray(succeeded, dtype=np.bool_),
         np.asarray(lines, dtype=object),
     )
-    del seq, stamps, users, ips, networks, failed, lines
+    del seq, stamps, users, ips, networks, failed, succeeded, lines
     net_of = np.asarray(
         [network_part(n, setup.network_parts) for n in rows.networks.tolist()], dtype=np.int64
     )
@@ -278,32 +288,50 @@ def _joined(parts: Sequence[Rows]) -> Rows:
         np.concatenate([p.ips for p in parts]),
         np.concatenate([p.networks for p in parts]),
         np.concatenate([p.failed for p in parts]),
+        np.concatenate([p.succeeded for p in parts]),
         np.concatenate(lines) if len(lines) == len(parts) else None,
     )
 
 
 def run_bursts(user_parts: int, *parts: Rows) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
-    """The burst counts of one network partition's events, by user partition: (seq, counts)."""
+    """The burst and crowd counts of one network partition's events, by user partition.
+
+    (seq, counts) per user partition. A network's crowd, like its windows, depends
+    on that network's events alone, so the network partition runs both.
+    """
     rows = _joined(parts)
     order = np.lexsort((rows.seq, rows.stamps))  # time, then input order
     # Fed in time order and trimmed as time passes (BurstTable.trim).
     table = BurstTable()
-    counts = np.zeros((order.size, 4), dtype=np.int64)
+    crowds = CrowdTable()
+    counts = np.zeros((order.size, COUNTS), dtype=np.int64)
     stamps = rows.stamps[order].tolist()
     ips = rows.ips[order].tolist()
     networks = rows.networks[order].tolist()
     users = rows.users[order].tolist()
     failed = rows.failed[order].tolist()
+    succeeded = rows.succeeded[order].tolist()
     user_text: dict[int, str] = {}
-    values: list[tuple[int, int, int, int]] = []
+    values: list[tuple[int, ...]] = []
     for i, now in enumerate(stamps):
         ip_key, network = key_text(ips[i]), networks[i]
-        c = table.counts(ip_key, network, now)
-        values.append((c.ip_users, c.ip_failures, c.network_users, c.network_failures))
         text = user_text.get(users[i])
         if text is None:
             text = user_text[users[i]] = key_text(users[i])
+        c = table.counts(ip_key, network, now, crowds.counts(network, text, now))
+        values.append(
+            (
+                c.ip_users,
+                c.ip_failures,
+                c.network_users,
+                c.network_failures,
+                c.crowd_users,
+                c.crowd_days,
+            )
+        )
         table.record(ip_key, network, text, now, failed[i])
+        if succeeded[i]:
+            crowds.note(network, text, now)
         if (i + 1) % TRIM_EVERY == 0:
             table.trim(now)
     if values:
@@ -326,7 +354,7 @@ def _in_order(parts: int, inputs: Sequence[Any]) -> tuple[Rows, NDArray[np.int64
     rows = _joined(inputs[:parts])
     shares: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]] = inputs[parts:]
     burst_seq = np.concatenate([s[0] for s in shares])
-    burst_counts = np.concatenate([s[1] for s in shares]).reshape(-1, 4)
+    burst_counts = np.concatenate([s[1] for s in shares]).reshape(-1, COUNTS)
     by_seq = np.argsort(burst_seq, kind="stable")
     burst_seq, burst_counts = burst_seq[by_seq], burst_counts[by_seq]
     order = np.lexsort((rows.seq, rows.stamps))
@@ -345,6 +373,7 @@ def _dealt(rows: Rows, counts: list[list[int]], store: DealtBurstStore) -> Itera
     ips = rows.ips.tolist()
     networks = rows.networks.tolist()
     failed = rows.failed.tolist()
+    succeeded = rows.succeeded.tolist()
     for i, line in enumerate(rows.lines.tolist()):
         # Validated in the scan: parsing the same bytes again cannot fail.
         event = parse_event_line(line)
@@ -354,6 +383,7 @@ def _dealt(rows: Rows, counts: list[list[int]], store: DealtBurstStore) -> Itera
             stamps[i],
             key_text(users[i]),
             failed[i],
+            succeeded[i],
             BurstCounts(*counts[i]),
         )
         yield event

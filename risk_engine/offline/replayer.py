@@ -151,7 +151,7 @@ class Replayer:
 
 
 class DealtBurstStore(MemoryStore):
-    """A memory store whose burst windows were run over the whole stream beforehand."""
+    """A memory store whose burst windows and crowds were run over the stream beforehand."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -165,10 +165,11 @@ class DealtBurstStore(MemoryStore):
         now: float,
         user_key: str,
         failed: bool,
+        succeeded: bool,
         counts: BurstCounts,
     ) -> None:
-        """The next event's burst counts, and the note the engine must make of it."""
-        self._note = BurstNote(ip_key, network, user_key, now, failed)
+        """The next event's burst and crowd counts, and the note the engine must make of it."""
+        self._note = BurstNote(ip_key, network, user_key, now, failed, "", succeeded)
         self._counts = counts
 
     def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:

@@ -258,10 +258,13 @@ class BurstTable:
         self._windows: dict[str, BurstWindow] = {}
         self._max_keys = max_keys
 
-    def counts(self, ip_key: str, network: str, now: float) -> BurstCounts:
+    def counts(
+        self, ip_key: str, network: str, now: float, crowd: tuple[int, int] = (0, 0)
+    ) -> BurstCounts:
+        """The windows' counts before ``now``, with the network's ``crowd`` counts."""
         ip_users, ip_failures = self._counts(f"ip:{ip_key}", now)
         net_users, net_failures = self._counts(f"net:{network}", now)
-        return BurstCounts(ip_users, ip_failures, net_users, net_failures)
+        return BurstCounts(ip_users, ip_failures, net_users, net_failures, *crowd)
 
     def _counts(self, key: str, now: float) -> tuple[int, int]:
         window = self._windows.get(key)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from risk_engine.profiles.bursts import BurstTable
+from risk_engine.profiles.crowds import CrowdTable, crowd_day
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.store import BurstNote, EventLabel
 
@@ -41,6 +42,7 @@ class MemoryStore:
         self._max = max_profiles
         self._lock = threading.Lock()
         self._bursts = BurstTable()
+        self._crowds = CrowdTable()
         # event id -> [user_key, label or ""]; user_key -> its event ids (for erasure).
         self._events: dict[str, list[str]] = {}
         self._user_events: dict[str, set[str]] = {}
@@ -59,10 +61,17 @@ class MemoryStore:
 
     def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
         with self._lock:
-            bursts = self._bursts.counts(note.ip_key, note.network, note.ts)
+            bursts = self._bursts.counts(
+                note.ip_key,
+                note.network,
+                note.ts,
+                self._crowds.counts(note.network, note.user_key, note.ts),
+            )
             profile = self._live(note.user_key)
             result = fn(profile, bursts)
             self._bursts.record(note.ip_key, note.network, note.user_key, note.ts, note.failed)
+            if note.succeeded:
+                self._crowds.note(note.network, note.user_key, note.ts)
             profile.note_window(f"ip:{note.ip_key}", note.ts)
             profile.note_window(f"net:{note.network}", note.ts)
             if note.event_id and note.event_id not in self._events:
@@ -92,6 +101,7 @@ class MemoryStore:
         with self._lock:
             self._updated_at.pop(user_key, None)
             profile = self._profiles.pop(user_key, None)
+            self._crowds.forget(user_key)
             if profile is not None:
                 self._bursts.forget(profile.windows, user_key)
                 for challenge_id in profile.challenge_ids():
@@ -152,6 +162,8 @@ class MemoryStore:
                 self._profiles.pop(key, None)
                 for event_id in self._user_events.pop(key, ()):
                     self._events.pop(event_id, None)
+            # Crowd memberships live as long as the profiles (by event day).
+            self._crowds.purge(crowd_day(older_than))
             expired = [cid for cid, c in self._challenges.items() if wall_now >= c.expires_at]
             for cid in expired:
                 del self._challenges[cid]

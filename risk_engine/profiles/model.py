@@ -318,9 +318,15 @@ def push_bounded(items: list[Any], item: Any, cap: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class BurstCounts:
-    """Cross-user activity seen recently from this address and its network."""
+    """Cross-user activity seen recently from this address and its network.
+
+    And the network's crowd (profiles.crowds): the other users established on
+    it, and over how many distinct days they first succeeded there.
+    """
 
     ip_users: int = 0
     ip_failures: int = 0
     network_users: int = 0
     network_failures: int = 0
+    crowd_users: int = 0
+    crowd_days: int = 0

@@ -33,12 +33,14 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.retry import Retry
 
 from risk_engine.errors import ConfigurationError
+from risk_engine.profiles.crowds import crowd_day, established
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.redis_common import (
     Command,
     RedisLayout,
     back_off,
     burst_member,
+    crowd_members,
     loads_or_none,
     note_burst,
     reset_quietly,
@@ -150,14 +152,19 @@ class RedisStore(RedisLayout):
         """
         key = self._profile_key(note.user_key)
         windows = (self._burst_key("ip", note.ip_key), self._burst_key("net", note.network))
-        reads: list[Command] = [("WATCH", key), ("GET", key), *window_reads(windows, note.ts)]
+        reads: list[Command] = [
+            ("WATCH", key),
+            ("GET", key),
+            *window_reads(windows, note.ts),
+            self._crowd_read(note.network),
+        ]
         member = burst_member(note.user_key, note.ts, note.failed)
         notes = [command for window in windows for command in note_burst(window, member, note.ts)]
         if note.event_id:
             notes += self._event_notes(note.event_id, note.user_key)
         marks = ((f"ip:{note.ip_key}", note.ts), (f"net:{note.network}", note.ts))
         for attempt in range(self.watch_tries):
-            committed = self._event_attempt(note.user_key, key, reads, notes, marks, fn)
+            committed = self._event_attempt(note, key, reads, notes, marks, fn)
             if committed is not None:
                 return committed[0]
             time.sleep(back_off(attempt))
@@ -165,7 +172,7 @@ class RedisStore(RedisLayout):
 
     def _event_attempt(
         self,
-        user_key: str,
+        note: BurstNote,
         key: str,
         reads: Sequence[Command],
         notes: Sequence[Command],
@@ -187,14 +194,19 @@ class RedisStore(RedisLayout):
         try:
             try:
                 # Nothing is written yet: the pool's retry policy applies, as to any read.
-                raw, ip_members, net_members = conn.retry.call_with_retry(
+                raw, ip_members, net_members, crowd_reply = conn.retry.call_with_retry(
                     lambda: _exchange(conn, reads, check_health=True)[1:],
                     lambda _: _disconnect(conn),
                 )
             except RedisError as exc:
                 self._fail(exc, "update_event")
-            profile = self._readable(user_key, raw)
-            bursts = BurstCounts(*tally(ip_members), *tally(net_members))
+            profile = self._readable(note.user_key, raw)
+            crowd = crowd_members(crowd_reply)
+            bursts = BurstCounts(
+                *tally(ip_members),
+                *tally(net_members),
+                *established(crowd, note.user_key, crowd_day(note.ts)),
+            )
             # A reconnect from here to EXEC would drop the WATCH unseen: refuse it.
             _on_connect(conn, self._refuse_reconnect)
             try:
@@ -204,10 +216,13 @@ class RedisStore(RedisLayout):
                 raise
             for window, ts in marks:
                 profile.note_window(window, ts)
+            crowd_notes, user_crowd_notes = self._crowd_notes(note, crowd)
             writes: list[Command] = [
                 ("MULTI",),
                 ("SET", key, profile.stored(), "EX", self._retention_s),
                 *notes,
+                *crowd_notes,
+                *user_crowd_notes,
                 ("EXEC",),
             ]
             try:
@@ -258,14 +273,16 @@ class RedisStore(RedisLayout):
         Optimistic like ``update``: a concurrent write of the profile reads it again.
         """
         key, mine = self._profile_key(user_key), self._user_events_key(user_key)
+        crowds = self._user_crowds_key(user_key)
         suffix = f":{user_key}".encode()
         for attempt in range(self.watch_tries):
             pipe = self._client.pipeline(transaction=True)
             try:
-                pipe.watch(key, mine)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                pipe.watch(key, mine, crowds)  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 raw = pipe.get(key)
                 profile = None if raw is None else loads_or_none(raw)
                 events = [e.decode() for e in pipe.smembers(mine)]  # type: ignore[union-attr]
+                joined: set[bytes] = pipe.smembers(crowds)  # type: ignore[assignment]
                 windows = [self._window_key(w) for w in (profile.windows if profile else ())]
                 doomed: list[tuple[str, list[bytes]]] = []
                 for window in windows:
@@ -279,7 +296,9 @@ class RedisStore(RedisLayout):
                     pipe.delete(self._challenge_key(challenge_id))
                 for event_id in events:
                     pipe.delete(self._event_key(event_id))
-                pipe.delete(mine, key, self._quarantine_key(user_key))
+                for command in self._forget_crowds(user_key, joined):
+                    _queue(pipe, command)
+                pipe.delete(mine, crowds, key, self._quarantine_key(user_key))
                 pipe.execute()
             except WatchError:
                 pass

@@ -37,15 +37,19 @@ from redis.cluster import RedisCluster
 from redis.exceptions import MovedError, RedisClusterException, RedisError, WatchError
 
 from risk_engine.errors import ConfigurationError
+from risk_engine.profiles.crowds import crowd_day, established
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.redis_common import (
     Command,
     RedisLayout,
     back_off,
     burst_member,
+    crowd_members,
     loads_or_none,
     note_burst,
     reset_quietly,
+    tally,
+    window_reads,
 )
 from risk_engine.profiles.store import BurstNote
 
@@ -171,12 +175,24 @@ class RedisClusterStore(RedisLayout):
             else []
         )
 
+        crowd_after: list[Command] = []
+
         def step(profile: Profile) -> tuple[T, list[Command]]:
-            bursts = self.burst_counts(note.ip_key, note.network, note.ts)
+            ip_members, net_members, crowd_reply = self._pipelined(
+                [*window_reads(windows, note.ts), self._crowd_read(note.network)], "update_event"
+            )
+            crowd = crowd_members(crowd_reply)
+            bursts = BurstCounts(
+                *tally(ip_members),
+                *tally(net_members),
+                *established(crowd, note.user_key, crowd_day(note.ts)),
+            )
             result = fn(profile, bursts)
             for window, ts in marks:
                 profile.note_window(window, ts)
-            return result, user_notes
+            crowd_notes, user_crowd_notes = self._crowd_notes(note, crowd)
+            crowd_after[:] = crowd_notes
+            return result, [*user_notes, *user_crowd_notes]
 
         def attempt() -> tuple[T] | None:
             return self._user_transaction(key, note.user_key, step)
@@ -184,6 +200,7 @@ class RedisClusterStore(RedisLayout):
         result = self._optimistic("update_event", attempt)
         member = burst_member(note.user_key, note.ts, note.failed)
         after = [command for window in windows for command in note_burst(window, member, note.ts)]
+        after += crowd_after
         if note.event_id:
             event = self._event_key(note.event_id)
             after += [
@@ -248,6 +265,7 @@ class RedisClusterStore(RedisLayout):
     def delete(self, user_key: str) -> bool:
         """The burst entries, challenges and events first; the profile last, under WATCH."""
         key, mine = self._profile_key(user_key), self._user_events_key(user_key)
+        crowds = self._user_crowds_key(user_key)
         suffix = f":{user_key}".encode()
 
         def attempt() -> tuple[bool] | None:
@@ -256,11 +274,12 @@ class RedisClusterStore(RedisLayout):
             except self.errors as exc:
                 self._fail(exc, "delete")
             try:
-                pipe.watch(key, mine)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                pipe.watch(key, mine, crowds)  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 raw = pipe.get(key)
                 profile = None if raw is None else loads_or_none(raw)
                 events = [e.decode() for e in pipe.smembers(mine)]  # type: ignore[union-attr]
-                others: list[Command] = []
+                joined: set[bytes] = pipe.smembers(crowds)  # type: ignore[assignment]
+                others: list[Command] = self._forget_crowds(user_key, joined)
                 for window in profile.windows if profile else ():
                     window_key = self._window_key(window)
                     members: list[bytes] = self._cluster.zrange(window_key, 0, -1)  # type: ignore[assignment]
@@ -272,7 +291,7 @@ class RedisClusterStore(RedisLayout):
                 others += [("DEL", self._event_key(event_id)) for event_id in events]
                 self._pipelined(others, "delete")
                 pipe.multi()
-                pipe.delete(mine, key, self._quarantine_key(user_key))
+                pipe.delete(mine, crowds, key, self._quarantine_key(user_key))
                 pipe.execute()
             except WatchError:
                 return None

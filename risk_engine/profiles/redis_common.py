@@ -23,9 +23,10 @@ from redis.exceptions import MovedError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError, StoreUnavailableError
+from risk_engine.profiles.crowds import CROWD_MAX_AGE_DAYS, CROWD_MAX_USERS, crowd_day
 from risk_engine.profiles.integrity import CorruptProfileError, Incidents
 from risk_engine.profiles.model import BurstCounts, Profile
-from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, EventLabel
+from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote, EventLabel
 
 # One Redis command as redis-py packs it: the name, then the arguments.
 Command = tuple[str | bytes | int | float, ...]
@@ -194,6 +195,35 @@ class RedisLayout:
         windows = (self._burst_key("ip", ip_key), self._burst_key("net", network))
         self._pipelined([c for w in windows for c in note_burst(w, member, ts)], "record_burst")
 
+    # -- crowds -----------------------------------------------------------------------
+
+    def _crowd_read(self, network: str) -> Command:
+        """The network's crowd: members (user keys) with their first day as score."""
+        return ("ZRANGE", self._crowd_key(network), 0, -1, "WITHSCORES")
+
+    def _crowd_notes(
+        self, note: BurstNote, crowd: list[tuple[str, int]]
+    ) -> tuple[list[Command], list[Command]]:
+        """``Crowd.note`` as commands, from the members read before the event: those on
+        the network's key, and those on the user's own list of crowds (for erasure)."""
+        if not note.succeeded or any(user == note.user_key for user, _ in crowd):
+            return [], []
+        day = crowd_day(note.ts)
+        start = day - CROWD_MAX_AGE_DAYS
+        key = self._crowd_key(note.network)
+        commands: list[Command] = []
+        if any(first < start for _, first in crowd):
+            commands.append(("ZREMRANGEBYSCORE", key, "-inf", f"({start}"))
+        if sum(first >= start for _, first in crowd) >= CROWD_MAX_USERS:
+            return commands, []
+        commands += [("ZADD", key, "NX", day, note.user_key), ("EXPIRE", key, self._retention_s)]
+        mine = self._user_crowds_key(note.user_key)
+        return commands, [("SADD", mine, note.network), ("EXPIRE", mine, self._retention_s)]
+
+    def _forget_crowds(self, user_key: str, networks: Iterable[bytes | str]) -> list[Command]:
+        """Erasure: the user out of every crowd joined."""
+        return [("ZREM", self._crowd_key(_text(n)), user_key) for n in networks]
+
     # -- challenges -------------------------------------------------------------------
 
     def save_challenge(self, challenge_id: str, record: bytes, ttl_s: float, now: float) -> None:
@@ -281,6 +311,12 @@ class RedisLayout:
     def _quarantine_key(self, user_key: str) -> str:
         return f"{self._prefix}:quarantine:{self._tag(user_key)}"
 
+    def _crowd_key(self, network: str) -> str:
+        return f"{self._prefix}:crowd:{self._tag(network)}"
+
+    def _user_crowds_key(self, user_key: str) -> str:
+        return f"{self._prefix}:user-crowds:{self._tag(user_key)}"
+
     def _burst_key(self, kind: str, value: str) -> str:
         return f"{self._prefix}:burst:{kind}:{self._tag(value)}"
 
@@ -364,6 +400,17 @@ def tally(members: list[bytes]) -> tuple[int, int]:
         users.add(user)
         failures += failed == b"1"
     return len(users), failures
+
+
+def crowd_members(reply: Any) -> list[tuple[str, int]]:
+    """(user key, first day) of a ``ZRANGE ... WITHSCORES`` reply, flat or in pairs."""
+    if not reply:
+        return []
+    if isinstance(reply[0], (list, tuple)):
+        pairs = [(member, score) for member, score in reply]
+    else:
+        pairs = list(zip(reply[::2], reply[1::2], strict=True))
+    return [(_text(member), int(float(score))) for member, score in pairs]
 
 
 def _text(value: bytes | str) -> str:

@@ -49,6 +49,12 @@ from typing import Any, NoReturn, TypeVar
 
 from risk_engine.errors import ConfigurationError, ProfileStoreError
 from risk_engine.profiles.bursts import BurstWindow
+from risk_engine.profiles.crowds import (
+    CROWD_MAX_AGE_DAYS,
+    CROWD_MAX_USERS,
+    crowd_day,
+    established,
+)
 from risk_engine.profiles.integrity import CorruptProfileError, Incidents
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.profiles.store import BURST_MAX_ENTRIES, BURST_WINDOW_S, BurstNote, EventLabel
@@ -70,6 +76,11 @@ _SCHEMA = (
     " event_id TEXT PRIMARY KEY, user_key TEXT NOT NULL, label TEXT,"
     " updated_at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS events_user ON events (user_key)",
+    # The networks' crowds (profiles.crowds); by user too, for erasure.
+    "CREATE TABLE IF NOT EXISTS crowds ("
+    " network TEXT NOT NULL, user_key TEXT NOT NULL, day INTEGER NOT NULL,"
+    " PRIMARY KEY (network, user_key)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS crowds_user ON crowds (user_key)",
     # Stored profiles that failed their checksum, kept aside for an operator to look at.
     "CREATE TABLE IF NOT EXISTS quarantine ("
     " user_key TEXT NOT NULL, data BLOB NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)",
@@ -102,6 +113,11 @@ _PRUNE_BURSTS = (
     " (SELECT MAX(rowid) + 1 FROM bursts))"
 )
 _FORGET_BURSTS = "DELETE FROM bursts WHERE key = ? AND user_key = ?"
+_SELECT_CROWD = "SELECT user_key, day FROM crowds WHERE network = ?"
+_INSERT_CROWD = "INSERT OR IGNORE INTO crowds (network, user_key, day) VALUES (?, ?, ?)"
+_AGE_CROWD = "DELETE FROM crowds WHERE network = ? AND day < ?"
+_FORGET_CROWDS = "DELETE FROM crowds WHERE user_key = ?"
+_PURGE_CROWDS = "DELETE FROM crowds WHERE day < ?"
 _DELETE_CHALLENGE = "DELETE FROM challenges WHERE id = ?"
 _INSERT_EVENT = (
     "INSERT INTO events (event_id, user_key, label, updated_at) VALUES (?, ?, NULL, ?)"
@@ -289,7 +305,15 @@ class SQLiteStore:
                 net_window = self._window(conn, net)
                 ip_users, ip_failures = ip_window.counts(note.ts)
                 net_users, net_failures = net_window.counts(note.ts)
-                bursts = BurstCounts(ip_users, ip_failures, net_users, net_failures)
+                crowd = [(str(u), int(d)) for u, d in conn.execute(_SELECT_CROWD, (note.network,))]
+                day = crowd_day(note.ts)
+                bursts = BurstCounts(
+                    ip_users,
+                    ip_failures,
+                    net_users,
+                    net_failures,
+                    *established(crowd, note.user_key, day),
+                )
                 profile = self._load(conn, note.user_key)
                 result = fn(profile, bursts)
                 profile.note_window(ip, note.ts)
@@ -302,6 +326,8 @@ class SQLiteStore:
                 )
                 if note.event_id:
                     self._write(conn, _INSERT_EVENT, (note.event_id, note.user_key, time.time()))
+                if note.succeeded:
+                    self._note_crowd(conn, note.network, note.user_key, day, crowd)
                 self._maybe_prune(conn, note.ts)
             # Written: now the mirrors take the new rows (should the group's commit fail,
             # its abort empties the mirrors with it).
@@ -341,6 +367,7 @@ class SQLiteStore:
                 for challenge_id in profile.challenge_ids():
                     conn.execute(_DELETE_CHALLENGE, (challenge_id,))
             conn.execute(_DELETE_EVENTS, (user_key,))
+            conn.execute(_FORGET_CROWDS, (user_key,))
             conn.execute(_FORGET_QUARANTINE, (user_key,))
             deleted: bool = conn.execute(_DELETE_PROFILE, (user_key,)).rowcount > 0
         with self._locked("delete") as conn:
@@ -437,6 +464,23 @@ class SQLiteStore:
             ip_window.add(ts, user_key, failed)
             net_window.add(ts, user_key, failed)
 
+    def _note_crowd(
+        self,
+        conn: sqlite3.Connection,
+        network: str,
+        user_key: str,
+        day: int,
+        crowd: list[tuple[str, int]],
+    ) -> None:
+        """``Crowd.note`` on the rows read before the event (``crowd``)."""
+        if any(user == user_key for user, _ in crowd):
+            return
+        start = day - CROWD_MAX_AGE_DAYS
+        if any(first < start for _, first in crowd):
+            self._write(conn, _AGE_CROWD, (network, start))
+        if sum(first >= start for _, first in crowd) < CROWD_MAX_USERS:
+            self._write(conn, _INSERT_CROWD, (network, user_key, day))
+
     def _window(self, conn: sqlite3.Connection, key: str) -> BurstWindow:
         """The key's mirrored window, read from the database on first use."""
         window = self._windows.get(key)
@@ -498,6 +542,8 @@ class SQLiteStore:
             conn.execute(_PURGE_EVENTS, (older_than,))
             conn.execute(_PURGE_QUARANTINE, (older_than,))
             conn.execute(_PURGE_BURSTS, (_PRUNE_AGE_S,))
+            # Crowd memberships live as long as the profiles (by event day).
+            conn.execute(_PURGE_CROWDS, (crowd_day(older_than),))
         return int(removed)
 
     def count(self) -> int:

@@ -3,7 +3,8 @@
 A store keeps profiles (read-modify-write is atomic per user: ``update`` runs the
 caller's function on the freshest profile and saves the result, retrying on a
 concurrent write where the backend is optimistic), the cross-user burst windows
-(distinct users and failures per address and per network), the step-up
+(distinct users and failures per address and per network), the networks'
+crowds (which users succeeded there since which day; profiles.crowds), the step-up
 challenge bindings (an opaque record per challenge, claimable exactly once) and,
 for the feedback rules, which user each decided event belonged to and the one
 label it got. ``delete`` erases all of a user's data from every one of them.
@@ -29,7 +30,7 @@ BURST_MAX_ENTRIES = 512
 
 
 class BurstNote(NamedTuple):
-    """One event as the burst windows see it: its address, network, user and time.
+    """One event as the burst windows and crowds see it: address, network, user, time.
 
     A named tuple: made for every event, in 0.7 µs where a frozen dataclass took 0.9.
     """
@@ -42,6 +43,8 @@ class BurstNote(NamedTuple):
     # The decided event's id, kept (with the user and, later, its label) for feedback;
     # empty where nobody will send feedback (backtest, training).
     event_id: str = ""
+    # The event succeeded: its user joins the network's crowd (profiles.crowds).
+    succeeded: bool = False
 
 
 class EventLabel(NamedTuple):
@@ -58,15 +61,18 @@ class ProfileStore(Protocol):
     def update_event(self, note: BurstNote, fn: Callable[[Profile, BurstCounts], T]) -> T:
         """One event's whole transaction: what ``decide`` and the training replay call.
 
-        Counts the bursts of ``note``'s address and network before this event, runs
-        ``fn`` on the profile of ``note.user_key`` with those counts and saves the
-        profile as ``update`` does, then notes the event in the burst windows. It
-        equals ``burst_counts``, ``update`` and ``record_burst`` in a row, done in as
-        few round trips as the backend allows; where the backend has transactions the
-        profile and the burst note are committed together or not at all.
+        Counts the bursts of ``note``'s address and network before this event, and
+        the network's crowd established before this event's day without this user
+        (profiles.crowds), runs ``fn`` on the profile of ``note.user_key`` with those
+        counts and saves the profile as ``update`` does, then notes the event in the
+        burst windows and, when it succeeded, its user in the network's crowd. Apart
+        from the crowd it equals ``burst_counts``, ``update`` and ``record_burst`` in
+        a row, done in as few round trips as the backend allows; where the backend
+        has transactions the profile and the notes are committed together or not at all.
 
-        The profile remembers the windows noted (``Profile.note_window``) for erasure;
-        a ``note.event_id`` is kept as an event of the user (see ``label_event``).
+        The profile remembers the windows noted (``Profile.note_window``) for erasure,
+        the store the crowds a user is in; a ``note.event_id`` is kept as an event of
+        the user (see ``label_event``).
         """
         ...
 
@@ -87,8 +93,9 @@ class ProfileStore(Protocol):
         """Erase everything kept of a user; True if there was a profile.
 
         The profile (with its ref and data key, which shreds what was sealed under
-        it), the user's entries in the burst windows it names, the challenges of its
-        pending step-ups and the user's decided events. Where the backend keeps
+        it), the user's entries in the burst windows it names, the user's place in
+        every network's crowd, the challenges of its pending step-ups and the user's
+        decided events. Where the backend keeps
         deleted bytes around (SQLite's free pages and WAL) they are overwritten.
         """
         ...

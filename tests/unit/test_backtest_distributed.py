@@ -8,6 +8,7 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -15,11 +16,12 @@ from hypothesis import strategies as st
 
 from risk_engine.offline.backtest import BacktestSummary, run_backtest
 from risk_engine.offline.cluster import PARTITION_BYTES, PARTITIONS_PER_WORKER, partition_count
-from risk_engine.offline.distributed import PackedLines
+from risk_engine.offline.distributed import PackedLines, Rows, key_text, network_part, run_bursts
 from risk_engine.offline.logs import LogReport, read_piece
 from risk_engine.offline.replayer import DealtBurstStore
 from risk_engine.offline.sources import byte_ranges, plan_pieces
 from risk_engine.profiles.bursts import BurstTable
+from risk_engine.profiles.memory import MemoryStore
 from risk_engine.profiles.model import BurstCounts
 from risk_engine.profiles.store import BurstNote
 
@@ -132,16 +134,22 @@ def test_pieces_cover_a_file_at_line_starts_and_number_its_lines(tmp_path: Path)
 
 def test_dealt_bursts_refuse_events_the_scan_did_not_derive() -> None:
     store = DealtBurstStore()
-    counts = BurstCounts(3, 1, 7, 2)
-    store.deal("ip1", "net1", 10.0, "user1", False, counts)
+    counts = BurstCounts(3, 1, 7, 2, 6, 3)
+    store.deal("ip1", "net1", 10.0, "user1", False, True, counts)
     seen = store.update_event(
-        BurstNote("ip1", "net1", "user1", 10.0, False), lambda profile, bursts: bursts
+        BurstNote("ip1", "net1", "user1", 10.0, False, "", True), lambda profile, bursts: bursts
     )
     assert seen == counts
-    store.deal("ip1", "net1", 11.0, "user1", True, counts)
+    store.deal("ip1", "net1", 11.0, "user1", True, False, counts)
     with pytest.raises(RuntimeError, match="asked about the event"):
         store.update_event(BurstNote("ip2", "net1", "user1", 11.0, True), lambda p, b: None)
-    store.deal("ip1", "net1", 13.0, "user1", False, counts)
+    # An event the scan took for a failure must not join a crowd in the replay.
+    store.deal("ip1", "net1", 12.0, "user1", False, False, counts)
+    with pytest.raises(RuntimeError, match="asked about the event"):
+        store.update_event(
+            BurstNote("ip1", "net1", "user1", 12.0, False, "", True), lambda p, b: None
+        )
+    store.deal("ip1", "net1", 13.0, "user1", False, False, counts)
     note = BurstNote("ip1", "net1", "user1", 13.0, False)
     store.update_event(note, lambda p, b: None)
     with pytest.raises(RuntimeError, match="asked about the event"):
@@ -212,3 +220,37 @@ def test_a_larger_log_gets_more_partitions_not_larger_ones() -> None:
         n * PARTITION_BYTES // 3 <= p * PARTITION_BYTES
         for n, p in zip(range(1, 400, 7), sizes, strict=True)
     )
+
+
+@pytest.mark.parametrize("network_parts", [1, 3])
+def test_crowds_run_per_network_partition_count_as_one_store_does(network_parts: int) -> None:
+    """The crowd and burst counts dealt to each event, whatever the network partitioning."""
+    rng = random.Random(network_parts)
+    n = 4_000
+    stamps = np.cumsum(rng.choices([0.0, 60.0, 3600.0, 6 * 3600.0], k=n)) + 1_700_000_000.0
+    users = np.asarray([rng.randrange(60) + 1 for _ in range(n)], dtype=np.uint64)
+    ips = np.asarray([rng.randrange(30) + 1 for _ in range(n)], dtype=np.uint64)
+    networks = np.asarray([f"net{int(ip) % 6}" for ip in ips], dtype=object)
+    failed = np.asarray([rng.random() < 0.2 for _ in range(n)], dtype=np.bool_)
+    rows = Rows(np.arange(n, dtype=np.int64), stamps, users, ips, networks, failed, ~failed, None)
+    store = MemoryStore()
+    expected = []
+    for i in range(n):
+        note = BurstNote(
+            key_text(int(ips[i])),
+            str(networks[i]),
+            key_text(int(users[i])),
+            float(stamps[i]),
+            bool(failed[i]),
+            "",
+            not bool(failed[i]),
+        )
+        expected.append(store.update_event(note, lambda profile, bursts: bursts))
+    assert any(counts.crowd_users >= 5 for counts in expected)
+    part_of = np.asarray([network_part(str(net), network_parts) for net in networks])
+    got: dict[int, BurstCounts] = {}
+    for part in range(network_parts):
+        index = np.flatnonzero(part_of == part)
+        for seq, counts in run_bursts(1, rows.take(index, lines=False)):
+            got.update({int(s): BurstCounts(*c) for s, c in zip(seq, counts.tolist(), strict=True)})
+    assert [got[i] for i in range(n)] == expected

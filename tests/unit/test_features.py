@@ -23,6 +23,7 @@ from risk_engine.features.registry import as_dict, compute_features
 from risk_engine.geo import EARTH_RADIUS_KM, Location, haversine_km
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.model import BurstCounts, Profile
+from risk_engine.reasons import explain
 
 HASHER = Hasher("feature-tests")
 OSLO_TZ = ZoneInfo("Europe/Oslo")
@@ -691,3 +692,79 @@ def test_a_vpn_user_at_the_usual_exit_neither_travels_nor_mismatches() -> None:
     # Another network in that city is no habit: the mismatch still counts.
     other = features(habit, obs_at(T0 + 2 * DAY, NEW_YORK, ip="23.45.67.89"))
     assert other["tz_mismatch_h"] == pytest.approx(6.0)
+
+
+OFFICE_CROWD = BurstCounts(crowd_users=12, crowd_days=6)
+
+
+def test_a_crowded_network_in_the_users_country_is_no_new_network() -> None:
+    home = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
+    office = obs_at(T0 + DAY, BERGEN, ip="176.11.120.9")
+    alone = features(home, office)
+    crowded = features(home, office, OFFICE_CROWD)
+    assert alone["new_network"] == 1.0 and alone["network_familiarity"] == 0.0
+    assert crowded["new_network"] == 0.0
+    # As familiar as a network seen once, and no more.
+    assert (
+        0.0
+        < crowded["network_familiarity"]
+        < features(home, obs_at(T0 + DAY))["network_familiarity"]
+    )
+    # The city is still new: only the network's novelty is the crowd's to lift.
+    assert crowded["new_city"] == alone["new_city"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "crowd",
+    [
+        BurstCounts(crowd_users=4, crowd_days=4),  # a household or two
+        BurstCounts(crowd_users=30, crowd_days=2),  # a burst on two days, no habit
+    ],
+)
+def test_a_small_or_young_crowd_is_no_crowd(crowd: BurstCounts) -> None:
+    home = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
+    assert features(home, obs_at(T0 + DAY, BERGEN, ip="176.11.120.9"), crowd)["new_network"] == 1.0
+
+
+def test_a_crowded_network_abroad_stays_new() -> None:
+    home = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
+    abroad = features(home, obs_at(T0 + DAY, TOKYO, ip="175.16.199.1"), OFFICE_CROWD)
+    assert abroad["new_network"] == abroad["new_country"] == 1.0
+    assert abroad["network_familiarity"] == 0.0
+
+
+def test_a_crowded_network_is_shared_but_its_failures_count() -> None:
+    home = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
+    busy = BurstCounts(
+        ip_users=25,
+        ip_failures=20,
+        network_users=40,
+        network_failures=22,
+        crowd_users=12,
+        crowd_days=6,
+    )
+    office = features(home, obs_at(T0 + DAY, BERGEN, ip="176.11.120.9"), busy)
+    assert office["ip_users_1h"] == office["network_users_1h"] == pytest.approx(math.log1p(1))
+    assert office["ip_failures_1h"] == pytest.approx(math.log1p(20))
+    assert office["network_failures_1h"] == pytest.approx(math.log1p(22))
+    stranger = replace(busy, crowd_users=0, crowd_days=0)
+    unknown = features(home, obs_at(T0 + DAY, BERGEN, ip="176.11.120.9"), stranger)
+    assert unknown["network_users_1h"] == pytest.approx(math.log1p(40))
+
+
+def test_the_crowded_network_reason_gives_the_crowds_numbers() -> None:
+    home = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
+    office = obs_at(T0 + DAY, BERGEN, ip="176.11.120.9")
+    values = compute_features(home, OFFICE_CROWD, office)
+    found = {r.code: r.detail for r in explain(home, OFFICE_CROWD, office, values)}
+    assert "new_network" not in found
+    assert "12 other users" in found["crowded_network"]
+    assert "6 different days" in found["crowded_network"]
+    # Once the user knows the network, nothing is left to explain.
+    known = learned(*[obs_at(T0 + i * HOUR) for i in range(5)], office)
+    again = obs_at(T0 + 2 * DAY, BERGEN, ip="176.11.120.9")
+    codes = [
+        r.code
+        for r in explain(known, OFFICE_CROWD, again, compute_features(known, OFFICE_CROWD, again))
+    ]
+    assert "crowded_network" not in codes

@@ -102,12 +102,13 @@ def test_uncontended_update_event_is_two_round_trips(
     wire.reset()
     seen = store.update_event(note("bob", NOW + 1), lambda p, b: b)
     assert seen == BurstCounts(1, 0, 1, 0)
-    # One write of WATCH, GET and two window reads; one of MULTI, SET, 2 x 4 burst
-    # commands and EXEC; each write a single buffer, although the profile is > 6 KB.
+    # One write of WATCH, GET, two window reads and the crowd's read; one of MULTI,
+    # SET, 2 x 4 burst commands and EXEC; each write a single buffer, although the
+    # profile is > 6 KB.
     wire.reset()
     assert store.update_event(note("alice", NOW + 2), increment) == 2
     assert wire.writes == [1, 1]
-    assert wire.replies == 4 + 11
+    assert wire.replies == 5 + 11
     stored = store.get("alice")
     assert stored is not None and stored.pending == profile.pending
 
