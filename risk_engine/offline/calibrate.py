@@ -179,7 +179,11 @@ def calibrate_policy(
                 notes.append("deny kept: too few legitimate events for its target")
             step_up, met = _threshold(run.score[legit], step_floor[legit], target_challenge)
             if not met:
-                notes.append("floors alone exceed the challenge target")
+                # The floors spend the whole budget: a threshold "meeting" it would sit
+                # just under deny and leave the score no say, so a takeover that raises
+                # no floor would pass at any score below deny. The policy's own stays.
+                step_up = min(step_up, cls.step_up)
+                notes.append("floors alone exceed the challenge target; step-up kept")
             # Never at or above deny: a class must keep a step-up band.
             step_up = round(min(max(step_up, STEP), deny - STEP), DECIMALS)
         data["classes"][name]["step_up"] = step_up

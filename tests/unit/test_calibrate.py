@@ -95,6 +95,25 @@ def test_floors_count_against_the_budget() -> None:
     assert legit_rate(run, policy) == 0.02
 
 
+def test_floors_over_the_budget_leave_the_score_its_threshold() -> None:
+    """Floors alone spend the budget: the step-up stays the policy's, never just under deny.
+
+    Pushed to just under deny, the class would challenge on floors only: a takeover that
+    raises no floor would pass at any score below deny (seen in a label-free
+    calibration of the account class, where first uses fill the budget).
+    """
+    floored = dict.fromkeys(range(30), ("impossible_travel",))  # 3% of legit: over 2%
+    run = make_run(GRID, [0.995] * 20, codes=floored)
+    base = load_policy()
+    policy, report = calibrate_policy(run, base, target_challenge=0.02, min_legit=50)
+    login = policy.classes["login"]
+    assert login.step_up == base.classes["login"].step_up
+    assert login.step_up < 0.995 < login.deny
+    row = next(r for r in report if r.name == "login")
+    assert row.catch_rate[1] == pytest.approx(1.0)
+    assert "floors alone exceed the challenge target" in row.note
+
+
 def test_small_classes_keep_their_thresholds() -> None:
     run = make_run(GRID, ATTACKS, extra=("transfer", 50))
     base = load_policy()
