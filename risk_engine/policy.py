@@ -52,9 +52,16 @@ class Policy(BaseModel):
     default_class: str = "default"
     classes: dict[str, ClassPolicy]
     floors: dict[str, Outcome] = Field(default_factory=dict)
+    # Reason codes that cap what the score alone decides (a floor still raises it): a
+    # crowd's network in the user's own country is challenged at most, never blocked
+    # on its score, so a legitimate first visit keeps its session by passing MFA.
+    ceilings: dict[str, Outcome] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
+        for code, ceiling in self.ceilings.items():
+            if ceiling is Outcome.DENY:
+                raise ValueError(f"ceiling of {code!r} is deny: a ceiling caps below deny")
         if self.default_class not in self.classes:
             raise ValueError(f"default_class {self.default_class!r} is not one of the classes")
         seen: dict[str, str] = {}
@@ -89,7 +96,7 @@ class Policy(BaseModel):
 class PolicyTable:
     """A validated policy as dictionaries: no model attribute lookups per event."""
 
-    __slots__ = ("_by_action", "_default", "_floors")
+    __slots__ = ("_by_action", "_ceilings", "_default", "_floors")
 
     def __init__(self, policy: Policy, by_action: dict[str, str]) -> None:
         self._by_action = {
@@ -97,15 +104,17 @@ class PolicyTable:
         }
         self._default = (policy.default_class, policy.classes[policy.default_class])
         self._floors = dict(policy.floors)
+        self._ceilings = dict(policy.ceilings)
 
     def __eq__(self, other: object) -> bool:
         # Policies compare by value, private attributes included: so must their tables.
         if not isinstance(other, PolicyTable):
             return NotImplemented
-        return (self._by_action, self._default, self._floors) == (
+        return (self._by_action, self._default, self._floors, self._ceilings) == (
             other._by_action,
             other._default,
             other._floors,
+            other._ceilings,
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable contents, like the dicts it holds
@@ -123,6 +132,11 @@ class PolicyTable:
             outcome = Outcome.STEP_UP
         else:
             outcome = Outcome.ALLOW
+        if self._ceilings:
+            for code in codes:
+                ceiling = self._ceilings.get(code)
+                if ceiling is not None and outcome.rank > ceiling.rank:
+                    outcome = ceiling
         floors = self._floors
         for code in codes:
             floor = floors.get(code)

@@ -53,6 +53,10 @@ def explain(profile: Profile, bursts: BurstCounts, obs: Observation) -> list[tup
     """Why a new network was not held against the user, weighted as ``reasons`` orders."""
     if not (_new_here(profile, obs) and crowded(profile, bursts, obs)):
         return []
+    if bursts.ip_failures or bursts.network_failures:
+        # Failed logins there in the hour: no crowd's benefit of the doubt (the policy's
+        # ceiling on this reason would cap a credential-stuffing hit at a challenge).
+        return []
     detail = (
         f"first time from network {obs.network}, where {bursts.crowd_users} other users"
         f" first succeeded on {bursts.crowd_days} different days (an office, a carrier or"

@@ -14,7 +14,9 @@ from datetime import timedelta
 import pytest
 
 from risk_engine.decision import Decision, Outcome
+from risk_engine.engine import Scorer
 from risk_engine.geo import GeoLocator
+from risk_engine.policy import parse_policy
 from tests.behavior.test_decisions import LAPTOP, START, STRANGER, Harness
 
 OFFICE_IPS = ("212.62.247.25", "212.62.247.35", "212.62.247.225")  # Oslo, one /24
@@ -101,3 +103,51 @@ def test_a_stuffing_burst_from_a_crowded_network_is_still_stopped(harness: Harne
     )
     assert "ip_burst" in codes(hit)
     assert hit.decision is not Outcome.ALLOW
+
+
+def test_a_first_visit_to_a_crowded_network_at_home_is_stepped_up_never_denied(
+    geo: GeoLocator,
+) -> None:
+    """Above the deny threshold, a crowd's network at home gets a challenge, not a block.
+
+    A legitimate user's first morning at the office is new in every way (device, city,
+    network); denied, the rest of the session is an untrusted device's too. A challenge
+    lets a user with the second factor through; an attacker without it still fails.
+    """
+    harness = Harness(geo)
+    colleagues(harness, OFFICE_IPS, "colleague", WORK_DESKTOP)
+    harness.usual_month("alice")
+    harness.usual_month("carol")
+    # Only the first visits meet the strict thresholds: the histories are learned as usual.
+    assert harness.engine.scorer is not None
+    policy = harness.engine.scorer.policy.model_copy(deep=True)
+    policy.classes["login"].step_up, policy.classes["login"].deny = 0.1, 0.2
+    policy = parse_policy(policy.model_dump(mode="json"), "test")
+    harness.engine.scorer = Scorer(harness.engine.scorer.artifact, policy)
+    when = START + timedelta(days=DAY, hours=1)
+    office = harness.decide(when, user="alice", ip=OFFICE_IPS[0], device=WORK_DESKTOP)
+    nobodys = harness.decide(when, user="carol", ip=NOBODYS_IP, device=WORK_DESKTOP)
+    assert office.score >= 0.2 and nobodys.score >= 0.2
+    assert "crowded_network" in codes(office)
+    assert office.decision is Outcome.STEP_UP
+    assert nobodys.decision is Outcome.DENY
+
+
+def test_failed_logins_on_a_crowded_network_take_its_benefit_of_the_doubt(
+    harness: Harness,
+) -> None:
+    colleagues(harness, OFFICE_IPS, "colleague", WORK_DESKTOP)
+    harness.usual_month("alice")
+    burst = START + timedelta(days=DAY, hours=3)
+    for i in range(3):
+        harness.decide(
+            burst + timedelta(seconds=20 * i),
+            user=f"stuffed-{i}",
+            ip=OFFICE_IPS[1],
+            device=STRANGER,
+            success=False,
+        )
+    hit = harness.decide(
+        burst + timedelta(minutes=2), user="alice", ip=OFFICE_IPS[0], device=WORK_DESKTOP
+    )
+    assert "crowded_network" not in codes(hit)

@@ -136,6 +136,25 @@ def test_floors_raise_the_outcome_and_never_lower_it(policy: Policy) -> None:
     assert policy.decide("login", 0.1, ["new_device", "unusual_hour"])[1] is Outcome.ALLOW
 
 
+def test_ceilings_cap_the_score_and_floors_still_raise() -> None:
+    bundled = load_policy()
+    deny = bundled.classes["read"].deny
+    assert bundled.ceilings == {"crowded_network": Outcome.STEP_UP}
+    assert bundled.decide("view_account", deny, [])[1] is Outcome.DENY
+    assert bundled.decide("view_account", deny, ["crowded_network"])[1] is Outcome.STEP_UP
+    assert bundled.decide("view_account", 0.1, ["crowded_network"])[1] is Outcome.ALLOW
+    # A floor is evidence of its own, a ceiling only tempers the score: the floor wins.
+    both = ["crowded_network", "session_hijack"]
+    assert bundled.decide("view_account", deny, both)[1] is Outcome.DENY
+
+
+def test_a_ceiling_of_deny_is_refused() -> None:
+    data = load_policy().model_dump(mode="json")
+    data["ceilings"] = {"crowded_network": "deny"}
+    with pytest.raises(ConfigurationError, match="ceiling"):
+        parse_policy(data, "test")
+
+
 def test_class_settings_are_read(policy: Policy) -> None:
     login, money, default = (policy.classes[k] for k in ("login", "money", "default"))
     assert login.max_age == 900 and login.required_acr is Acr.MFA
