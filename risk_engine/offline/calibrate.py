@@ -85,6 +85,29 @@ def floor_masks(run: LabelledRun, policy: Policy) -> tuple[NDArray[np.bool_], ND
     return step, deny
 
 
+def capped_scores(
+    run: LabelledRun, policy: Policy
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The scores as the policy can act on them: (for step-up, for deny).
+
+    An event whose reasons hold a ceiling below an outcome never reaches it on its
+    score (``PolicyTable.decide``), so for that outcome its score is -inf; the floors
+    (``floor_masks``) still raise it.
+    """
+    step = run.score.copy()
+    deny = run.score.copy()
+    if policy.ceilings:
+        for index, codes in enumerate(run.reason_codes):
+            ranks = [policy.ceilings[c].rank for c in codes if c in policy.ceilings]
+            if ranks:
+                cap = min(ranks)
+                if cap < Outcome.STEP_UP.rank:
+                    step[index] = -np.inf
+                if cap < Outcome.DENY.rank:
+                    deny[index] = -np.inf
+    return step, deny
+
+
 def class_names(run: LabelledRun, policy: Policy) -> NDArray[np.str_]:
     """The policy's action class of every event."""
     return np.asarray([policy.class_of(a)[0] for a in run.actions], dtype=str)
@@ -94,18 +117,19 @@ def challenged(run: LabelledRun, policy: Policy) -> NDArray[np.bool_]:
     """Events that ``policy`` steps up or denies by score or floor (no session assurance)."""
     classes = class_names(run, policy)
     step = np.asarray([policy.classes[name].step_up for name in classes], dtype=np.float64)
-    return np.asarray((run.score >= step) | floor_masks(run, policy)[0], dtype=bool)
+    return np.asarray((capped_scores(run, policy)[0] >= step) | floor_masks(run, policy)[0])
 
 
 def class_curves(run: LabelledRun, policy: Policy) -> dict[str, Curve]:
     """The friction/catch curve of every class that has legitimate events and attacks."""
     classes = class_names(run, policy)
     forced = floor_masks(run, policy)[0]
+    scores = capped_scores(run, policy)[0]
     out: dict[str, Curve] = {}
     for name in policy.classes:
         rows = classes == name
         if (rows & run.attack).any() and (rows & ~run.attack).any():
-            out[name] = tradeoff_curve(run.score[rows], run.attack[rows], forced[rows])
+            out[name] = tradeoff_curve(scores[rows], run.attack[rows], forced[rows])
     return out
 
 
@@ -159,6 +183,7 @@ def calibrate_policy(
         raise ConfigurationError("targets must satisfy 0 < target-deny < target-challenge < 1")
     classes = class_names(run, policy)
     step_floor, deny_floor = floor_masks(run, policy)
+    step_scores, deny_scores = capped_scores(run, policy)
     data = policy.model_dump(mode="json")
     report: list[ClassCalibration] = []
     for name, cls in policy.classes.items():
@@ -171,13 +196,13 @@ def calibrate_policy(
         else:
             # The deny rate needs as many flaggable events as the step-up rate gets.
             if int(legit.sum()) * target_deny >= min_legit * target_challenge - 1e-9:
-                deny, met = _threshold(run.score[legit], deny_floor[legit], target_deny)
+                deny, met = _threshold(deny_scores[legit], deny_floor[legit], target_deny)
                 deny = round(min(max(deny, 2 * STEP), 1.0), DECIMALS)
                 if not met:
                     notes.append("deny floors alone exceed the deny target")
             else:
                 notes.append("deny kept: too few legitimate events for its target")
-            step_up, met = _threshold(run.score[legit], step_floor[legit], target_challenge)
+            step_up, met = _threshold(step_scores[legit], step_floor[legit], target_challenge)
             if not met:
                 # The floors spend the whole budget: a threshold "meeting" it would sit
                 # just under deny and leave the score no say, so a takeover that raises
@@ -188,8 +213,7 @@ def calibrate_policy(
             step_up = round(min(max(step_up, STEP), deny - STEP), DECIMALS)
         data["classes"][name]["step_up"] = step_up
         data["classes"][name]["deny"] = deny
-        scores = run.score
-        achieved = _flagged(scores, step_up, step_floor, legit)
+        achieved = _flagged(step_scores, step_up, step_floor, legit)
         if not kept and achieved is not None and achieved > target_challenge:
             notes.append("target not met: ties at the top scores")
         report.append(
@@ -201,16 +225,16 @@ def calibrate_policy(
                 step_up=(cls.step_up, step_up),
                 deny=(cls.deny, deny),
                 challenge_rate=(
-                    _flagged(scores, cls.step_up, step_floor, legit),
+                    _flagged(step_scores, cls.step_up, step_floor, legit),
                     achieved,
                 ),
                 deny_rate=(
-                    _flagged(scores, cls.deny, deny_floor, legit),
-                    _flagged(scores, deny, deny_floor, legit),
+                    _flagged(deny_scores, cls.deny, deny_floor, legit),
+                    _flagged(deny_scores, deny, deny_floor, legit),
                 ),
                 catch_rate=(
-                    _flagged(scores, cls.step_up, step_floor, attack),
-                    _flagged(scores, step_up, step_floor, attack),
+                    _flagged(step_scores, cls.step_up, step_floor, attack),
+                    _flagged(step_scores, step_up, step_floor, attack),
                 ),
                 note="; ".join(notes),
             )

@@ -9,7 +9,7 @@ stopped.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -58,6 +58,18 @@ def colleagues(
         )
 
 
+def failed_logins(harness: Harness, start: datetime, ip: str, count: int) -> None:
+    """``count`` strangers' failed logins from ``ip``, 20 s apart from ``start``."""
+    for i in range(count):
+        harness.decide(
+            start + timedelta(seconds=20 * i),
+            user=f"stuffed-{i}",
+            ip=ip,
+            device=STRANGER,
+            success=False,
+        )
+
+
 def first_visit(harness: Harness, user: str, ip: str, device: dict[str, str]) -> Decision:
     harness.usual_month(user)
     return harness.decide(START + timedelta(days=DAY, hours=1), user=user, ip=ip, device=device)
@@ -90,14 +102,7 @@ def test_a_stuffing_burst_from_a_crowded_network_is_still_stopped(harness: Harne
     colleagues(harness, OFFICE_IPS, "colleague", WORK_DESKTOP)
     harness.usual_month("alice")
     burst = START + timedelta(days=DAY, hours=3)
-    for i in range(30):
-        harness.decide(
-            burst + timedelta(seconds=20 * i),
-            user=f"stuffed-{i}",
-            ip=OFFICE_IPS[0],
-            device=STRANGER,
-            success=False,
-        )
+    failed_logins(harness, burst, OFFICE_IPS[0], 30)
     hit = harness.decide(
         burst + timedelta(minutes=11), user="alice", ip=OFFICE_IPS[0], device=STRANGER
     )
@@ -139,14 +144,7 @@ def test_failed_logins_on_a_crowded_network_take_its_benefit_of_the_doubt(
     colleagues(harness, OFFICE_IPS, "colleague", WORK_DESKTOP)
     harness.usual_month("alice")
     burst = START + timedelta(days=DAY, hours=3)
-    for i in range(3):
-        harness.decide(
-            burst + timedelta(seconds=20 * i),
-            user=f"stuffed-{i}",
-            ip=OFFICE_IPS[1],
-            device=STRANGER,
-            success=False,
-        )
+    failed_logins(harness, burst, OFFICE_IPS[1], 3)
     hit = harness.decide(
         burst + timedelta(minutes=2), user="alice", ip=OFFICE_IPS[0], device=WORK_DESKTOP
     )

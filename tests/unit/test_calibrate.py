@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from risk_engine.decision import Outcome
 from risk_engine.offline.calibrate import (
     STEP,
     calibrate_policy,
@@ -18,7 +19,7 @@ from risk_engine.offline.calibrate import (
     write_policy,
 )
 from risk_engine.offline.labels import LabelledRun
-from risk_engine.policy import Policy, load_policy
+from risk_engine.policy import Policy, load_policy, parse_policy
 
 
 def make_run(
@@ -112,6 +113,34 @@ def test_floors_over_the_budget_leave_the_score_its_threshold() -> None:
     row = next(r for r in report if r.name == "login")
     assert row.catch_rate[1] == pytest.approx(1.0)
     assert "floors alone exceed the challenge target" in row.note
+
+
+def test_ceilings_are_counted_as_the_policy_decides() -> None:
+    """An event the policy caps at step-up is never denied on its score: not in deny's budget."""
+    capped = dict.fromkeys(range(990, 1000), ("crowded_network",))  # the 10 highest scores
+    run = make_run(GRID, ATTACKS, codes=capped)
+    base = load_policy()
+    assert base.ceilings["crowded_network"] is Outcome.STEP_UP
+    policy, report = calibrate_policy(run, base, target_challenge=0.02, min_legit=50)
+    login = policy.classes["login"]
+    # 1 of 1,000 may be denied among the scores that can be: 0.989, the highest uncapped.
+    assert login.deny == 0.988001
+    assert next(r for r in report if r.name == "login").deny_rate[1] == 0.001
+    # Capped at step-up, the top ten are still challenged: the step-up is as without them.
+    assert login.step_up == 0.979001
+
+
+def test_challenged_is_what_the_policy_decides() -> None:
+    data = load_policy().model_dump(mode="json")
+    data["ceilings"] = {"crowded_network": "allow"}
+    policy = parse_policy(data, "test")
+    codes = {0: ("crowded_network",), 1: ("crowded_network", "impossible_travel")}
+    run = make_run([0.999, 0.999, 0.999, 0.1], [], codes=codes)
+    expected = [
+        policy.decide(a, float(s), list(c))[1] is not Outcome.ALLOW
+        for a, s, c in zip(run.actions, run.score, run.reason_codes, strict=True)
+    ]
+    assert challenged(run, policy).tolist() == expected == [False, True, True, False]
 
 
 def test_small_classes_keep_their_thresholds() -> None:
