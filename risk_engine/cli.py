@@ -816,7 +816,8 @@ def calibrate(
         typer.Option(
             "--labels",
             help="labels of EVENTS (default: none; events count as legitimate unless a"
-            " step-up the engine asked for failed (--outcomes) or --feedback says fraud)",
+            " step-up the engine asked for failed (--outcomes) or --feedback says fraud,"
+            " and no deny threshold is lowered)",
         ),
     ] = None,
     feedback: Annotated[
@@ -837,7 +838,13 @@ def calibrate(
         float, typer.Option(min=0.0, max=1.0, help="legitimate challenge rate per class")
     ] = 0.02,
     target_deny: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="legitimate deny rate per class")
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="legitimate deny rate per class (without --labels a ceiling only: deny is"
+            " raised to meet it, never lowered)",
+        ),
     ] = 0.001,
     min_legit: Annotated[
         int, typer.Option(min=1, help="fewer legitimate events: the class keeps its thresholds")

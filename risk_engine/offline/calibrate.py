@@ -12,7 +12,10 @@ written as a new policy version and read back through the validating loader.
 Labels are optional. A bank going live has none: then an event counts as
 legitimate unless the user failed the step-up the engine asked for (the step-up
 outcomes) or feedback confirmed it as fraud, which is what a shadow period of
-the service gives (see ``observed_labels``).
+the service gives (see ``observed_labels``). Then the deny target is a ceiling,
+not a budget: a deny threshold that denies more is raised, but none is lowered,
+since a denied user gets no step-up to fail and so nothing observed can say that
+a denial was right.
 """
 
 from __future__ import annotations
@@ -177,8 +180,16 @@ def calibrate_policy(
     target_deny: float = 0.001,
     min_legit: int = MIN_LEGIT,
     today: str | None = None,
+    labelled: bool = True,
 ) -> tuple[Policy, list[ClassCalibration]]:
-    """New per-class thresholds meeting the targets on ``run``, as a new policy version."""
+    """New per-class thresholds meeting the targets on ``run``, as a new policy version.
+
+    ``labelled=False`` (the labels are only what a deployment observes): a deny
+    threshold is raised to meet its target but never lowered below the policy's. A
+    denied user gets no step-up to fail, so nothing observed tells a denial of an
+    attacker from one of a legitimate user, and spending the deny budget on that
+    evidence denies whole sessions of people a step-up would have let through.
+    """
     if not 0.0 < target_deny < target_challenge < 1.0:
         raise ConfigurationError("targets must satisfy 0 < target-deny < target-challenge < 1")
     classes = class_names(run, policy)
@@ -200,6 +211,9 @@ def calibrate_policy(
                 deny = round(min(max(deny, 2 * STEP), 1.0), DECIMALS)
                 if not met:
                     notes.append("deny floors alone exceed the deny target")
+                if not labelled and deny < cls.deny:
+                    deny = cls.deny
+                    notes.append("deny not lowered without labels")
             else:
                 notes.append("deny kept: too few legitimate events for its target")
             step_up, met = _threshold(step_scores[legit], step_floor[legit], target_challenge)
@@ -377,5 +391,6 @@ def calibrate_log(
         target_challenge=target_challenge,
         target_deny=target_deny,
         min_legit=min_legit,
+        labelled=labels_path is not None,
     )
     return write_policy(policy, out_path), report, reading

@@ -236,6 +236,7 @@ def evaluate_deployment(
             target_challenge=target_challenge,
             target_deny=target_deny,
             min_legit=min_legit,
+            labelled=False,
         )
         policy_file = policy_out or work / "policy.toml"
         write_policy(policy, policy_file)

@@ -196,3 +196,40 @@ def test_any_scores_meet_the_target(ticks: list[int], target: float) -> None:
         login.deny - STEP, abs=1e-12
     )
     assert 0.0 < login.step_up < login.deny <= 1.0
+
+
+def test_without_labels_deny_is_never_lowered() -> None:
+    """A denied user gets no step-up to fail, so no observed label says a denial was right.
+
+    Seen in the deployment flow (mobile-heavy world): a label-free calibration spent the
+    whole deny budget, read's deny fell from 0.999993 to 0.979, and legitimate users on
+    an office network in another city were denied for whole sessions (10% of the
+    corporate context), where a step-up they could pass would have ended it.
+    """
+    run = make_run(GRID, ATTACKS)
+    base = load_policy()
+    assert base.classes["login"].deny > 0.998001
+    labelled, _ = calibrate_policy(run, base, target_challenge=0.02, min_legit=50)
+    assert labelled.classes["login"].deny == 0.998001  # labels: the target is spent
+    policy, report = calibrate_policy(
+        run, base, target_challenge=0.02, min_legit=50, labelled=False
+    )
+    login = policy.classes["login"]
+    assert login.deny == base.classes["login"].deny
+    assert login.step_up == 0.979001  # the step-up is still calibrated: a user can pass it
+    row = next(r for r in report if r.name == "login")
+    assert row.deny_rate[1] == 0.0
+    assert "deny not lowered without labels" in row.note
+
+
+def test_without_labels_deny_is_raised_to_meet_its_target() -> None:
+    """The other way is safe: a deny that denies more than the target is raised."""
+    data = load_policy().model_dump(mode="json")
+    data["classes"]["login"]["step_up"] = 0.5
+    data["classes"]["login"]["deny"] = 0.9  # denies 10% of the grid
+    base = parse_policy(data, "test")
+    policy, report = calibrate_policy(
+        make_run(GRID, ATTACKS), base, target_challenge=0.02, min_legit=50, labelled=False
+    )
+    assert policy.classes["login"].deny == 0.998001
+    assert next(r for r in report if r.name == "login").deny_rate[1] == 0.001
