@@ -70,6 +70,37 @@ def familiarity(counter: dict[str, list[float]], key: str, total: float | None =
     return entry[0] / ((mass(counter) if total is None else total) + len(counter))
 
 
+def regular(counter: dict[str, list[float]], key: str) -> float:
+    """How regular ``key`` is among the user's own: its count against the most seen value's.
+
+    Witten-Bell's probability (``familiarity``) splits a user's mass over their
+    values, so a user who lives in two places, or rotates a VPN over three exit
+    countries, looks a third as familiar everywhere as a user who stays home, and
+    is challenged for it. Measured against the user's most seen value instead (the
+    same ``distinct`` kept back for the unseen), each of those places is as
+    regular as home, while a value seen once among many stays rare.
+
+    >>> regular({"NO": [9.0, 0.0], "SE": [1.0, 0.0]}, "NO")
+    0.8181818181818182
+    >>> regular({"NO": [9.0, 0.0], "SE": [9.0, 0.0], "DK": [9.0, 0.0]}, "SE")
+    0.75
+    >>> regular({}, "NO")
+    0.0
+    """
+    entry = counter.get(key)
+    if entry is None:
+        return 0.0
+    return entry[0] / (top_count(counter) + len(counter))
+
+
+def top_count(counter: dict[str, list[float]]) -> float:
+    """The count of the most seen value of a [count, last_ts] map (0.0 when empty)."""
+    top = 0.0
+    for value in counter.values():
+        top = max(top, value[0])
+    return top
+
+
 def novelty(counter: dict[str, list[float]], total: float | None = None) -> float:
     """Witten-Bell mass left for unseen values: how often this user shows something new.
 

@@ -1,9 +1,10 @@
-"""Device signals: known, similar or new device, attribute drift, time-zone mismatch."""
+"""Device signals: known, similar or new device, attribute drift, time-zone mismatch,
+and how long the device has been the user's."""
 
 from __future__ import annotations
 
 from risk_engine.decision import Reason
-from risk_engine.features.common import FeatureView, Lesson, Weighted
+from risk_engine.features.common import FeatureView, Lesson, Weighted, duration_text, log1p
 from risk_engine.features.geo import familiar_place_and_network
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import MAX_DEVICES, BurstCounts, DeviceRecord, Profile
@@ -21,6 +22,13 @@ W_MAJOR_BUMP = 0.05
 W_MAJOR_JUMP = 0.15
 # At most this drift and a device without a matching id is "similar" (a cleared cookie).
 SIMILAR_DRIFT = 0.30
+# A sensitive action (money, account changes) on a device younger than FRESH_DEVICE_S,
+# first seen at least FRESH_DEVICE_AFTER_S after the user was, is worded (and the
+# shipped policy steps it up). A customer's devices of the first weeks are their own
+# setting in (a laptop beside the phone), not a stranger's.
+FRESH_DEVICE_S = 86400.0
+FRESH_DEVICE_AFTER_S = 14 * 86400.0
+FRESH_DEVICE_SENSITIVITY = 0.5
 
 NAMES: tuple[str, ...] = (
     "device_missing",
@@ -31,6 +39,7 @@ NAMES: tuple[str, ...] = (
     "device_drift",
     "tz_mismatch_h",
     "device_novelty",
+    "device_age_log_h",
 )
 
 
@@ -111,7 +120,22 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         # there (a VPN exit, a second home) is the user's habit, not a stranger.
         0.0 if familiar_place_and_network(profile, obs) else min(obs.tz_mismatch_h, 12.0),
         device_novelty(profile),
+        device_age_log_h(record if by_key else None, obs),
     )
+
+
+def device_age_log_h(record: DeviceRecord | None, obs: Observation) -> float:
+    """log1p of the hours since the event's own device was first seen (0: first seen now).
+
+    An event that is allowed teaches its device as trusted, so once an attacker's
+    login on a look-alike browser passes, the payee added a minute later comes from
+    a "known" device; its age still says it is the user's since a minute ago. The
+    age does not depend on trust, so training's replay (where an attack teaches
+    nothing) and the service see the same value.
+    """
+    if record is None:
+        return 0.0
+    return log1p(max(0.0, obs.ts - record.first_ts) / 3600.0)
 
 
 def learn(profile: Profile, obs: Observation, lesson: Lesson) -> None:
@@ -207,4 +231,23 @@ def explain(
         )
     if values["device_missing"]:
         out.append((1.0, Reason(code="no_device_info", detail="no device id or User-Agent")))
+    if (
+        values["device_known"]
+        and values["action_sensitivity"] >= FRESH_DEVICE_SENSITIVITY
+        and profile.n_events > 0
+    ):
+        record = profile.devices.get(obs.device_key)
+        # Only a device that came well after the user (FRESH_DEVICE_AFTER_S).
+        age = obs.ts - record.first_ts if record is not None else FRESH_DEVICE_S
+        later = record.first_ts - profile.created_ts if record is not None else 0.0
+        if age < FRESH_DEVICE_S and later >= FRESH_DEVICE_AFTER_S:
+            out.append(
+                (
+                    3.5,
+                    Reason(
+                        code="fresh_device",
+                        detail=f"{obs.action} on a device first seen {duration_text(age)} ago",
+                    ),
+                )
+            )
     return out

@@ -15,13 +15,14 @@ from risk_engine.features.common import (
     Weighted,
     duration_text,
     effective_distance_km,
-    familiarity,
     is_new,
     km_text,
     log1p,
     mass,
     novelty,
+    regular,
     speed_kmh,
+    top_count,
 )
 from risk_engine.features.crowd import crowded
 from risk_engine.features.observation import Observation
@@ -138,15 +139,16 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
     country_mass, network_mass = mass(countries), mass(networks)
     # Profiles stored before families have none yet: their networks stand in.
     family_mass = mass(families) if families else network_mass
-    network_familiarity = familiarity(networks, obs.network, network_mass)
+    network_familiarity = regular(networks, obs.network)
     family_seen = family_count(profile, obs) if families else 0.0
+    family_top = top_count(families)
     if family_seen:
-        # Witten-Bell, as ``familiarity`` computes it, of the matching family.
-        network_familiarity = max(network_familiarity, family_seen / (family_mass + len(families)))
+        # ``regular``, as for the network, of the matching family.
+        network_familiarity = max(network_familiarity, family_seen / (family_top + len(families)))
     crowd = crowded(profile, bursts, obs)
     if crowd:
         # A crowd's network counts as seen once by this user.
-        network_familiarity = max(network_familiarity, 1.0 / (family_mass + len(families) + 1.0))
+        network_familiarity = max(network_familiarity, 1.0 / (family_top + len(families) + 1.0))
     ips = profile.ips
     ip_mass = mass(ips)
     return (
@@ -158,10 +160,10 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
         is_new(profile, profile.cities, city),
         new_network(profile, obs, family_seen, crowd),
         is_new(profile, ips, obs.ip_key),
-        familiarity(countries, obs.country, country_mass),
-        familiarity(profile.cities, city),
+        regular(countries, obs.country),
+        regular(profile.cities, city),
         network_familiarity,
-        familiarity(ips, obs.ip_key, ip_mass),
+        regular(ips, obs.ip_key),
         1.0 if obs.is_anonymous else 0.0,
         novelty(countries, country_mass),
         novelty(families, family_mass) if families else novelty(networks, network_mass),

@@ -16,7 +16,7 @@ from risk_engine.events import parse_event
 from risk_engine.features import device as device_features
 from risk_engine.features import geo as geo_features
 from risk_engine.features.action import amount_z
-from risk_engine.features.common import effective_distance_km, familiarity, speed_kmh
+from risk_engine.features.common import effective_distance_km, familiarity, regular, speed_kmh
 from risk_engine.features.learn import learn
 from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
@@ -292,13 +292,38 @@ def test_witten_bell_familiarity() -> None:
     assert familiarity({"NO": [9.0, 0.0]}, "JP") == 0.0
     assert familiarity({}, "NO") == 0.0
 
+
+def test_places_are_as_familiar_as_the_most_seen_one() -> None:
+    assert regular({"NO": [9.0, 0.0], "SE": [1.0, 0.0]}, "NO") == pytest.approx(9 / 11)
+    assert regular({"NO": [9.0, 0.0], "SE": [1.0, 0.0]}, "SE") == pytest.approx(1 / 11)
+    assert regular({"NO": [9.0, 0.0]}, "JP") == 0.0
+    assert regular({}, "NO") == 0.0
+
     profile = learned(*[obs_at(T0 + i * HOUR) for i in range(3)], obs_at(T0 + 4 * HOUR, BERGEN))
-    # 3 Oslo + 1 Bergen, both NO: NO = 4 / (4 + 1); Oslo = 3 / (4 + 2).
+    # 3 Oslo + 1 Bergen, both NO: NO = 4 / (4 + 1); Oslo = 3 / (3 + 2); Bergen 1 / (3 + 2).
     values = features(profile, obs_at(T0 + DAY))
     assert values["country_familiarity"] == pytest.approx(4 / 5)
-    assert values["city_familiarity"] == pytest.approx(3 / 6)
-    assert features(profile, obs_at(T0 + DAY, BERGEN))["city_familiarity"] == pytest.approx(1 / 6)
+    assert values["city_familiarity"] == pytest.approx(3 / 5)
+    assert features(profile, obs_at(T0 + DAY, BERGEN))["city_familiarity"] == pytest.approx(1 / 5)
     assert features(profile, obs_at(T0 + DAY, TOKYO))["city_familiarity"] == 0.0
+
+
+def test_a_user_of_three_places_is_at_home_in_each() -> None:
+    """A VPN rotating over three exit countries: each as familiar as one home is.
+
+    Witten-Bell's share gave each a third of a one-country user's familiarity, and
+    the deployment flow challenged such users for it (no reason to show them).
+    """
+    rotating = learned(*[obs_at(T0 + i * HOUR, (OSLO, TOKYO, BERGEN)[i % 3]) for i in range(30)])
+    home = learned(*[obs_at(T0 + i * HOUR) for i in range(10)])
+    at_home = features(home, obs_at(T0 + DAY))["city_familiarity"]
+    for place in (OSLO, TOKYO, BERGEN):
+        value = features(rotating, obs_at(T0 + DAY, place))["city_familiarity"]
+        assert value == pytest.approx(10 / 13)
+        assert value > 0.75 * at_home
+    # A place seen once among them stays rare.
+    once = learned(*[obs_at(T0 + i * HOUR) for i in range(10)], obs_at(T0 + 11 * HOUR, TOKYO))
+    assert features(once, obs_at(T0 + DAY, TOKYO))["city_familiarity"] == pytest.approx(1 / 12)
 
 
 @settings(max_examples=100, deadline=None)
@@ -311,6 +336,18 @@ def test_familiarity_leaves_mass_for_the_unseen(counts: dict[str, int]) -> None:
     ranked = sorted(counter, key=lambda k: counts[k])
     values = [familiarity(counter, k) for k in ranked]
     assert values == sorted(values)  # more often seen, more familiar
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=4), st.integers(1, 1000), min_size=1, max_size=20))
+def test_regular_is_monotone_and_never_below_the_share(counts: dict[str, int]) -> None:
+    counter = {key: [float(n), 0.0] for key, n in counts.items()}
+    ranked = sorted(counter, key=lambda k: counts[k])
+    values = [regular(counter, k) for k in ranked]
+    assert values == sorted(values)  # more often seen, more regular
+    assert all(0.0 < v < 1.0 for v in values)  # some room is always left for the unseen
+    for key in counter:
+        assert regular(counter, key) >= familiarity(counter, key)
 
 
 def test_anonymous_ip_flag() -> None:
@@ -418,6 +455,51 @@ def test_device_seen_only_in_untrusted_events_is_untrusted() -> None:
     values = features(profile, obs_at(T0 + HOUR, device=desktop(device_id="d-attacker")))
     assert values["device_untrusted"] == 1.0
     assert values["device_known"] == 0.0
+
+
+def test_a_device_allowed_a_minute_ago_is_a_minute_old() -> None:
+    """An attacker's look-alike browser, let in at login, is "known" a minute later.
+
+    Every earlier signal then read the payee added from it as the user's own device;
+    its age still says it has been the user's for a minute.
+    """
+    look_alike = desktop(device_id="d-look-alike")
+    profile = learned(
+        *[obs_at(T0 + i * DAY) for i in range(20)], obs_at(T0 + 20 * DAY, device=look_alike)
+    )
+    payee = obs_at(T0 + 20 * DAY + 60, device=look_alike, action="add_payee")
+    values = features(profile, payee)
+    assert values["device_known"] == 1.0
+    assert values["device_age_log_h"] == pytest.approx(math.log1p(1 / 60))
+    vector = compute_features(profile, BurstCounts(), payee)
+    found = {r.code: r.detail for r in explain(profile, BurstCounts(), payee, vector)}
+    assert found["fresh_device"] == "add_payee on a device first seen 1 min ago"
+    # The user's own laptop is twenty days old: no such reason, and its age says so.
+    own = obs_at(T0 + 20 * DAY + 60, action="add_payee")
+    own_values = features(profile, own)
+    assert own_values["device_age_log_h"] == pytest.approx(math.log1p(20 * 24 + 1 / 60))
+    own_vector = compute_features(profile, BurstCounts(), own)
+    assert "fresh_device" not in {r.code for r in explain(profile, BurstCounts(), own, own_vector)}
+    # A fresh device reading the balance is worded nowhere: only money and account actions.
+    read = obs_at(T0 + 20 * DAY + 60, device=look_alike, action="view_account")
+    assert "fresh_device" not in {
+        r.code
+        for r in explain(
+            profile, BurstCounts(), read, compute_features(profile, BurstCounts(), read)
+        )
+    }
+    # A new customer's devices of the first weeks are their own setting in: a laptop
+    # beside the phone a week in is not a stranger's.
+    newcomer = learned(
+        *[obs_at(T0 + i * DAY) for i in range(7)], obs_at(T0 + 7 * DAY, device=look_alike)
+    )
+    laptop = obs_at(T0 + 7 * DAY + 60, device=look_alike, action="add_payee")
+    assert "fresh_device" not in {
+        r.code
+        for r in explain(
+            newcomer, BurstCounts(), laptop, compute_features(newcomer, BurstCounts(), laptop)
+        )
+    }
 
 
 def test_missing_device_information() -> None:
