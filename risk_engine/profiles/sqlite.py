@@ -23,7 +23,8 @@ the rest of an update (locks, two writes per page); one per few milliseconds
 instead of one per update took a server from 1,368 to 1,642 decisions/s (wrk,
 16 connections, SQLite, one worker). The price: a crash of the process (not just
 of the machine) may lose the last few milliseconds of profile updates, answered
-already (the audit log holds their decisions); and another process sees an
+already (the audit log holds their decisions, but for its writer's last few
+milliseconds: ``audit_writer.py``); and another process sees an
 update a few milliseconds later.
 ``commit_after_s=0`` commits every update. WAL lets readers run beside the
 writer, and ``synchronous=NORMAL`` skips the fsync per commit (a power cut may
