@@ -10,10 +10,12 @@ real server again with the Redis store and one and two workers. The load comes
 from wrk when it is installed (a Lua script varies user_id and event_id per
 request), else from an asyncio/httpx client. Only loopback addresses are ever
 contacted; every run is bounded in time, every wait in time and count.
+``--audit-compare`` instead compares the audit writer thread with synchronous
+appends (two SQLite servers, alternating), with the CPU and wake-ups per thread.
 
     .venv/bin/python benchmarks/bench_http.py [--duration 15] [--connections 16]
         [--client auto|wrk|httpx] [--redis-url redis://127.0.0.1:6379/13] [--gc-compare]
-        [--decision-log-compare [--pairs 6]] [--decision-log-only]
+        [--decision-log-compare [--pairs 6]] [--decision-log-only] [--audit-compare]
         [--access-log]
 """
 
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import platform
 import re
@@ -33,8 +36,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -404,51 +408,171 @@ def descendants_cpu(pid: int) -> float:
     return total
 
 
-def decision_log_ab(
-    on: tuple[str, int], off: tuple[str, int], args: argparse.Namespace, script: Path | None
-) -> None:
+@dataclass
+class Served:
+    """A running server to compare: its name in the output, URL, process id, thread names."""
+
+    name: str
+    base: str
+    pid: int
+    names: Path | None = None  # written by --serve-traced: native thread id -> name
+
+
+def thread_stats(pid: int) -> dict[int, tuple[float, int]]:
+    """Each thread of ``pid``: (CPU seconds on it, voluntary context switches: its wake-ups)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu_ns = int((task / "schedstat").read_text().split()[0])
+            status = (task / "status").read_text()
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended in between
+        found = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)
+        out[int(task.name)] = (on_cpu_ns / 1e9, int(found.group(1)) if found else 0)
+    return out
+
+
+def by_thread_name(
+    served: Served, before: dict[int, tuple[float, int]], after: dict[int, tuple[float, int]]
+) -> dict[str, tuple[float, int]]:
+    """The CPU seconds and wake-ups between two ``thread_stats``, summed per thread name."""
+    names: dict[str, str] = {}
+    if served.names is not None and served.names.exists():
+        names = json.loads(served.names.read_text())
+    totals: dict[str, tuple[float, int]] = {}
+    for tid, (cpu, switches) in after.items():
+        cpu0, switches0 = before.get(tid, (0.0, 0))
+        name = "main" if tid == served.pid else names.get(str(tid), "other")
+        # Pool threads ("Thread-7 (worker)", "AnyIO worker thread") share one line.
+        name = re.sub(r"[-_ ]\d+$", "", re.sub(r"\s*\(.*\)$", "", name))
+        old_cpu, old_switches = totals.get(name, (0.0, 0))
+        totals[name] = (old_cpu + cpu - cpu0, old_switches + switches - switches0)
+    return totals
+
+
+def alternate(a: Served, b: Served, args: argparse.Namespace, script: Path | None) -> None:
     """Drive the two servers in turn, ``--pairs`` times, and compare like with like.
 
     One run after the other on a shared machine moves by more than the effect sought
     (other load comes and goes), so the runs alternate and the median of the per-pair
     ratios is reported, beside the CPU each server spent per request: main thread
-    (what bounds one worker's throughput), its other threads and its child processes.
+    (what bounds one worker's throughput), its other threads and its child processes,
+    and, for a server started with --serve-traced, each named thread's CPU per request
+    and wake-ups per second.
     """
     ratios: list[float] = []
-    per_request: dict[str, list[tuple[float, float, float]]] = {"on": [], "off": []}
+    per_request: dict[str, list[tuple[float, float, float]]] = {a.name: [], b.name: []}
+    threads: dict[str, dict[str, list[tuple[float, float]]]] = {a.name: {}, b.name: {}}
+    latency: dict[str, list[float]] = {a.name: [], b.name: []}
     for pair in range(args.pairs):
         rates = {}
-        order = (("on", on), ("off", off)) if pair % 2 == 0 else (("off", off), ("on", on))
-        for name, (base, pid) in order:
-            drive_warm(base, args, script)
-            before, before_children = cpu_times(pid), descendants_cpu(pid)
-            result = measured(base, args, script)
-            after, after_children = cpu_times(pid), descendants_cpu(pid)
+        for served in (a, b) if pair % 2 == 0 else (b, a):
+            drive_warm(served.base, args, script)
+            before, before_children = cpu_times(served.pid), descendants_cpu(served.pid)
+            stats_before = thread_stats(served.pid)
+            result = measured(served.base, args, script)
+            after, after_children = cpu_times(served.pid), descendants_cpu(served.pid)
+            stats_after = thread_stats(served.pid)
             n = max(1, result.requests)
-            per_request[name].append(
+            per_request[served.name].append(
                 (
                     (after.main - before.main) / n * 1e6,
                     (after.others - before.others) / n * 1e6,
                     (after_children - before_children) / n * 1e6,
                 )
             )
-            rates[name] = result.rps
-            show(f"  pair {pair + 1}: decision log {name}", result)
-        ratios.append(rates["on"] / rates["off"])
-    for name in ("on", "off"):
+            if served.names is not None:
+                named = by_thread_name(served, stats_before, stats_after)
+                for name, (cpu, wakeups) in named.items():
+                    threads[served.name].setdefault(name, []).append(
+                        (cpu / n * 1e6, wakeups / result.seconds)
+                    )
+            rates[served.name] = result.rps
+            latency[served.name].append(result.p99_ms)
+            show(f"  pair {pair + 1}: {served.name}", result)
+        ratios.append(rates[a.name] / rates[b.name])
+    for name in (a.name, b.name):
         main_us = statistics.median(x[0] for x in per_request[name])
         other_us = statistics.median(x[1] for x in per_request[name])
         child_us = statistics.median(x[2] for x in per_request[name])
         print(
-            f"{'CPU per request, log ' + name:<34} main thread {main_us:6.1f} us,"
-            f" other threads {other_us:5.1f} us, child processes {child_us:5.1f} us"
+            f"{'CPU per request, ' + name:<34} main thread {main_us:6.1f} us,"
+            f" other threads {other_us:5.1f} us, child processes {child_us:5.1f} us;"
+            f" p99 median {statistics.median(latency[name]):.2f} ms"
         )
+        for thread, samples in sorted(threads[name].items()):
+            if len(samples) == args.pairs and thread != "main":
+                print(
+                    f"{'  thread ' + thread:<34} {statistics.median(x[0] for x in samples):6.1f}"
+                    f" us CPU per request, {statistics.median(x[1] for x in samples):7.1f}"
+                    " wake-ups/s"
+                )
     spread = f"{min(ratios):.3f}-{max(ratios):.3f}"
     print(
-        f"{'decision log on / off':<34} {statistics.median(ratios):9.3f} x throughput"
+        f"{a.name + ' / ' + b.name:<34} {statistics.median(ratios):9.3f} x throughput"
         f" (median of {len(ratios)} alternating pairs; range {spread})"
-        "   (target: change under 5%)"
     )
+
+
+def decision_log_ab(
+    on: tuple[str, int], off: tuple[str, int], args: argparse.Namespace, script: Path | None
+) -> None:
+    """The decision log on against off (target: a change under 5%)."""
+    alternate(Served("decision log on", *on), Served("decision log off", *off), args, script)
+    print("(target for decision log on / off: change under 5%)")
+
+
+def serve_traced(names: Path, arguments: list[str]) -> None:
+    """In a child process: ``risk-engine serve``, writing its threads' names to ``names``."""
+
+    def record() -> None:
+        while True:
+            table = {str(t.native_id): t.name for t in threading.enumerate()}
+            aside = names.with_suffix(".tmp")
+            aside.write_text(json.dumps(table))
+            aside.replace(names)
+            time.sleep(0.5)
+
+    threading.Thread(target=record, name="bench-thread-names", daemon=True).start()
+    from risk_engine.cli import main
+
+    sys.argv = ["risk-engine", *arguments]
+    main()
+
+
+def audit_ab(
+    workdir: Path,
+    env: dict[str, str],
+    serve_args: Callable[[int, int, str], list[str]],
+    args: argparse.Namespace,
+    script: Path | None,
+) -> None:
+    """The audit writer thread (the default) against synchronous appends, SQLite, 1 worker."""
+    print(f"audit writer thread and synchronous appends, {args.pairs} alternating pairs:")
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for name, extra in (
+            ("audit writer thread", {}),
+            ("audit synchronous", {"RISK_ENGINE_AUDIT_QUEUE_RECORDS": "0"}),
+        ):
+            tag = "sync" if extra else "thread"
+            port = free_port()
+            sqlite = f"sqlite:///{workdir / f'profiles-audit-{tag}.db'}"
+            names = workdir / f"threads-{tag}.json"
+            command = [
+                sys.executable,
+                __file__,
+                "--serve-traced",
+                str(names),
+                *serve_args(port, 1, sqlite),
+            ]
+            var = {"RISK_ENGINE_VAR_DIR": str(workdir / f"var-audit-{tag}")}
+            log_file = workdir / f"audit-{tag}.log"
+            base, pid = stack.enter_context(
+                server_process(command, port, {**env, **var, **extra}, log_file)
+            )
+            servers.append(Served(name, base, pid, names))
+        alternate(servers[0], servers[1], args, script)
 
 
 # -- Redis --------------------------------------------------------------------------------
@@ -514,13 +638,20 @@ def main() -> int:
         help="only the decision log on/off comparison (implies --decision-log-compare, no Redis)",
     )
     parser.add_argument(
-        "--pairs", type=int, default=6, help="alternating on/off pairs for --decision-log-compare"
+        "--audit-compare",
+        action="store_true",
+        help="only the audit writer thread against synchronous appends"
+        " (RISK_ENGINE_AUDIT_QUEUE_RECORDS=0), SQLite, 1 worker, with CPU per thread",
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=6, help="alternating pairs for the --*-compare options"
     )
     parser.add_argument("--model", type=Path, help="model artifact (default: bundled)")
     parser.add_argument("--access-log", action="store_true", help="uvicorn access log on")
     parser.add_argument("--serve-noop", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--noop-factory", default="noop_app", help=argparse.SUPPRESS)
     parser.add_argument("--serve-unfrozen", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-traced", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_noop is not None:
         serve_noop(args.serve_noop, args.noop_factory, args.access_log)
@@ -528,11 +659,16 @@ def main() -> int:
     if args.serve_unfrozen is not None:
         serve_real_unfrozen(args.serve_unfrozen)
         return 0
+    if args.serve_traced is not None:
+        serve_traced(Path(args.serve_traced[0]), args.serve_traced[1:])
+        return 0
     if not 0 < args.duration <= 600 or not 0 < args.connections <= 1024:
         parser.error("--duration must be in (0, 600] s and --connections in (0, 1024]")
 
     if args.decision_log_only:
         args.decision_log_compare = args.no_redis = True
+    if args.audit_compare:
+        args.no_redis = True
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "httpx"
@@ -566,7 +702,9 @@ def main() -> int:
                 *("--access-log" if args.access_log else "--no-access-log",),
             ]
 
-        if not args.decision_log_only:
+        if args.audit_compare:
+            audit_ab(workdir, env, serve_args, args, script)
+        elif not args.decision_log_only:
             log_flag = ["--access-log"] if args.access_log else []
             noops = {}
             for factory, name in (

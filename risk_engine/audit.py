@@ -29,7 +29,10 @@ hashes), so the audit log is also a training input: ``risk_engine.offline.logs``
 its decision lines as events (given the keys) and skips the other kinds.
 
 Appends take an exclusive ``flock`` on the file around "read the last line's
-hmac, append one line": several workers writing one file keep one valid chain.
+hmac, append one line" (or a batch of lines, each chained from the one before,
+in one write: ``append_many``, which the service's writer thread uses,
+``audit_writer.py``): several workers writing one file keep one valid chain. A
+batch cut short by a crash is a torn last line like any other.
 
 Rotation: past a size or at a new UTC day, the file is closed as the next numbered
 segment beside it (``audit.jsonl`` -> ``audit.000042.jsonl``) and a new file starts
@@ -45,6 +48,7 @@ other missing, extra or reordered segment as a break.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import glob
 import hashlib
@@ -96,6 +100,14 @@ class RecordKind(StrEnum):
     MIGRATION = "migration"
     SEGMENT = "segment"
     RETENTION = "retention"
+
+
+class ShortWriteError(OSError):
+    """A write of audit lines cut short (a full disk): ``records`` whole lines reached the file."""
+
+    def __init__(self, message: str, records: int) -> None:
+        super().__init__(message)
+        self.records = records
 
 
 def _sha256(data: bytes) -> str:
@@ -289,7 +301,22 @@ class AuditLog:
 
     def append(self, kind: RecordKind, fields: dict[str, Any]) -> str:
         """Append one record of ``kind``; returns its hmac (the next prev_hash)."""
-        body = {k: v for k, v in fields.items() if k not in _RESERVED}
+        return self.append_many([(kind, fields)])
+
+    def append_many(self, records: Sequence[tuple[RecordKind, dict[str, Any]]]) -> str:
+        """Append records in their order, each chained from the one before; the last hmac.
+
+        One lock, one look at the file and one write for all of them: several workers
+        appending batches still keep one chain. A batch is never split across a
+        rotation (the file may pass ``segment_bytes`` by one batch). A write cut
+        short (a full disk) raises ShortWriteError saying how many whole lines
+        reached the file: they are in the chain, and the next append recovers the
+        torn rest as a torn line.
+        """
+        bodies = [
+            (kind, {k: v for k, v in fields.items() if k not in _RESERVED})
+            for kind, fields in records
+        ]
         with self._lock:
             self._lock_current()
             try:
@@ -298,7 +325,7 @@ class AuditLog:
                     self._sync(size)
                 if self._due(size):
                     self._rotate()
-                return self._write(kind, body)
+                return self._write_all(bodies)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -418,19 +445,41 @@ class AuditLog:
         return segment
 
     def _write(self, kind: RecordKind, body: dict[str, Any], prefix: bytes = b"") -> str:
-        record = {"record": kind.value, "ts": round(self._clock(), 6), **body}
-        record["key_id"] = self.key.id
-        record["prev_hash"] = self._last_link
-        line, mac = _seal(record, self.key)
-        data = prefix + line + b"\n"
+        return self._write_all([(kind, body)], prefix)
+
+    def _write_all(
+        self, records: Sequence[tuple[RecordKind, dict[str, Any]]], prefix: bytes = b""
+    ) -> str:
+        """Seal ``records`` in a chain from the file's last record and write them at once."""
+        link = self._last_link
+        lines = [prefix]
+        ends = []
+        length = len(prefix)
+        for kind, body in records:
+            record = {
+                "record": kind.value,
+                "ts": round(self._clock(), 6),
+                **body,
+                "key_id": self.key.id,
+                "prev_hash": link,
+            }
+            line, link = _seal(record, self.key)
+            lines.append(line)
+            lines.append(b"\n")
+            length += len(line) + 1
+            ends.append(length)
+        data = b"".join(lines)
         written = os.write(self._fd, data)
         if written != len(data):
             # A torn line (a full disk): the next append re-reads the tail and recovers it.
             self._known_size = -1
-            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+            whole = bisect.bisect_right(ends, written)
+            raise ShortWriteError(
+                f"short write to {self.path}: {written} of {len(data)} bytes", whole
+            )
         self._known_size += len(data)
-        self._last_link = mac
-        return mac
+        self._last_link = link
+        return link
 
     def _sync(self, size: int, *, opening: bool = False) -> None:
         """Take up the chain from the file's tail; record a torn last line's recovery."""

@@ -129,6 +129,17 @@ class Settings(BaseSettings):
     audit_segment_daily: bool = Field(
         default=True, description="close the audit log as a segment at each new UTC day"
     )
+    audit_queue_records: Annotated[int, Field(ge=0, le=65536)] = Field(
+        default=256,
+        description="audit records a worker holds not yet written, for its writer thread to"
+        " append in batches (a crash loses at most these); 0: each record is written"
+        " before its response",
+    )
+    audit_flush_ms: Annotated[float, Field(gt=0, le=1000)] = Field(
+        default=5.0,
+        description="the audit writer thread appends a batch once its oldest record is this"
+        " old (milliseconds)",
+    )
     feedback_log: Path | None = Field(default=None, description="default: var/feedback.jsonl")
     decision_log: str = Field(
         default="",

@@ -164,7 +164,7 @@ async def _purge_expired(service: Service, retention_s: float) -> None:
         except RiskEngineError as exc:
             log.warning("retention purge failed: %s", exc.message)
         try:
-            await run_in_threadpool(service.audit_log.expire, horizon)
+            await run_in_threadpool(service.audit_writer.expire, horizon)
         except OSError as exc:
             log.warning("audit segments past retention not deleted: %s", exc)
         await asyncio.sleep(PURGE_EVERY_S)

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Unpack
@@ -30,6 +31,7 @@ from risk_engine.api.schemas import (
 )
 from risk_engine.assembly import load_scorers
 from risk_engine.audit import AuditLog, RecordKind, decision_record, seal_personal
+from risk_engine.audit_writer import AuditWriter
 from risk_engine.config import Settings
 from risk_engine.decision import Decision, Outcome
 from risk_engine.decision_log import (
@@ -127,11 +129,17 @@ class Service:
         engine.include_features = True
         # Feedback is accepted only for events decided here: the store keeps their ids.
         engine.keep_events = True
-        self.audit_log = AuditLog(
-            settings.audit_path,
-            settings.resolve_audit_key(),
-            segment_bytes=settings.audit_segment_bytes,
-            daily=settings.audit_segment_daily,
+        # Records leave the request path for a thread of this process (audit_writer.py).
+        self.audit_writer = AuditWriter(
+            AuditLog(
+                settings.audit_path,
+                settings.resolve_audit_key(),
+                segment_bytes=settings.audit_segment_bytes,
+                daily=settings.audit_segment_daily,
+            ),
+            max_records=settings.audit_queue_records,
+            max_delay_s=settings.audit_flush_ms / 1000,
+            on_lost=metrics.audit_errors.inc,
         )
         self.feedback_log = JsonLinesFile(settings.feedback_path)
         self.decision_log: DecisionLogWriter | DecisionLogProcess | None = None
@@ -147,22 +155,23 @@ class Service:
     def close(self) -> None:
         if self.decision_log is not None:
             self.decision_log.close()
-        self.audit_log.close()
+        self.audit_writer.close()
         self.feedback_log.close()
         if self.owns_engine:
             self.engine.store.close()
 
     def audit(self, kind: RecordKind, fields: dict[str, Any]) -> None:
-        """Append an audit record; a failing disk is logged and counted, never a failed request.
+        """Hand an audit record to the writer; a failing disk is counted and logged, never raised.
 
         The record names its ``caller``: the id of the API key the request came with
-        (set by the auth check for this request), or ``auth-disabled``.
+        (set by the auth check for this request), or ``auth-disabled``. It is read
+        here, in the request's context, which the writer thread does not share.
         """
-        try:
-            self.audit_log.append(kind, {**fields, "caller": current_caller()})
-        except OSError as exc:
-            self.metrics.audit_errors.inc()
-            log.error("audit record %s not written to %s: %s", kind, self.audit_log.path, exc)
+        self.audit_writer.submit(kind, {**fields, "caller": current_caller()})
+
+    def flush_audit(self) -> None:
+        """Wait until every audit record handed in so far is written (for readers of the file)."""
+        self.audit_writer.flush()
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -183,14 +192,28 @@ class Service:
             )
         started = time.perf_counter()
         decision = self.engine.decide(event)
-        self.audit(
-            RecordKind.DECISION,
-            decision_record(event, decision, decision.features, self.engine.hasher),
-        )
+        self.audit_writer.submit(RecordKind.DECISION, self._decision_record(event, decision))
         if self.decision_log is not None:
             self.decision_log.decision(event, decision)
         self.metrics.observe_decision(decision, time.perf_counter() - started)
         return decision
+
+    def _decision_record(self, event: Event, decision: Decision) -> Callable[[], dict[str, Any]]:
+        """The decision's audit record, to be made on the writer thread.
+
+        Sealing the personal fields is most of an audit record's cost, so it is left
+        to the writer. What it reads is this request's alone and never changes: the
+        event and decision are frozen models, their lists and dicts made for this
+        decision; the caller is read now, since the writer has no request context.
+        """
+        caller, hasher = current_caller(), self.engine.hasher
+
+        def record() -> dict[str, Any]:
+            fields = decision_record(event, decision, decision.features, hasher)
+            fields["caller"] = caller
+            return fields
+
+        return record
 
     def render(self, decision: Decision) -> tuple[bytes, list[tuple[str, str]]]:
         """The response body and extra headers: the contract's decision, with step_up's hint.

@@ -16,13 +16,15 @@ Every update still writes its profile and burst rows, and the file stays the
 truth that another process or a restart reads. Commits are grouped: an update
 joins the open write transaction, which is committed once ``commit_every``
 updates are in it or it is ``commit_after_s`` old (5 ms by default), by the
-update that finds it so or by the store's maintenance thread, and at once with a
-challenge's claim, an erasure, a purge or ``close``. A commit costs as much as
+update that finds it so (from nine tenths of that age on) or by the store's
+maintenance thread, and at once with a challenge's claim, an erasure, a purge or
+``close``. A commit costs as much as
 the rest of an update (locks, two writes per page); one per few milliseconds
 instead of one per update took a server from 1,368 to 1,642 decisions/s (wrk,
 16 connections, SQLite, one worker). The price: a crash of the process (not just
 of the machine) may lose the last few milliseconds of profile updates, answered
-already (the audit log holds their decisions); and another process sees an
+already (the audit log holds their decisions, but for its writer's last few
+milliseconds: ``audit_writer.py``); and another process sees an
 update a few milliseconds later.
 ``commit_after_s=0`` commits every update. WAL lets readers run beside the
 writer, and ``synchronous=NORMAL`` skips the fsync per commit (a power cut may
@@ -163,6 +165,10 @@ CHECKPOINT_EVERY_S = 1.0
 # Group commit: an open write transaction is committed at this age or size.
 COMMIT_AFTER_S = 0.005
 COMMIT_EVERY = 64
+# A group counts as due from this share of ``commit_after_s`` on: under load the
+# update that finds it so commits it before the maintenance thread's look at its
+# due time, so that thread rarely takes the store's lock, and never waits for it.
+_DUE_SHARE = 0.9
 # The connection's own checkpoint stays as a backstop, should that thread fall behind.
 _AUTOCHECKPOINT_PAGES = 16384
 
@@ -645,7 +651,7 @@ class SQLiteStore:
             if (
                 flush
                 or self._grouped >= self._commit_every
-                or time.monotonic() - self._opened_at >= self._commit_after_s
+                or time.monotonic() - self._opened_at >= self._commit_after_s * _DUE_SHARE
             ):
                 self._commit(action, mine=flush)
 
@@ -743,13 +749,24 @@ class SQLiteStore:
             )
         return True
 
+    def group_due_in(self) -> float | None:
+        """Seconds until the open group is due for its commit (None: no group is open).
+
+        Read without the lock, as a hint for the maintenance thread: it takes the
+        lock only when a commit may be due (``commit_if_due`` checks again).
+        """
+        opened = self._opened_at
+        if opened is None or self._closed:
+            return None
+        return opened + self._commit_after_s * _DUE_SHARE - time.monotonic()
+
     def commit_if_due(self) -> None:
         """Commit the group transaction if it is old enough (the maintenance thread's call)."""
         with self._lock:
             opened = self._opened_at
             if self._closed or opened is None:
                 return
-            if time.monotonic() - opened >= self._commit_after_s * 0.9:
+            if time.monotonic() - opened >= self._commit_after_s * _DUE_SHARE:
                 with contextlib.suppress(ProfileStoreError):  # logged; the next update retries
                     self._commit("commit")
 
@@ -811,10 +828,14 @@ class _Maintenance:
     """The store's daemon thread: commits a group that nobody else will, checkpoints the WAL.
 
     A group transaction is committed by the next update once it is due; when no
-    update comes, this thread does it ``commit_after_s`` after it opened. A
-    PASSIVE checkpoint never blocks writers; it runs only after commits, so an
-    idle store costs nothing, and on a connection of its own. The thread holds
-    the store weakly: a store dropped without ``close`` still goes away.
+    update comes, this thread does it ``commit_after_s`` after it opened. It sleeps
+    until the open group's due time and takes the store's lock only if that group
+    is still open then: under load an update has committed it already, and the
+    thread sleeps on to the next group's due time (one wake-up per group at most,
+    none while no group is open). A PASSIVE checkpoint never blocks writers; it
+    runs only after commits, so an idle store costs nothing, and on a connection
+    of its own. The thread holds the store weakly: a store dropped without
+    ``close`` still goes away.
     """
 
     def __init__(
@@ -837,7 +858,8 @@ class _Maintenance:
         self._thread.start()
 
     def opened(self) -> None:
-        if self._commit_after_s > 0:
+        # set() takes the event's lock: skip it while the thread is awake for groups.
+        if self._commit_after_s > 0 and not self._opened.is_set():
             self._opened.set()
 
     def wrote(self) -> None:
@@ -849,15 +871,10 @@ class _Maintenance:
         try:
             while not self._stopping.is_set():
                 wait = next_checkpoint - time.monotonic() if self._conn is not None else None
-                if self._opened.wait(timeout=max(0.0, wait) if wait is not None else None):
-                    self._opened.clear()
-                    if self._stopping.wait(self._commit_after_s):
-                        break
-                    store = self._store()
-                    if store is None:
-                        break
-                    store.commit_if_due()
-                    del store
+                opened = self._opened.wait(timeout=max(0.0, wait) if wait is not None else None)
+                checkpoint_at = next_checkpoint if self._conn is not None else None
+                if opened and not self._commit_groups(checkpoint_at):
+                    break
                 if self._conn is not None and time.monotonic() >= next_checkpoint:
                     next_checkpoint = time.monotonic() + self._checkpoint_every_s
                     if self._dirty.is_set():
@@ -868,6 +885,34 @@ class _Maintenance:
         finally:
             if self._conn is not None:
                 self._conn.close()
+
+    def _commit_groups(self, checkpoint_at: float | None) -> bool:
+        """Commit each open group at its due time until none is open (or a checkpoint is due).
+
+        False when the thread must end (stopping, or the store is gone).
+        """
+        while checkpoint_at is None or time.monotonic() < checkpoint_at:
+            # Cleared before the look: a group opened after it sets the event again.
+            self._opened.clear()
+            store = self._store()
+            if store is None:
+                return False
+            due_in = store.group_due_in()
+            del store
+            if due_in is None:
+                return not self._stopping.is_set()
+            if due_in > 0:
+                # Woken at the full age, past the share from which updates commit.
+                if self._stopping.wait(due_in + self._commit_after_s * (1 - _DUE_SHARE)):
+                    return False
+                continue
+            store = self._store()
+            if store is None:
+                return False
+            store.commit_if_due()
+            del store
+        self._opened.set()  # a group may still be open: look again after the checkpoint
+        return not self._stopping.is_set()
 
     def stop(self) -> None:
         self._stopping.set()

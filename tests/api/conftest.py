@@ -121,6 +121,11 @@ def client(settings: Settings, shared_engine: Engine) -> Iterator[TestClient]:
         yield test_client
 
 
+def flush_audit(client: TestClient) -> None:
+    """Wait for the app's audit writer thread: what the requests so far audited is in the file."""
+    client.app.state.service.flush_audit()  # type: ignore[attr-defined]
+
+
 def stamp(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

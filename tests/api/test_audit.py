@@ -20,6 +20,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from risk_engine.api.metrics import Metrics
+from risk_engine.api.service import Service
 from risk_engine.audit import (
     GENESIS,
     AuditKey,
@@ -31,12 +33,14 @@ from risk_engine.audit import (
 from risk_engine.cli import app as cli
 from risk_engine.config import Settings
 from risk_engine.decision import Decision
+from risk_engine.engine import Engine
 from risk_engine.errors import ConfigurationError
 from risk_engine.events import parse_event
 from risk_engine.offline.logs import LogReport, read_events
 from risk_engine.privacy import Hasher
 from risk_engine.scopes import Scope
 from risk_engine.sealing import open_record
+from tests.api.conftest import flush_audit
 
 EventFactory = Callable[..., dict[str, Any]]
 KEY = AuditKey("k3y-0f-the-audit-chain-for-tests-0123456789", source="test")
@@ -51,6 +55,7 @@ def fill(client: TestClient, make_event: EventFactory, n: int = 5) -> list[dict[
     client.post("/v1/challenges/c-unknown/result", json={"passed": True, "method": "totp"})
     feedback = {"label": "confirmed_legit", "note": "called the customer"}
     assert client.post(f"/v1/events/{events[0]['event_id']}/feedback", json=feedback).is_success
+    flush_audit(client)
     return events
 
 
@@ -487,3 +492,23 @@ def test_without_a_key_the_personal_fields_are_left_out(make_event: EventFactory
     assert b"u-degraded" not in orjson.dumps(record) and b"s-1" not in orjson.dumps(record)
     assert not {"user_id", "ip", "amount", "device", "features"} & record.keys()
     assert record["event_id"] == event.event_id and record["decision"] == "allow"
+
+
+@pytest.mark.parametrize("queue", [0, 256])
+def test_a_failing_audit_disk_is_counted_never_a_failed_decision(
+    make_settings: Callable[..., Settings],
+    shared_engine: Engine,
+    make_event: EventFactory,
+    queue: int,
+) -> None:
+    # /dev/full fails every write with ENOSPC, as a full disk does.
+    settings = make_settings(audit_log=Path("/dev/full"), audit_queue_records=queue)
+    metrics = Metrics()
+    service = Service(settings, shared_engine, metrics=metrics, owns_engine=False)
+    try:
+        decision = service.decide(parse_event(make_event()))
+        service.flush_audit()
+    finally:
+        service.close()
+    assert decision.decision.value in ("allow", "step_up", "deny")
+    assert metrics.registry.get_sample_value("risk_engine_audit_errors_total") == 1

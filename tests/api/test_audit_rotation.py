@@ -27,6 +27,7 @@ from risk_engine.audit import (
 from risk_engine.cli import app as cli
 from risk_engine.config import Settings
 from risk_engine.offline.logs import LogReport, read_many
+from tests.api.conftest import flush_audit
 
 EventFactory = Callable[..., dict[str, Any]]
 KEY = AuditKey("k3y-0f-the-audit-chain-for-tests-0123456789", source="test")
@@ -253,6 +254,7 @@ def test_the_service_rotates_by_the_settings_and_expires_at_start_up(
         for _ in range(6):
             event = make_event(user_id="u-rotated")
             assert client.post("/v1/decisions", json=event, headers=headers).status_code == 200
+            flush_audit(client)  # one record a batch: each rotates the file
     directory = settings.audit_path.parent
     written = audit_segments(directory)
     assert len(written) > 2

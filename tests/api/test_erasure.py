@@ -32,6 +32,7 @@ from risk_engine.engine import Engine
 from risk_engine.offline.logs import LogReport, read_events
 from risk_engine.policy import load_policy, save_policy
 from risk_engine.profiles.redis import RedisStore
+from tests.api.conftest import flush_audit
 
 EventFactory = Callable[..., dict[str, Any]]
 AUTH = {"Authorization": "Bearer rek_test-key-for-the-api-tests"}
@@ -231,6 +232,7 @@ def test_erasure_leaves_nothing_that_links_to_the_user(
         assert response.status_code == 409, response.text
 
         report = LogReport(keys=keys)
+        flush_audit(client)
         readable = list(read_events(settings.audit_path, report))
         assert {e.user_id for e in readable} == {OTHER}
         assert len(readable) == 10 and report.sealed == 10

@@ -19,6 +19,7 @@ from risk_engine.config import Settings
 from risk_engine.offline.labels import load_labels
 from risk_engine.offline.logs import LogReport
 from risk_engine.policy import load_policy, save_policy
+from tests.api.conftest import flush_audit
 
 EventFactory = Callable[..., dict[str, Any]]
 
@@ -149,6 +150,7 @@ def test_feedback_is_a_training_label_and_audited(
     assert response.status_code == 200, response.text
     assert response.json() == {"event_id": "e-123", "label": "confirmed_fraud"}
     client.post("/v1/events/e-124/feedback", json={"label": "confirmed_legit"})
+    flush_audit(client)
     lines = [orjson.loads(x) for x in settings.feedback_path.read_bytes().splitlines()]
     assert lines[0]["event_id"] == "e-123" and lines[0]["label"] == "confirmed_fraud"
     # The user id and the note are sealed under the user's key, not written out.
@@ -167,6 +169,7 @@ def test_erasure_deletes_the_profile(
     client.post("/v1/decisions", json=make_event(user_id="u-forget-me"))
     assert client.delete("/v1/users/u-forget-me", headers=admin_auth).status_code == 204
     assert client.delete("/v1/users/u-forget-me", headers=admin_auth).status_code == 404
+    flush_audit(client)
     erasures = [r for r in audit_records(settings) if r["record"] == "erasure"]
     assert [r["outcome"] for r in erasures] == ["erased", "absent"]
     # Neither the raw id nor its keyed hash: the erased profile's ref, which opens nothing.

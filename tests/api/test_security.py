@@ -29,6 +29,7 @@ from risk_engine.geo import GeoLocator
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.redis import RedisStore
 from risk_engine.scopes import key_id
+from tests.api.conftest import flush_audit
 
 Server = Any  # conftest's Server: a started `risk-engine serve` (base_url, process)
 
@@ -310,6 +311,7 @@ def test_the_audit_records_which_key_called(
     result = {"passed": True, "method": "totp"}
     scoped.post("/v1/challenges/c-none/result", json=result, headers=AUTH)
     scoped.delete("/v1/users/u-nobody", headers=ADMIN_AUTH)
+    flush_audit(scoped)
     callers = {r["record"]: r["caller"] for r in audit_records(settings)}
     app_key, admin_key = key_id(digest(API_KEY)), key_id(digest(ADMIN_API_KEY))
     assert callers == {

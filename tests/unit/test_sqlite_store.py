@@ -231,6 +231,26 @@ def test_grouped_updates_are_committed_within_the_window(tmp_path: Path) -> None
         store.close()
 
 
+def test_the_last_group_of_a_stream_is_committed_when_the_updates_stop(tmp_path: Path) -> None:
+    # The maintenance thread follows the groups that updates commit, one after the
+    # other, and still commits the one left open when they stop.
+    path = tmp_path / "profiles.db"
+    store = SQLiteStore(path, commit_after_s=0.01, commit_every=1000)
+    try:
+        until = time.monotonic() + 0.2
+        count = 0
+        while time.monotonic() < until or count < 50:
+            store.update("alice", bump_seen)
+            count += 1
+            time.sleep(0.001)
+        deadline = time.monotonic() + 5.0
+        while stored_seen(path, "alice") != count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stored_seen(path, "alice") == count
+    finally:
+        store.close()
+
+
 def test_close_commits_what_is_pending(tmp_path: Path) -> None:
     path = tmp_path / "profiles.db"
     store = SQLiteStore(path, commit_after_s=1.0, commit_every=1000)
