@@ -62,6 +62,21 @@ class Scorer:
         return self.artifact.model_version
 
 
+def score_reason(scorer: Scorer, action: str, score: float, outcome: Outcome) -> Reason:
+    """Why an event no signal explains was challenged: its score against the threshold.
+
+    Added after the policy decided (it raises nothing), so that no step-up or denial
+    reaches a person, or an operator, with nothing said about it.
+    """
+    name, cls = scorer.table.class_of(action)
+    which, threshold = ("deny", cls.deny) if outcome is Outcome.DENY else ("step-up", cls.step_up)
+    return Reason(
+        code="risk_score",
+        detail=f"risk score {score:.4f} at or above the {name} {which} threshold"
+        f" {threshold:g}; no single signal stands out",
+    )
+
+
 @dataclass
 class Verdict:
     """What the scoring step produced inside the profile transaction."""
@@ -207,6 +222,8 @@ class Engine:
         if verdict.outcome is Outcome.STEP_UP:
             _, cls = scorer.table.class_of(obs.action)
             verdict.required_acr, verdict.max_age = cls.required_acr, cls.max_age
+        if verdict.outcome is not Outcome.ALLOW and not verdict.reasons:
+            verdict.reasons.append(score_reason(scorer, obs.action, verdict.score, verdict.outcome))
         decision = Decision(
             event_id=event.event_id,
             score=round(verdict.score, 6),

@@ -244,3 +244,30 @@ def test_a_phone_hopping_carrier_addresses_in_its_city_is_allowed(harness: Harne
         START + timedelta(days=33), ip=SYDNEY_IP, device=PHONE, pass_step_up=False
     )
     assert "new_network" in [r.code for r in abroad.reasons]
+
+
+def test_a_challenge_on_the_score_alone_still_says_why(harness: Harness) -> None:
+    """A step-up no signal explains named no reason at all (a user challenged for an hour
+    after a typo in the password, with no word of it); it names the score and threshold."""
+    from risk_engine.engine import Scorer
+    from risk_engine.policy import parse_policy
+
+    harness.usual_month()
+    assert harness.engine.scorer is not None
+    data = harness.engine.scorer.policy.model_dump(mode="json")
+    data["classes"]["login"]["step_up"] = 0.000001  # every login is challenged on its score
+    policy = parse_policy(data, "test")
+    harness.engine.scorer = Scorer(harness.engine.scorer.artifact, policy)
+    decision = harness.decide(START + timedelta(days=30, minutes=5))
+    assert decision.decision is Outcome.STEP_UP
+    assert [r.code for r in decision.reasons] == ["risk_score"]
+    detail = decision.reasons[0].detail
+    assert f"{decision.score:.4f}" in detail
+    assert "login step-up threshold 1e-06" in detail
+    # An allowed event with nothing to say still says nothing.
+    data["classes"]["login"]["step_up"] = 0.999999
+    data["classes"]["login"]["deny"] = 1.0
+    harness.engine.scorer = Scorer(harness.engine.scorer.artifact, parse_policy(data, "test"))
+    quiet = harness.decide(START + timedelta(days=31, minutes=5))
+    assert quiet.decision is Outcome.ALLOW
+    assert quiet.reasons == []
