@@ -70,7 +70,7 @@ def familiarity(counter: dict[str, list[float]], key: str, total: float | None =
     return entry[0] / ((mass(counter) if total is None else total) + len(counter))
 
 
-def regular(counter: dict[str, list[float]], key: str) -> float:
+def regular(counter: dict[str, list[float]], key: str, top: float | None = None) -> float:
     """How regular ``key`` is among the user's own: its count against the most seen value's.
 
     Witten-Bell's probability (``familiarity``) splits a user's mass over their
@@ -78,7 +78,8 @@ def regular(counter: dict[str, list[float]], key: str) -> float:
     countries, looks a third as familiar everywhere as a user who stays home, and
     is challenged for it. Measured against the user's most seen value instead (the
     same ``distinct`` kept back for the unseen), each of those places is as
-    regular as home, while a value seen once among many stays rare.
+    regular as home, while a value seen once among many stays rare. It is
+    ``familiarity`` with the top count for the total (``top``, when a caller has it).
 
     >>> regular({"NO": [9.0, 0.0], "SE": [1.0, 0.0]}, "NO")
     0.8181818181818182
@@ -87,10 +88,7 @@ def regular(counter: dict[str, list[float]], key: str) -> float:
     >>> regular({}, "NO")
     0.0
     """
-    entry = counter.get(key)
-    if entry is None:
-        return 0.0
-    return entry[0] / (top_count(counter) + len(counter))
+    return familiarity(counter, key, top_count(counter) if top is None else top)
 
 
 def top_count(counter: dict[str, list[float]]) -> float:

@@ -236,11 +236,11 @@ def explain(
         and values["action_sensitivity"] >= FRESH_DEVICE_SENSITIVITY
         and profile.n_events > 0
     ):
-        record = profile.devices.get(obs.device_key)
-        # Only a device that came well after the user (FRESH_DEVICE_AFTER_S).
-        age = obs.ts - record.first_ts if record is not None else FRESH_DEVICE_S
-        later = record.first_ts - profile.created_ts if record is not None else 0.0
-        if age < FRESH_DEVICE_S and later >= FRESH_DEVICE_AFTER_S:
+        # Known means matched by key: the record is there. Only a device that came
+        # well after the user (FRESH_DEVICE_AFTER_S) is worded.
+        record = profile.devices[obs.device_key]
+        age = obs.ts - record.first_ts
+        if age < FRESH_DEVICE_S and record.first_ts - profile.created_ts >= FRESH_DEVICE_AFTER_S:
             out.append(
                 (
                     3.5,

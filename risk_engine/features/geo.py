@@ -139,9 +139,10 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
     country_mass, network_mass = mass(countries), mass(networks)
     # Profiles stored before families have none yet: their networks stand in.
     family_mass = mass(families) if families else network_mass
-    network_familiarity = regular(networks, obs.network)
+    network_top = top_count(networks)
+    family_top = top_count(families) if families else network_top
+    network_familiarity = regular(networks, obs.network, network_top)
     family_seen = family_count(profile, obs) if families else 0.0
-    family_top = top_count(families)
     if family_seen:
         # ``regular``, as for the network, of the matching family.
         network_familiarity = max(network_familiarity, family_seen / (family_top + len(families)))

@@ -12,9 +12,10 @@ import pytest
 
 from risk_engine.assembly import load_scorer
 from risk_engine.decision import Decision, Outcome
-from risk_engine.engine import Engine
+from risk_engine.engine import Engine, Scorer
 from risk_engine.events import parse_event
 from risk_engine.geo import GeoLocator
+from risk_engine.policy import parse_policy
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.memory import MemoryStore
 
@@ -249,9 +250,6 @@ def test_a_phone_hopping_carrier_addresses_in_its_city_is_allowed(harness: Harne
 def test_a_challenge_on_the_score_alone_still_says_why(harness: Harness) -> None:
     """A step-up no signal explains named no reason at all (a user challenged for an hour
     after a typo in the password, with no word of it); it names the score and threshold."""
-    from risk_engine.engine import Scorer
-    from risk_engine.policy import parse_policy
-
     harness.usual_month()
     assert harness.engine.scorer is not None
     data = harness.engine.scorer.policy.model_dump(mode="json")

@@ -796,6 +796,21 @@ def test_a_crowded_network_in_the_users_country_is_no_new_network() -> None:
     assert crowded["new_city"] == alone["new_city"] == 1.0
 
 
+def test_a_crowd_is_as_familiar_as_a_network_seen_once_in_a_profile_without_families() -> None:
+    """A profile stored before network families has none: its networks stand in for them.
+
+    Measured against an empty family map, the crowd's "seen once" came out fully
+    familiar (1.0), more than the user's own home network.
+    """
+    home = learned(*[obs_at(T0 + i * HOUR) for i in range(5)])
+    home.families.clear()
+    office = obs_at(T0 + DAY, BERGEN, ip="176.11.120.9")
+    crowded = features(home, office, OFFICE_CROWD)["network_familiarity"]
+    own = features(home, obs_at(T0 + DAY))["network_familiarity"]
+    assert 0.0 < crowded < own
+    assert crowded == pytest.approx(1 / (5 + 0 + 1))  # the top network seen 5 times, no families
+
+
 @pytest.mark.parametrize(
     "crowd",
     [
