@@ -187,7 +187,8 @@ def _remember(profile: Profile, obs: Observation, *, trusted: bool, device_trust
 def explain(
     profile: Profile, bursts: BurstCounts, obs: Observation, values: FeatureView
 ) -> list[Weighted]:
-    """A new, similar, untrusted or changed device; a clock zone off the address's."""
+    """A new, similar (or look-alike), untrusted or changed device; a clock zone off
+    the address's; a money or account action on a fresh device."""
     out: list[Weighted] = []
     label = obs.ua.label
     if values["device_new"]:
@@ -195,16 +196,19 @@ def explain(
     elif values["device_similar"]:
         record, _, drift = match(profile, obs)
         known = record.ua_family + " " + record.ua_major if record else "a known device"
-        out.append(
-            (
-                1.5,
-                Reason(
-                    code="similar_device",
-                    detail=f"device id not recognised, but close to {known.strip()} "
-                    f"(drift {drift:.2f})",
-                ),
+        detail = f"device id not recognised, but close to {known.strip()} (drift {drift:.2f})"
+        if values["new_network"]:
+            # Either half alone is everyday (cookies cleared at home, the user's own
+            # laptop at a cafe); together they are a look-alike browser somewhere
+            # else: a targeted takeover's login (the shipped policy steps it up).
+            out.append(
+                (
+                    4.5,
+                    Reason(code="lookalike_device", detail=detail + ", from a network never seen"),
+                )
             )
-        )
+        else:
+            out.append((1.5, Reason(code="similar_device", detail=detail)))
     if values["device_untrusted"]:
         out.append((4.0, Reason(code="untrusted_device", detail=f"{label} never passed a step-up")))
     drift = values["device_drift"]

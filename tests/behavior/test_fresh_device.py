@@ -1,9 +1,12 @@
-"""A payee from a device a minute old, through Engine.decide with the default model and policy.
+"""A targeted attacker's look-alike browser, through Engine.decide with the default
+model and policy.
 
-A targeted attacker logs in from the victim's city on a look-alike browser; once
-that login is let through, the device is the user's in the profile, and the payee
-added a minute later used to come from a "known" device. The device's age says
-otherwise, and the shipped policy steps such money actions up.
+The attacker logs in from the victim's city on a look-alike of the victim's
+browser, from a network the victim never used: the shipped policy steps that
+login up (``lookalike_device``). Where a login on a look-alike is let through
+(the victim's own network, say), the device is the user's in the profile, and
+the payee added a minute later used to come from a "known" device. The device's
+age says otherwise, and the shipped policy steps such money actions up.
 """
 
 from __future__ import annotations
@@ -28,15 +31,32 @@ def geo() -> Iterator[GeoLocator]:
     locator.close()
 
 
+def test_a_look_alike_login_from_a_network_never_seen_is_stepped_up(geo: GeoLocator) -> None:
+    harness = Harness(geo)
+    harness.usual_month()
+    login = harness.decide(
+        START + timedelta(days=31, hours=1),
+        ip=ANOTHER_OSLO_IP,
+        device=LOOK_ALIKE,
+        session_id="s-x",
+        pass_step_up=False,
+    )
+    assert login.decision is Outcome.STEP_UP
+    assert login.reasons[0].code == "lookalike_device"
+    # The user's own laptop on that network is the user at a cafe.
+    own = harness.decide(START + timedelta(days=31, hours=2), ip=ANOTHER_OSLO_IP)
+    assert "lookalike_device" not in {r.code for r in own.reasons}
+
+
 def test_a_payee_from_a_device_a_minute_old_is_stepped_up(geo: GeoLocator) -> None:
     harness = Harness(geo)
     harness.usual_month()
     login_at = START + timedelta(days=31, hours=1)
-    harness.decide(login_at, ip=ANOTHER_OSLO_IP, device=LOOK_ALIKE, session_id="s-x")
+    login = harness.decide(login_at, device=LOOK_ALIKE, session_id="s-x")
+    assert login.decision is Outcome.ALLOW
     payee = harness.decide(
         login_at + timedelta(minutes=1),
         action="add_payee",
-        ip=ANOTHER_OSLO_IP,
         device=LOOK_ALIKE,
         session_id="s-x",
         payee="p-mule",

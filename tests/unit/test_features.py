@@ -865,3 +865,38 @@ def test_the_crowded_network_reason_gives_the_crowds_numbers() -> None:
         for r in explain(known, OFFICE_CROWD, again, compute_features(known, OFFICE_CROWD, again))
     ]
     assert "crowded_network" not in codes
+
+
+def _codes(profile: Profile, obs: Observation) -> dict[str, str]:
+    vector = compute_features(profile, BurstCounts(), obs)
+    return {r.code: r.detail for r in explain(profile, BurstCounts(), obs, vector)}
+
+
+def test_a_look_alike_of_a_known_device_from_a_network_never_seen_is_worded() -> None:
+    """A targeted takeover's login: the victim's browser family and OS, another id,
+    from the victim's city but a network the user never came from.
+
+    Either half alone is an everyday thing (cookies cleared at home, the user's own
+    laptop at a cafe); together they are what a look-alike browser looks like.
+    """
+    profile = learned(*[obs_at(T0 + i * DAY) for i in range(20)])
+    cafe = place("Oslo", "NO", 59.9127, 10.7461, tz="Europe/Oslo", network="AS39832")
+    look_alike = desktop(133, device_id="d-look-alike")
+    found = _codes(profile, obs_at(T0 + 20 * DAY, cafe, ip="46.15.0.1", device=look_alike))
+    assert found["lookalike_device"] == (
+        "device id not recognised, but close to Chrome 131 (drift 0.05), from a network never seen"
+    )
+    assert "similar_device" not in found
+    assert "new_network" in found
+    # Cookies cleared at home: similar, not a look-alike.
+    home = _codes(profile, obs_at(T0 + 20 * DAY, device=look_alike))
+    assert "lookalike_device" not in home
+    assert "similar_device" in home
+    # The user's own laptop at the cafe: a new network, not a look-alike.
+    own = _codes(profile, obs_at(T0 + 20 * DAY, cafe, ip="46.15.0.1"))
+    assert "lookalike_device" not in own
+    # A device like none of the user's is new, not a look-alike of one.
+    stranger = desktop(device_id="d-stranger", user_agent=FIREFOX_WIN, screen="1366x768")
+    other = _codes(profile, obs_at(T0 + 20 * DAY, cafe, ip="46.15.0.1", device=stranger))
+    assert "lookalike_device" not in other
+    assert "new_device" in other
