@@ -42,6 +42,7 @@ from risk_engine.offline.evaluate import (
     Figures,
     build_run,
     labelled_backtest,
+    owner_routine_rows,
     scope_figures,
     skipped_lines,
     write_label_outcomes,
@@ -315,6 +316,8 @@ def render_deployment(report: Figures, rows: list[ClassCalibration], console: Co
         cells = [scope["engine"], scope["engine_at_fixed"]]
         auc = scope["engine"].get("roc_auc")
         table.add_row("ROC AUC", "-" if auc is None else f"{auc:.4f}", "")
+        for row in owner_routine_rows(scope["engine"], 2):
+            table.add_row(*row)
         table.add_row("legit challenged", *(_pct(c["legit_challenge_rate"]) for c in cells))
         table.add_row("legit denied", _pct(scope["engine"].get("legit_deny_rate")), "")
         table.add_row(f"caught: all ({scope['attacks']})", *(_pct(c["catch_rate"]) for c in cells))

@@ -35,7 +35,13 @@ from risk_engine.model.artifact import default_model_path, load_artifact
 from risk_engine.offline.backtest import BacktestSummary, run_backtest
 from risk_engine.offline.contexts import context_figures, contexts_of, render_contexts
 from risk_engine.offline.freeman import freeman_backtest
-from risk_engine.offline.labels import ESTABLISHED_MIN_PRIOR, Label, LabelledRun, load_labels
+from risk_engine.offline.labels import (
+    ESTABLISHED_MIN_PRIOR,
+    OWNER_ROUTINE,
+    Label,
+    LabelledRun,
+    load_labels,
+)
 from risk_engine.offline.logs import (
     LogReport,
     LogWriter,
@@ -104,6 +110,7 @@ def build_run(
     outcomes: list[int] = []
     codes: list[tuple[str, ...]] = []
     base_scores: list[float] = []
+    routine: list[bool] = []
     unlabelled = undecided = 0
     first, last = math.inf, -math.inf
     for event in events_in_time_order(events_path, report):
@@ -120,6 +127,7 @@ def build_run(
         actions.append(event.action)
         attack.append(is_attack)
         kinds.append((label.attack_type or "attack") if label is not None and is_attack else "")
+        routine.append(is_attack and label is not None and label.scenario == OWNER_ROUTINE)
         prior.append(count)
         scores.append(decided[0])
         outcomes.append(decided[1])
@@ -137,6 +145,7 @@ def build_run(
         outcome=np.asarray(outcomes, dtype=np.int8),
         reason_codes=codes,
         baseline=np.asarray(base_scores, dtype=np.float64) if base is not None else None,
+        owner_routine=np.asarray(routine, dtype=bool) if any(routine) else None,
         window=(first, last),
         unlabelled=unlabelled,
         undecided=undecided,
@@ -240,6 +249,26 @@ def rates(flag: NDArray[np.bool_], attack: NDArray[np.bool_], types: NDArray[np.
     }
 
 
+def owner_routine_figures(
+    score: NDArray[np.float64], attack: NDArray[np.bool_], routine: NDArray[np.bool_]
+) -> Figures:
+    """Attacks the same as the victim's own routine: their share, and the ranking without them.
+
+    Such an event is drawn from the owner's own behaviour, so no detector can rank
+    it above the owner's legitimate events except by chance: at random among the
+    legitimate events it adds half its share to the ROC AUC's shortfall, so
+    ``roc_auc_bound`` (every other attack ranked first) is the best attainable.
+    """
+    share = float(routine.sum() / attack.sum())
+    kept = ~routine
+    return {
+        "attacks": int(routine.sum()),
+        "share": share,
+        "roc_auc_without": ranking(score[kept], attack[kept])["roc_auc"],
+        "roc_auc_bound": 1.0 - share / 2.0,
+    }
+
+
 def scope_figures(
     run: LabelledRun, mask: NDArray[np.bool_], fixed_rate: float = FIXED_RATE
 ) -> Figures:
@@ -252,6 +281,10 @@ def scope_figures(
         **rates(outcome >= 1, attack, types),
         "legit_deny_rate": _mean(outcome[legit] >= 2),
     }
+    if run.owner_routine is not None:
+        routine = run.owner_routine[mask] & attack
+        if routine.any():
+            engine["owner_routine"] = owner_routine_figures(score, attack, routine)
     at_fixed = threshold_at_rate(score[legit], fixed_rate)
     out: Figures = {
         "events": int(mask.sum()),
@@ -402,6 +435,23 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def owner_routine_rows(engine: Figures, columns: int) -> list[tuple[str, ...]]:
+    """The ROC AUC rows for attacks the same as the victim's own routine, when present."""
+    routine = engine.get("owner_routine")
+    if routine is None:
+        return []
+    blank = ("",) * (columns - 1)
+    return [
+        (
+            f"  without the owner's routine ({routine['attacks']} attacks,"
+            f" {100.0 * routine['share']:.2f}%)",
+            _num(routine["roc_auc_without"]),
+            *blank,
+        ),
+        ("  best attainable (those at random)", _num(routine["roc_auc_bound"]), *blank),
+    ]
+
+
 def render(report: Figures, console: Console) -> None:
     """One table per scope: engine and baseline side by side, matched and at the fixed rate."""
     fixed = f"{100.0 * report['fixed_rate']:g}%"
@@ -425,6 +475,8 @@ def render(report: Figures, console: Console) -> None:
             table.add_column(heads[key], justify="right")
         cells = [scope[key] for key in keys]
         table.add_row("ROC AUC", *(_num(c.get("roc_auc")) for c in cells))
+        for row in owner_routine_rows(cells[0], len(cells)):
+            table.add_row(*row)
         table.add_row("average precision", *(_num(c.get("average_precision")) for c in cells))
         table.add_row("legit challenged", *(_pct(c["legit_challenge_rate"]) for c in cells))
         table.add_row("legit denied", *(_pct(c.get("legit_deny_rate")) for c in cells))

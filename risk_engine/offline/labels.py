@@ -7,6 +7,13 @@ happened: home, cellular, vpn, corporate, ...), the service's feedback ``{"event
 ``{"event_id", "step_up": "failed"}`` (a failed step-up counts as an attack label, a
 passed one as legitimate).
 
+An attack event whose ``scenario`` is ``owner_routine`` is one the simulator made
+the same as the victim's own (malware on the victim's own device, at home, at the
+victim's usual hour, logging in or reading the balance): nothing observable tells
+it from the owner, so the best any detector can do is to rank it as the owner's
+own events, at random among legitimate ones. Evaluation reports their share and
+the figures without them beside the figures on every attack.
+
 ``LabelledRun`` is a log joined with its labels and decisions, what evaluation,
 calibration and the per-context figures all read.
 """
@@ -27,6 +34,8 @@ from risk_engine.offline.logs import LogReport, expand_paths, raw_lines, read_re
 
 # A user with at least this many earlier events in the log is "established".
 ESTABLISHED_MIN_PRIOR = 10
+# The scenario of an attack event that is the same as the victim's own routine.
+OWNER_ROUTINE = "owner_routine"
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,8 @@ class LabelledRun:
     outcome: NDArray[np.int8]  # OUTCOME_RANK of the decision
     reason_codes: list[tuple[str, ...]]
     baseline: NDArray[np.float64] | None = None
+    # Attack events the same as the victim's own routine (``OWNER_ROUTINE``).
+    owner_routine: NDArray[np.bool_] | None = None
     window: tuple[float, float] = (math.nan, math.nan)
     unlabelled: int = 0
     undecided: int = 0

@@ -38,6 +38,11 @@ ROWS: list[tuple[str, str, int, str | None, float, str, float]] = [
 
 @pytest.fixture
 def run(tmp_path: Path) -> LabelledRun:
+    return _run(tmp_path)
+
+
+def _run(tmp_path: Path, routine: frozenset[str] = frozenset()) -> LabelledRun:
+    """The run of ROWS; the attacks named in ``routine`` are labelled the owner's routine."""
     events, labels, decisions = (tmp_path / f"{n}.jsonl" for n in ("events", "labels", "dec"))
     lines = []
     for event_id, user, minute, _, _, _, _ in ROWS:
@@ -47,7 +52,14 @@ def run(tmp_path: Path) -> LabelledRun:
     events.write_bytes(b"\n".join(reversed(lines)) + b"\n")  # out of time order on purpose
     labels.write_bytes(
         b"".join(
-            orjson.dumps({"event_id": r[0], "is_attack": r[3] is not None, "attack_type": r[3]})
+            orjson.dumps(
+                {
+                    "event_id": r[0],
+                    "is_attack": r[3] is not None,
+                    "attack_type": r[3],
+                    "scenario": "owner_routine" if r[0] in routine else r[3],
+                }
+            )
             + b"\n"
             for r in ROWS
         )
@@ -130,3 +142,27 @@ def test_json_holds_every_figure(run: LabelledRun, tmp_path: Path) -> None:
     loaded = orjson.loads((tmp_path / "figures.json").read_bytes())
     assert loaded["scopes"]["all"]["baseline"]["catch_rate"] == pytest.approx(2 / 3)
     assert set(loaded["scopes"]) == {"all", "established"}
+
+
+def test_attacks_that_are_the_owners_routine_are_reported_apart(tmp_path: Path) -> None:
+    """a13 (0.45, under one legitimate score) labelled as the owner's own routine:
+    the AUC on every attack stays 44/45, without it every attack outranks every
+    legitimate event, and with a third of the attacks at random 5/6 is the best."""
+    plain = figures(_run(tmp_path))["scopes"]["all"]["engine"]
+    assert "owner_routine" not in plain
+    scope = figures(_run(tmp_path, frozenset({"a13"})))["scopes"]["all"]
+    engine = scope["engine"]
+    assert engine["roc_auc"] == pytest.approx(44 / 45)
+    assert engine["owner_routine"] == {
+        "attacks": 1,
+        "share": pytest.approx(1 / 3),
+        "roc_auc_without": 1.0,
+        "roc_auc_bound": pytest.approx(5 / 6),
+    }
+    # Only in the scopes that hold it: a13 is an established user's, b04 is not.
+    assert (
+        figures(_run(tmp_path, frozenset({"b04"})))["scopes"]["established"]["engine"].get(
+            "owner_routine"
+        )
+        is None
+    )

@@ -189,3 +189,34 @@ def test_simulate_command_takes_a_world_and_refuses_a_bad_one(tmp_path: Path) ->
         refused = runner.invoke(app, [*base, *files, *flags])
         assert refused.exit_code == 2, flags
         assert message in refused.output
+
+
+@pytest.mark.parametrize("skill", ["skilled", "mixed"])
+def test_malware_by_day_labels_the_owners_routine(skill: str) -> None:
+    """Skilled malware acts at the victim's usual hours half the time; there its login
+    and balance views are the victim's own routine (own device, own home address), and
+    the labels say so, so evaluation can tell what no detector could."""
+    world = replace(
+        WORLDS["corporate"], attack_mix=_only("compromised_device"), attacker_skill=skill
+    )
+    pairs = list(simulate(SimulationConfig(users=80, days=30, seed=3, world=world)))
+    devices: dict[str, set[str]] = defaultdict(set)
+    addresses: dict[str, set[str]] = defaultdict(set)
+    for event, label in pairs:
+        if not label["is_attack"]:
+            devices[event["user_id"]].add(event["device"].get("id", ""))
+            if label["context"] == "home":
+                addresses[event["user_id"]].add(event["ip"])
+    attacks = [(event, label) for event, label in pairs if label["is_attack"]]
+    routine = [(event, label) for event, label in attacks if label["scenario"] == "owner_routine"]
+    assert {label["attack_type"] for _, label in attacks} == {"compromised_device"}
+    if skill == "mixed":  # always at night: the hour tells
+        assert attacks and not routine
+        return
+    assert 0 < len(routine) < len(attacks)
+    for event, _ in routine:
+        assert event["action"] in ("login", "view_account")
+        assert event["device"]["id"] in devices[event["user_id"]]
+        assert event["ip"] in addresses[event["user_id"]]
+    # What the owner does not do every day is never routine.
+    assert any(e["action"] not in ("login", "view_account") for e, _ in attacks)

@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from risk_engine.offline.labels import OWNER_ROUTINE
 from risk_engine.offline.simulate.benign import SessionRecord
 from risk_engine.offline.simulate.core import DAY, HOUR, Clock, Emitter, body, hex_id
 from risk_engine.offline.simulate.geo import City, CityPool, Network
@@ -55,6 +56,8 @@ TRADECRAFT = {
     "skilled": Tradecraft(0.2, (10.0, 85.0, 5.0), True, 0.5),
 }
 ATTACKS_START_DAY = 7
+# What malware on the victim's device does by day that the victim does every day.
+ROUTINE_ACTIONS = frozenset({"login", "view_account"})
 STUFFING_MIN_ACCOUNTS = 10
 
 TAKEOVER_PLANS = (
@@ -231,8 +234,13 @@ class AttackPlanner:
         login: bool = True,
         fail_first: bool = False,
         amount_range: tuple[float, float] = (6.0, 25.0),
+        routine: frozenset[str] = frozenset(),
     ) -> int:
-        """Emit an episode: optional failed login, login, then the plan's actions."""
+        """Emit an episode: optional failed login, login, then the plan's actions.
+
+        ``routine``: the actions (login included) labelled ``owner_routine``, the same
+        as the victim's own (labels.OWNER_ROUTINE).
+        """
         rng, add, uid = self.rng, self.emitter.add, victim.uid
         emitted = 0
         if fail_first:
@@ -245,7 +253,7 @@ class AttackPlanner:
             session_id = f"s-{hex_id(rng)}"
             event = body(uid, "login", ip, session_id, dict(device) if device else None)
             event["success"] = True
-            add(ts, event, kind, kind)
+            add(ts, event, kind, OWNER_ROUTINE if "login" in routine else kind)
             emitted += 1
         for action in plan:
             ts += rng.randint(15, 150)
@@ -253,7 +261,7 @@ class AttackPlanner:
             if action == "transfer":
                 event["amount"] = _large(victim, rng, *amount_range)
                 event["currency"] = victim.currency
-            add(ts, event, kind, kind)
+            add(ts, event, kind, OWNER_ROUTINE if action in routine else kind)
             emitted += 1
         return emitted
 
@@ -456,14 +464,19 @@ class AttackPlanner:
             return 0
         phone = victim.phone
         device = phone if phone is not None and rng.random() < 0.3 else victim.primary
+        ip, payload = victim.home_ip(rng), device.payload()
+        # By day, on a device the victim was seen on at this address, its login and
+        # balance views are the victim's own routine.
+        routine = by_day and self.emitter.habitual(victim.uid, payload, ip)
         return self._emit_plan(
             "compromised_device",
             victim,
             ts,
-            victim.home_ip(rng),
-            device.payload(),
+            ip,
+            payload,
             rng.choice(MALWARE_PLANS),
             amount_range=(20.0, 80.0),
+            routine=ROUTINE_ACTIONS if routine else frozenset(),
         )
 
     def _vpn_takeover(self, day: int) -> int:

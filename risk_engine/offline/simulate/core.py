@@ -69,6 +69,9 @@ class Emitter:
     def __init__(self) -> None:
         self.pending: list[Pending] = []
         self.seq = 0
+        # Per user, the (device id, address) pairs of the legitimate events so far:
+        # what an attacker on the victim's own device and network can pass for.
+        self.habits: dict[str, set[tuple[str, str]]] = {}
 
     def add(
         self,
@@ -85,6 +88,13 @@ class Emitter:
         """
         self.seq += 1
         self.pending.append((ts, self.seq, body, attack, scenario, context))
+        if attack is None:
+            device = body.get("device") or {}
+            self.habits.setdefault(body["user_id"], set()).add((device.get("id", ""), body["ip"]))
+
+    def habitual(self, user_id: str, device: dict[str, str], ip: str) -> bool:
+        """Whether the user's own events came from this device id at this address."""
+        return (device.get("id", ""), ip) in self.habits.get(user_id, ())
 
     def release(self, before: int | None) -> list[Pending]:
         """Sorted events with a timestamp before `before` (all when None); keeps the rest."""
