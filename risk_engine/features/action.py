@@ -57,6 +57,13 @@ SENSITIVE = 0.5
 MIN_MAD = 0.25
 MIN_AMOUNTS = 3
 Z_CAP = 10.0
+# An amount this many times (log) the largest of the user's recent ones is worded
+# (amount_above_history); from FAR_ABOVE_HISTORY on it is amount_far_above_history.
+ABOVE_HISTORY = math.log(1.5)
+FAR_ABOVE_HISTORY = math.log(5.0)
+# Fewer amounts than this say too little of the user's largest for "far above" (a
+# new customer's first rent among a few small payments).
+FAR_ABOVE_MIN_AMOUNTS = 5
 
 NAMES: tuple[str, ...] = (
     "action_sensitivity",
@@ -140,13 +147,16 @@ def explain(
             )
         )
     over = values["amount_over_max_log"]
-    if over >= math.log(1.5) and obs.amount is not None:
+    if over >= ABOVE_HISTORY and obs.amount is not None:
         largest = math.expm1(max(profile.amounts))
+        # Far above is a reason of its own: the shipped policy steps it up at any hour,
+        # where malware on the user's own device by day shows nothing else.
+        far = over >= FAR_ABOVE_HISTORY and len(profile.amounts) >= FAR_ABOVE_MIN_AMOUNTS
         out.append(
             (
-                4.0,
+                5.0 if far else 4.0,
                 Reason(
-                    code="amount_above_history",
+                    code="amount_far_above_history" if far else "amount_above_history",
                     detail=f"amount {obs.amount:,.2f} is {math.exp(over):.1f}x the largest of "
                     f"the last {len(profile.amounts)} amounts ({largest:,.2f})",
                 ),

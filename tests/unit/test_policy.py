@@ -90,7 +90,11 @@ def test_bundled_floors_make_strong_signals_at_least_step_up() -> None:
     assert bundled.floors["first_privileged_action"] is Outcome.STEP_UP
     # A targeted takeover's look-alike login and the payee from its minute-old device
     # are stepped up whatever their score.
-    for code, action in (("lookalike_device", "login"), ("fresh_device", "add_payee")):
+    for code, action in (
+        ("lookalike_device", "login"),
+        ("fresh_device", "add_payee"),
+        ("amount_far_above_history", "transfer"),
+    ):
         assert bundled.floors[code] is Outcome.STEP_UP
         assert bundled.table.decide(action, 0.0, [code])[1] is Outcome.STEP_UP
 

@@ -125,8 +125,28 @@ def test_a_transfer_minutes_after_adding_its_payee() -> None:
     assert (
         reasons["new_payee"] == "transfer of 40,000.00 to a payee never paid before (1 payees paid)"
     )
-    assert "amount_above_history" in reasons
+    assert "amount_far_above_history" in reasons
     assert reasons["quiet_hour_takeover"].startswith("payee then transfer at 03:00 local time")
+
+
+def test_an_amount_far_above_the_users_largest_has_a_reason_of_its_own() -> None:
+    """Above the largest of the user's amounts is worded from 1.5 times; from five
+    times it is another reason (the shipped policy steps it up at any hour): what
+    malware on the user's own device sends by day, where nothing else stands out."""
+    profile = habitual()  # the largest amount is 540
+    for amount, code in ((2_000.0, "amount_above_history"), (3_000.0, "amount_far_above_history")):
+        transfer = obs(at(31, 19, 5), "transfer", session_id="e-30", amount=amount, payee="rent")
+        reasons = codes(profile, transfer)
+        other = {"amount_above_history", "amount_far_above_history"} - {code}
+        assert code in reasons and not other & set(reasons)
+    assert reasons["amount_far_above_history"] == (
+        "amount 3,000.00 is 5.5x the largest of the last 30 amounts (540.00)"
+    )
+    # Four amounts say too little of the user's largest: only "above".
+    newcomer = habitual(days=4)
+    transfer = obs(at(5, 19, 5), "transfer", session_id="e-4", amount=3_000.0, payee="landlord")
+    reasons = codes(newcomer, transfer)
+    assert "amount_above_history" in reasons and "amount_far_above_history" not in reasons
 
 
 def test_the_payee_step_counts_even_when_its_event_was_refused() -> None:
