@@ -70,6 +70,10 @@ def familiarity(counter: dict[str, list[float]], key: str, total: float | None =
     return entry[0] / ((mass(counter) if total is None else total) + len(counter))
 
 
+# Seen this many times (trusted events, decayed), a place is one of the user's own.
+REGULAR_COUNT = 10.0
+
+
 def regular(counter: dict[str, list[float]], key: str, top: float | None = None) -> float:
     """How regular ``key`` is among the user's own: its count against the most seen value's.
 
@@ -87,8 +91,23 @@ def regular(counter: dict[str, list[float]], key: str, top: float | None = None)
     0.75
     >>> regular({}, "NO")
     0.0
+
+    A value seen ``REGULAR_COUNT`` times or more is the user's own however much more
+    the top one was seen (a VPN exit abroad forty times a year beside home every
+    day); below that it is measured against at most ``REGULAR_COUNT``, so the value
+    is continuous and monotone in the count, and a value seen once stays rare.
+
+    >>> regular({"NO": [350.0, 0.0], "SE": [40.0, 0.0]}, "SE")
+    0.9523809523809523
     """
-    return familiarity(counter, key, top_count(counter) if top is None else top)
+    entry = counter.get(key)
+    if entry is None:
+        return 0.0
+    count = entry[0]
+    scale = top_count(counter) if top is None else top
+    if scale > REGULAR_COUNT:
+        scale = max(count, REGULAR_COUNT)
+    return count / (scale + len(counter))
 
 
 def top_count(counter: dict[str, list[float]]) -> float:

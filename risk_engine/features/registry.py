@@ -26,7 +26,7 @@ from risk_engine.features.common import FeatureView, Lesson, Weighted
 from risk_engine.features.observation import Observation
 from risk_engine.profiles.model import BurstCounts, Profile
 
-FEATURE_VERSION = 4
+FEATURE_VERSION = 5
 
 Compute = Callable[[Profile, BurstCounts, Observation], tuple[float, ...]]
 Learn = Callable[[Profile, Observation, Lesson], None]

@@ -3,7 +3,7 @@ model and policy.
 
 The attacker logs in from the victim's city on a look-alike of the victim's
 browser, from a network the victim never used: the shipped policy steps that
-login up (``lookalike_device``). Where a login on a look-alike is let through
+login up at least (``lookalike_device``). Where a login on a look-alike is let through
 (the victim's own network, say), the device is the user's in the profile, and
 the payee added a minute later used to come from a "known" device. The device's
 age says otherwise, and the shipped policy steps such money actions up.
@@ -31,7 +31,7 @@ def geo() -> Iterator[GeoLocator]:
     locator.close()
 
 
-def test_a_look_alike_login_from_a_network_never_seen_is_stepped_up(geo: GeoLocator) -> None:
+def test_a_look_alike_login_from_a_network_never_seen_is_stopped(geo: GeoLocator) -> None:
     harness = Harness(geo)
     harness.usual_month()
     login = harness.decide(
@@ -41,7 +41,8 @@ def test_a_look_alike_login_from_a_network_never_seen_is_stepped_up(geo: GeoLoca
         session_id="s-x",
         pass_step_up=False,
     )
-    assert login.decision is Outcome.STEP_UP
+    # At least stepped up (the floor); the model may score it over the deny threshold.
+    assert login.decision is not Outcome.ALLOW
     assert login.reasons[0].code == "lookalike_device"
     # The user's own laptop on that network is the user at a cafe.
     own = harness.decide(START + timedelta(days=31, hours=2), ip=ANOTHER_OSLO_IP)

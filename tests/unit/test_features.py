@@ -326,6 +326,25 @@ def test_a_user_of_three_places_is_at_home_in_each() -> None:
     assert features(once, obs_at(T0 + DAY, TOKYO))["city_familiarity"] == pytest.approx(1 / 12)
 
 
+def test_a_place_the_user_often_comes_from_is_familiar_however_much_more_home_is() -> None:
+    """A user at home most days who now and then goes through a VPN exit abroad.
+
+    Against home's count, the exit country seen forty times in a year was a tenth as
+    familiar as home, and the deployment flow challenged such users' balance views
+    for it (no reason to show them). Seen REGULAR_COUNT times or more, a place is as
+    familiar as any of the user's own; below that, it is measured against no more
+    than REGULAR_COUNT, so a place seen once stays rare.
+    """
+    counter = {"NO": [350.0, 0.0], "SE": [40.0, 0.0], "DK": [3.0, 0.0], "FI": [1.0, 0.0]}
+    assert regular(counter, "NO") == pytest.approx(350 / 354)
+    assert regular(counter, "SE") == pytest.approx(40 / 44)
+    assert regular(counter, "DK") == pytest.approx(3 / 14)
+    assert regular(counter, "FI") == pytest.approx(1 / 14)
+    assert regular(counter, "JP") == 0.0
+    # Under REGULAR_COUNT events in all, nothing changes: the top is the measure.
+    assert regular({"NO": [9.0, 0.0], "SE": [1.0, 0.0]}, "SE") == pytest.approx(1 / 11)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.text(max_size=4), st.integers(1, 1000), min_size=1, max_size=20))
 def test_familiarity_leaves_mass_for_the_unseen(counts: dict[str, int]) -> None:
