@@ -4,7 +4,7 @@ A version byte, a byte naming the compression, then one msgpack array with the
 profile's fields by position (``pack`` gives the order), records as flat runs of
 their fields, never a field name. Values are written as they are (float64 stays
 float64), so a profile read back is equal to the one written, float for float.
-Raw deflate (level 1, an 8 KiB window) then takes out what repeats: countries,
+Raw deflate (level 1, a 16 KiB window) then takes out what repeats: countries,
 networks and device keys met in several collections, and hashed keys written in
 hex. It is kept only when it is smaller; the record's CRC32 (profiles.integrity)
 covers both forms. The window is the writer's choice alone: raw deflate is read
@@ -26,10 +26,11 @@ _PLAIN = 0
 _DEFLATE = 1
 # Level 1: nearly the size of level 6 at a fraction of its time, on every write.
 _LEVEL = 1
-# An 8 KiB window and a smaller hash table than zlib's defaults (32 KiB, memLevel 8):
-# a profile's body is a few KiB, so the defaults' larger state, set up afresh on every
-# write, costs time for next to no size (README, "Performance and sizing").
-_WBITS = -13
+# A 16 KiB window and a smaller hash table than zlib's defaults (32 KiB, memLevel 8):
+# a profile's body is a few KiB (some 20 at the caps), so the defaults' larger state,
+# set up afresh on every write, costs time for next to no size (README, "Performance
+# and sizing"); an 8 KiB window lost repeats of the profiles at the caps.
+_WBITS = -14
 _MEM_LEVEL = 7
 _PLACE = 6
 _DEVICE = 21
