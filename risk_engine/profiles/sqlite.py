@@ -161,6 +161,9 @@ DEFAULT_CACHE_PROFILES = 4096
 # Burst windows mirrored in memory at most; past it the stalest half is dropped
 # (and read again from the database when next needed).
 _MAX_WINDOWS = 65536
+# Crowds mirrored in memory at most (up to CROWD_MAX_USERS users each); past it they
+# are all dropped, and each read again (one indexed query) when next needed.
+_MAX_CROWDS = 16384
 # How often the background thread copies the WAL into the database file.
 CHECKPOINT_EVERY_S = 1.0
 # Group commit: an open write transaction is committed at this age or size.
@@ -498,8 +501,7 @@ class SQLiteStore:
         """The network's mirrored crowd, read from the database on first use."""
         crowd = self._crowds.get(network)
         if crowd is None:
-            if len(self._crowds) >= _MAX_WINDOWS:
-                # Read again when next needed; a crowd is one indexed query away.
+            if len(self._crowds) >= _MAX_CROWDS:
                 self._crowds.clear()
             crowd = Crowd()
             for user_key, day in conn.execute(_SELECT_CROWD, (network,)):

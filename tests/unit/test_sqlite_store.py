@@ -250,6 +250,26 @@ def test_crowds_follow_the_other_store_and_erasure(tmp_path: Path) -> None:
         second.close()
 
 
+def test_crowds_past_the_mirrors_bound_are_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_MAX_CROWDS", 2)
+    store = SQLiteStore(tmp_path / "profiles.db")
+    day = 86400.0
+    now = 19_700 * day + day / 2
+    networks = [f"198.51.{k}.0/24" for k in range(5)]
+    try:
+        for network in networks:
+            assert crowd_of(store, "ann", network, now) == (0, 0)
+        for network in networks:
+            assert crowd_of(store, "bob", network, now + day) == (1, 1)
+            assert len(store._crowds) <= 2
+        for network in networks:
+            assert crowd_of(store, "cat", network, now + 2 * day) == (2, 2)
+    finally:
+        store.close()
+
+
 def test_grouped_updates_are_committed_within_the_window(tmp_path: Path) -> None:
     path = tmp_path / "profiles.db"
     store = SQLiteStore(path, commit_after_s=0.02)
