@@ -33,7 +33,11 @@ def zone(name: str | None) -> ZoneInfo | None:
 
 def utc_offset_hours(tz: ZoneInfo, ts: float) -> float:
     """The zone's offset from UTC at ``ts``, in hours."""
-    offset = datetime.fromtimestamp(ts, tz).utcoffset()
+    return _offset_hours(datetime.fromtimestamp(ts, tz))
+
+
+def _offset_hours(local: datetime) -> float:
+    offset = local.utcoffset()
     return offset.total_seconds() / 3600.0 if offset is not None else 0.0
 
 
@@ -174,8 +178,10 @@ def observe(event: Event, location: Location, hasher: Hasher, user_key: str) -> 
     local_tz = geo_tz or dev_tz
     local = datetime.fromtimestamp(ts, local_tz) if local_tz else event.timestamp
     mismatch = 0.0
-    if geo_tz is not None and dev_tz is not None:
-        mismatch = abs(utc_offset_hours(geo_tz, ts) - utc_offset_hours(dev_tz, ts))
+    # One zone on both sides (the usual case) is no mismatch; otherwise ``local`` is
+    # already the time in the GeoIP zone, so only the device's needs converting.
+    if geo_tz is not None and dev_tz is not None and dev_tz is not geo_tz:
+        mismatch = abs(_offset_hours(local) - utc_offset_hours(dev_tz, ts))
         mismatch = min(mismatch, 24.0 - mismatch)
     return Observation(
         event_id=event.event_id,

@@ -4,9 +4,12 @@ A version byte, a byte naming the compression, then one msgpack array with the
 profile's fields by position (``pack`` gives the order), records as flat runs of
 their fields, never a field name. Values are written as they are (float64 stays
 float64), so a profile read back is equal to the one written, float for float.
-Raw deflate (level 1) then takes out what repeats: countries, networks and device
-keys met in several collections, and hashed keys written in hex. It is kept only
-when it is smaller; the record's CRC32 (profiles.integrity) covers both forms.
+Raw deflate (level 1, a 16 KiB window) then takes out what repeats: countries,
+networks and device keys met in several collections, and hashed keys written in
+hex. It is kept only when it is smaller; the record's CRC32 (profiles.integrity)
+covers both forms. The window is the writer's choice alone: raw deflate is read
+the same whatever window wrote it, so records written with zlib's default 32 KiB
+window read as before.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ _PLAIN = 0
 _DEFLATE = 1
 # Level 1: nearly the size of level 6 at a fraction of its time, on every write.
 _LEVEL = 1
+# A 16 KiB window and a smaller hash table than zlib's defaults (32 KiB, memLevel 8):
+# a profile's body is a few KiB (some 20 at the caps), so the defaults' larger state,
+# set up afresh on every write, costs time for next to no size (README, "Performance
+# and sizing"); an 8 KiB window lost repeats of the profiles at the caps.
+_WBITS = -14
+_MEM_LEVEL = 7
 _PLACE = 6
 _DEVICE = 21
 _SESSION = 14
@@ -77,7 +86,7 @@ def pack(profile: Profile) -> bytes:
         profile.windows,
     ]
     body: bytes = msgpack.packb(fields, use_bin_type=True)
-    deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15)
+    deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, _MEM_LEVEL)
     small = deflate.compress(body) + deflate.flush()
     if len(small) < len(body):
         return bytes((BINARY_VERSION, _DEFLATE)) + small

@@ -10,7 +10,8 @@ after taking the write lock and drops its caches if so. Until then:
 * decoded profiles are served from an LRU cache (``cache_profiles`` of them;
   about 22 KB each in memory), so a hot user costs no read and no JSON decode;
 * the burst windows of each address and network are mirrored in memory after
-  their first read (``bursts.BurstWindow``), so counting is no SQL query.
+  their first read (``bursts.BurstWindow``), so counting is no SQL query;
+* so are the networks' crowds (``crowds.Crowd``), read once per network.
 
 Every update still writes its profile and burst rows, and the file stays the
 truth that another process or a restart reads. Commits are grouped: an update
@@ -54,8 +55,8 @@ from risk_engine.profiles.bursts import BurstWindow
 from risk_engine.profiles.crowds import (
     CROWD_MAX_AGE_DAYS,
     CROWD_MAX_USERS,
+    Crowd,
     crowd_day,
-    established,
 )
 from risk_engine.profiles.integrity import CorruptProfileError, Incidents
 from risk_engine.profiles.model import BurstCounts, Profile
@@ -160,6 +161,9 @@ DEFAULT_CACHE_PROFILES = 4096
 # Burst windows mirrored in memory at most; past it the stalest half is dropped
 # (and read again from the database when next needed).
 _MAX_WINDOWS = 65536
+# Crowds mirrored in memory at most (up to CROWD_MAX_USERS users each); past it they
+# are all dropped, and each read again (one indexed query) when next needed.
+_MAX_CROWDS = 16384
 # How often the background thread copies the WAL into the database file.
 CHECKPOINT_EVERY_S = 1.0
 # Group commit: an open write transaction is committed at this age or size.
@@ -251,6 +255,8 @@ class SQLiteStore:
         self._profiles: OrderedDict[str, tuple[Profile, float]] = OrderedDict()
         # burst key -> its rows as written (present = mirrored; absent = read on demand).
         self._windows: dict[str, BurstWindow] = {}
+        # network -> its crowd rows as written (present = mirrored; absent = read on demand).
+        self._crowds: dict[str, Crowd] = {}
         self._burst_inserts = itertools.count()
         self._newest_burst_ts = float("-inf")
         self._commit_after_s = commit_after_s
@@ -311,14 +317,14 @@ class SQLiteStore:
                 net_window = self._window(conn, net)
                 ip_users, ip_failures = ip_window.counts(note.ts)
                 net_users, net_failures = net_window.counts(note.ts)
-                crowd = [(str(u), int(d)) for u, d in conn.execute(_SELECT_CROWD, (note.network,))]
+                crowd = self._crowd(conn, note.network)
                 day = crowd_day(note.ts)
                 bursts = BurstCounts(
                     ip_users,
                     ip_failures,
                     net_users,
                     net_failures,
-                    *established(crowd, note.user_key, day),
+                    *crowd.counts(note.user_key, day),
                 )
                 profile = self._load(conn, note.user_key)
                 result = fn(profile, bursts)
@@ -333,12 +339,14 @@ class SQLiteStore:
                 if note.event_id:
                     self._write(conn, _INSERT_EVENT, (note.event_id, note.user_key, time.time()))
                 if note.succeeded:
-                    self._note_crowd(conn, note.network, note.user_key, day, crowd)
+                    self._note_crowd(conn, note.network, note.user_key, day, crowd.members)
                 self._maybe_prune(conn, note.ts)
             # Written: now the mirrors take the new rows (should the group's commit fail,
             # its abort empties the mirrors with it).
             ip_window.add(note.ts, note.user_key, note.failed)
             net_window.add(note.ts, note.user_key, note.failed)
+            if note.succeeded:
+                crowd.note(note.user_key, day)
         return result
 
     def get(self, user_key: str) -> Profile | None:
@@ -374,6 +382,8 @@ class SQLiteStore:
                     conn.execute(_DELETE_CHALLENGE, (challenge_id,))
             conn.execute(_DELETE_EVENTS, (user_key,))
             conn.execute(_FORGET_CROWDS, (user_key,))
+            # Erasure is rare: read every crowd again rather than find the user's.
+            self._crowds.clear()
             conn.execute(_FORGET_QUARANTINE, (user_key,))
             deleted: bool = conn.execute(_DELETE_PROFILE, (user_key,)).rowcount > 0
         with self._locked("delete") as conn:
@@ -476,16 +486,28 @@ class SQLiteStore:
         network: str,
         user_key: str,
         day: int,
-        crowd: list[tuple[str, int]],
+        members: dict[str, int],
     ) -> None:
-        """``Crowd.note`` on the rows read before the event (``crowd``)."""
-        if any(user == user_key for user, _ in crowd):
+        """``Crowd.note``'s writes, on the crowd as it was before the event (``members``)."""
+        if user_key in members:
             return
         start = day - CROWD_MAX_AGE_DAYS
-        if any(first < start for _, first in crowd):
+        if any(first < start for first in members.values()):
             self._write(conn, _AGE_CROWD, (network, start))
-        if sum(first >= start for _, first in crowd) < CROWD_MAX_USERS:
+        if sum(first >= start for first in members.values()) < CROWD_MAX_USERS:
             self._write(conn, _INSERT_CROWD, (network, user_key, day))
+
+    def _crowd(self, conn: sqlite3.Connection, network: str) -> Crowd:
+        """The network's mirrored crowd, read from the database on first use."""
+        crowd = self._crowds.get(network)
+        if crowd is None:
+            if len(self._crowds) >= _MAX_CROWDS:
+                self._crowds.clear()
+            crowd = Crowd()
+            for user_key, day in conn.execute(_SELECT_CROWD, (network,)):
+                crowd.members[str(user_key)] = int(day)
+            self._crowds[network] = crowd
+        return crowd
 
     def _window(self, conn: sqlite3.Connection, key: str) -> BurstWindow:
         """The key's mirrored window, read from the database on first use."""
@@ -541,8 +563,9 @@ class SQLiteStore:
 
     def purge(self, older_than: float) -> int:
         with self._transaction("purge", flush=True) as conn:
-            # The cache would otherwise keep serving what is deleted here.
+            # The caches would otherwise keep serving what is deleted here.
             self._profiles.clear()
+            self._crowds.clear()
             removed = conn.execute(_PURGE_PROFILES, (older_than,)).rowcount
             conn.execute(_PURGE_CHALLENGES, (time.time(),))
             conn.execute(_PURGE_EVENTS, (older_than,))
@@ -583,6 +606,7 @@ class SQLiteStore:
             finally:
                 self._profiles.clear()
                 self._windows.clear()
+                self._crowds.clear()
                 self._conn.close()
 
     # -- the connection -----------------------------------------------------------------
@@ -609,30 +633,29 @@ class SQLiteStore:
     def _transaction(self, action: str, *, flush: bool = False) -> Iterator[sqlite3.Connection]:
         """One update in the group transaction, committed when the group is due.
 
-        Each update runs in a savepoint of its own, and its writes are journaled: a
-        statement that fails undoes this update alone, and should SQLite roll the
-        whole group back (a failed commit, an I/O error), the other updates are
-        applied again, each alone. ``flush`` commits the group as soon as this
-        update is in it (a flushed update's own writes are not journaled: if the
-        commit fails, it fails).
+        Each update's writes are journaled: a statement that fails undoes this
+        update alone, since the whole group is rolled back and its other updates
+        are applied again, each alone (``_undo_update``), as after a failed commit.
+        So an update needs no savepoint of its own in the group (``_replay`` sets
+        one per update). ``flush`` commits the group as soon as this update is in
+        it (a flushed update's own writes are not journaled: if the commit fails,
+        it fails).
         """
         with self._locked(action) as conn:
-            try:
-                if self._opened_at is None:
+            if self._opened_at is None:
+                try:
                     conn.execute("BEGIN IMMEDIATE")
                     self._opened_at = time.monotonic()
                     self._grouped = 0
                     self._journal = []
                     self._sync(conn)
-                    self._maintenance.opened()
-                conn.execute("SAVEPOINT one_update")
-            except sqlite3.Error as exc:
-                self._abort(conn)
-                self._fail(exc, action)
+                except sqlite3.Error as exc:
+                    self._abort(conn)
+                    self._fail(exc, action)
+                self._maintenance.opened()
             self._writes = []
             try:
                 yield conn
-                conn.execute("RELEASE one_update")
             except sqlite3.Error as exc:
                 self._undo_update(conn, exc, action)
                 self._fail(exc, action)
@@ -641,8 +664,6 @@ class SQLiteStore:
                 # first); it may have changed its cached profile, though. The group goes
                 # on; the next read of the profile takes the group's last write of it.
                 self._profiles.clear()
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("RELEASE one_update")
                 raise
             if not flush:
                 self._journal.append(self._writes)
@@ -665,6 +686,7 @@ class SQLiteStore:
         # What the caches hold may come from the failed update: read again from the file.
         self._profiles.clear()
         self._windows.clear()
+        self._crowds.clear()
         self._writes = []
         self.incidents.note(
             "update_undone",
@@ -776,6 +798,7 @@ class SQLiteStore:
         if version != self._data_version:
             self._profiles.clear()
             self._windows.clear()
+            self._crowds.clear()
             self._data_version = version
 
     def _abort(self, conn: sqlite3.Connection) -> None:
@@ -783,6 +806,7 @@ class SQLiteStore:
         self._opened_at = None
         self._profiles.clear()
         self._windows.clear()
+        self._crowds.clear()
         _rollback(conn)
 
     def _connect(self) -> sqlite3.Connection:

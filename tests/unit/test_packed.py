@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +223,54 @@ def test_redis_reads_version_1_and_writes_version_2(
     finally:
         store.close()
         client.close()
+
+
+def large_profile() -> Profile:
+    """A profile whose body is well past 16 KiB, each device key met again in a session.
+
+    The sessions come after the devices in the body, so a key seen again is more
+    than 16 KiB back for most devices: a 32 KiB window would reach it, a 16 KiB one not.
+    """
+    profile = Profile("alice")
+    for k in range(120):
+        key = "id:" + hashlib.sha256(b"device %d" % k).hexdigest()
+        profile.devices[key] = DeviceRecord(key, True, first_ts=float(k), last_ts=float(k))
+    for k, key in enumerate(profile.devices):
+        profile.sessions[f"s{k}"] = SessionRecord(float(k), "", "", key, "")
+    return profile
+
+
+def body_of(profile: Profile) -> bytes:
+    """The msgpack body of the stored form (inflated, if it was deflated)."""
+    payload = profile.pack()
+    if payload[1] == 1:
+        return zlib.decompress(payload[2:], -15)
+    return payload[2:]
+
+
+def inflate_through(data: bytes, wbits: int) -> bytes:
+    """Raw inflate in small pieces, so that a reference back reads the window, not the output."""
+    inflate, out = zlib.decompressobj(wbits), []
+    while data:
+        out.append(inflate.decompress(data, 512))
+        data = inflate.unconsumed_tail
+    return b"".join(out)
+
+
+def test_the_writer_deflates_within_a_16_kib_window() -> None:
+    profile = large_profile()
+    assert len(body_of(profile)) > 2 * 16384
+    payload = profile.pack()
+    assert payload[1] == 1  # deflated
+    # Raw deflate with a smaller window is the same format to every reader.
+    assert inflate_through(payload[2:], -14) == body_of(profile)
+
+
+def test_a_profile_deflated_with_the_full_window_still_reads() -> None:
+    profile = large_profile()
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 8)
+    older = bytes((PROFILE_VERSION, 1)) + deflate.compress(body_of(profile)) + deflate.flush()
+    with pytest.raises(zlib.error):  # it does reach back beyond 16 KiB
+        inflate_through(older[2:], -14)
+    back = Profile.loads(seal(older))
+    assert bits(back.to_dict()) == bits(profile.to_dict())

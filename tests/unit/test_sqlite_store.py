@@ -216,6 +216,60 @@ def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
         second.close()
 
 
+def crowd_of(store: SQLiteStore, user: str, network: str, ts: float) -> tuple[int, int]:
+    """A successful event of ``user`` on ``network``: the crowd counts it was scored with."""
+    return store.update_event(
+        BurstNote(f"ipk-{user}", network, user, ts, False, "", True),
+        lambda profile, bursts: (bursts.crowd_users, bursts.crowd_days),
+    )
+
+
+def test_crowds_follow_the_other_store_and_erasure(tmp_path: Path) -> None:
+    """A crowd one worker read must not outlive another worker's writes or an erasure."""
+    path = tmp_path / "profiles.db"
+    first = SQLiteStore(path, commit_after_s=0)
+    second = SQLiteStore(path, commit_after_s=0)
+    office, day = "203.0.113.0/24", 86400.0
+    now = 19_700 * day + day / 2
+    try:
+        assert crowd_of(first, "ann", office, now) == (0, 0)
+        assert crowd_of(second, "bob", office, now + day) == (1, 1)
+        assert crowd_of(first, "cat", office, now + day) == (1, 1)
+        # The second store has read the office's crowd before cat joined it.
+        assert crowd_of(second, "dan", office, now + 2 * day) == (3, 2)
+        assert crowd_of(first, "eve", office, now + 2 * day) == (3, 2)
+        # Erased in one store: gone from both stores' counts at once.
+        assert first.delete("ann")
+        assert crowd_of(first, "fay", office, now + 3 * day) == (4, 2)
+        assert crowd_of(second, "gus", office, now + 3 * day) == (4, 2)
+        assert second.delete("bob")
+        assert crowd_of(first, "hal", office, now + 4 * day) == (5, 3)
+        assert crowd_of(second, "ivy", office, now + 4 * day) == (5, 3)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_crowds_past_the_mirrors_bound_are_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_MAX_CROWDS", 2)
+    store = SQLiteStore(tmp_path / "profiles.db")
+    day = 86400.0
+    now = 19_700 * day + day / 2
+    networks = [f"198.51.{k}.0/24" for k in range(5)]
+    try:
+        for network in networks:
+            assert crowd_of(store, "ann", network, now) == (0, 0)
+        for network in networks:
+            assert crowd_of(store, "bob", network, now + day) == (1, 1)
+            assert len(store._crowds) <= 2
+        for network in networks:
+            assert crowd_of(store, "cat", network, now + 2 * day) == (2, 2)
+    finally:
+        store.close()
+
+
 def test_grouped_updates_are_committed_within_the_window(tmp_path: Path) -> None:
     path = tmp_path / "profiles.db"
     store = SQLiteStore(path, commit_after_s=0.02)
