@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from risk_engine.cli import app
 from risk_engine.errors import ConfigurationError
+from risk_engine.offline.simulate.core import Emitter, body
 from risk_engine.offline.simulate.geo import geolite2_path
 from risk_engine.offline.simulate.simulator import SimulationConfig, simulate, write_simulation
 from risk_engine.offline.simulate.world import ATTACK_TYPES, CONTEXTS, WORLDS, World, load_world
@@ -220,3 +221,18 @@ def test_malware_by_day_labels_the_owners_routine(skill: str) -> None:
         assert event["ip"] in addresses[event["user_id"]]
     # What the owner does not do every day is never routine.
     assert any(e["action"] not in ("login", "view_account") for e, _ in attacks)
+
+
+def test_the_habits_kept_for_labels_are_bounded_by_devices_and_homes() -> None:
+    """What the simulator remembers per user to label the owner's routine grows with
+    the user's devices and home addresses, never with the log (a cellular user's
+    carrier address changes every session)."""
+    emitter = Emitter()
+    phone = {"id": "d-phone", "user_agent": "x"}
+    for n in range(1000):
+        event = body("u-1", "login", f"10.{n // 250}.{n % 250}.1", None, phone)
+        emitter.add(n, event, None, None, "cellular")
+        emitter.add(n, body("u-1", "login", "81.2.69.160", None, phone), None, None, "home")
+    assert emitter.habits == {"u-1": {("d-phone", "81.2.69.160")}}
+    assert emitter.habitual("u-1", phone, "81.2.69.160")
+    assert not emitter.habitual("u-1", phone, "10.0.1.1")

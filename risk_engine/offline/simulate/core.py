@@ -69,8 +69,10 @@ class Emitter:
     def __init__(self) -> None:
         self.pending: list[Pending] = []
         self.seq = 0
-        # Per user, the (device id, address) pairs of the legitimate events so far:
-        # what an attacker on the victim's own device and network can pass for.
+        # Per user, the (device id, address) pairs of the legitimate events at home so
+        # far: what malware on the victim's own device at home can pass for. Home
+        # only, so a user's few devices and home addresses bound it (a carrier
+        # address a session would grow it with the log).
         self.habits: dict[str, set[tuple[str, str]]] = {}
 
     def add(
@@ -88,12 +90,12 @@ class Emitter:
         """
         self.seq += 1
         self.pending.append((ts, self.seq, body, attack, scenario, context))
-        if attack is None:
+        if attack is None and context == "home":
             device = body.get("device") or {}
             self.habits.setdefault(body["user_id"], set()).add((device.get("id", ""), body["ip"]))
 
     def habitual(self, user_id: str, device: dict[str, str], ip: str) -> bool:
-        """Whether the user's own events came from this device id at this address."""
+        """Whether the user's own events at home came from this device id at this address."""
         return (device.get("id", ""), ip) in self.habits.get(user_id, ())
 
     def release(self, before: int | None) -> list[Pending]:
