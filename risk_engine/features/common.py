@@ -82,8 +82,9 @@ def regular(counter: dict[str, list[float]], key: str, top: float | None = None)
     countries, looks a third as familiar everywhere as a user who stays home, and
     is challenged for it. Measured against the user's most seen value instead (the
     same ``distinct`` kept back for the unseen), each of those places is as
-    regular as home, while a value seen once among many stays rare. It is
-    ``familiarity`` with the top count for the total (``top``, when a caller has it).
+    regular as home, while a value seen once among many stays rare. Up to
+    ``REGULAR_COUNT`` it is ``familiarity`` with the top count for the total
+    (``top``, when a caller has it).
 
     >>> regular({"NO": [9.0, 0.0], "SE": [1.0, 0.0]}, "NO")
     0.8181818181818182

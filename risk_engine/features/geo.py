@@ -144,7 +144,8 @@ def compute(profile: Profile, bursts: BurstCounts, obs: Observation) -> tuple[fl
     network_familiarity = regular(networks, obs.network, network_top)
     family_seen = family_count(profile, obs) if families else 0.0
     if family_seen:
-        # ``regular``, as for the network, of the matching family.
+        # The matching family's count against the top family's: ``regular`` without
+        # its REGULAR_COUNT rule (feature version 5's model was trained on this).
         network_familiarity = max(network_familiarity, family_seen / (family_top + len(families)))
     crowd = crowded(profile, bursts, obs)
     if crowd:
