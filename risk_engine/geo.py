@@ -22,7 +22,6 @@ import maxminddb
 from risk_engine.errors import GeoIPError
 from risk_engine.privacy import truncate_ip
 
-EARTH_RADIUS_KM = 6371.0088
 # Locations kept per locator (about 700 bytes each): addresses recur, a user's home,
 # office and phone network, so most events skip the database and geoip2's records.
 LOOKUP_CACHE_SIZE = 32768
@@ -58,21 +57,6 @@ class Location:
         if self.city and self.country:
             return f"{self.city}, {self.country}"
         return self.country or "unknown location"
-
-
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in km between two points given in degrees.
-
-    >>> round(haversine_km(59.91, 10.75, 51.51, -0.13))
-    1153
-    >>> haversine_km(10.0, 20.0, 10.0, 20.0)
-    0.0
-    """
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp = p2 - p1
-    dl = math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2.0 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 def network_prefix(ip: IPAddress) -> str:

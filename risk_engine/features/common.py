@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from risk_engine.decision import Reason
-from risk_engine.geo import haversine_km
 from risk_engine.profiles.model import Profile
 
+# The mean Earth radius (IUGG), in km.
+EARTH_RADIUS_KM = 6371.0088
 # Below this many trusted events a user has no usable history for "new X" flags.
 MIN_HISTORY = 1
 HOUR_S = 3600.0
@@ -145,6 +146,21 @@ def is_new(profile: Profile, counter: dict[str, list[float]], key: str) -> float
     if profile.n_events < MIN_HISTORY or not key:
         return 0.0
     return 0.0 if key in counter else 1.0
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km between two points given in degrees.
+
+    >>> round(haversine_km(59.91, 10.75, 51.51, -0.13))
+    1153
+    >>> haversine_km(10.0, 20.0, 10.0, 20.0)
+    0.0
+    """
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp = p2 - p1
+    dl = math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2.0 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 def effective_distance_km(

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from risk_engine.errors import ConfigurationError, InvalidEventError
-from risk_engine.events import Event, parse_event, parse_event_line
+from risk_engine.events import Event, parse_event, parse_event_line, quick_epoch
 from risk_engine.sealing import open_record
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".parquet")
@@ -289,11 +289,23 @@ def read_many(paths: list[Path], report: LogReport) -> Iterator[Event]:
 
 
 def _timestamp_of(raw: bytes) -> float:
-    """The event's timestamp for ordering, or NaN when the line will not validate."""
+    """The event's timestamp for ordering, or NaN when the line will not validate.
+
+    A bad line may get its timestamp too: it is only read sooner or later in the
+    second pass, which reports it, and the report is put back in file order.
+    """
     try:
         data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return float("nan")
+    if isinstance(data, dict) and b'"sealed"' not in raw:
+        # Validating the whole event here would do the second pass's work twice.
+        quick = quick_epoch(data.get("timestamp"))
+        if quick is not None:
+            return quick
+    try:
         return parse_event(data).epoch
-    except (orjson.JSONDecodeError, InvalidEventError):
+    except InvalidEventError:
         return float("nan")
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from risk_engine.errors import InvalidEventError
-from risk_engine.events import EARLIEST, LATEST, Event, parse_event, parse_event_line
+from risk_engine.events import EARLIEST, LATEST, Event, parse_event, parse_event_line, quick_epoch
 from risk_engine.features.observation import zone
 
 BASE: dict[str, Any] = {
@@ -74,6 +74,45 @@ def test_full_event_keeps_every_field() -> None:
     assert event.success is False
 
 
+def _timestamp_text() -> st.SearchStrategy[str]:
+    """RFC 3339 timestamps in every spelling the contract allows, and near misses."""
+    moments = st.datetimes(
+        min_value=datetime(1969, 12, 30), max_value=datetime(2100, 1, 2), timezones=st.none()
+    )
+    offsets = st.sampled_from(["Z", "z", "+00:00", "-00:00", "+05:30", "-11:00", "+14:00", ""])
+    fractions = st.sampled_from(["", ".1", ".123", ".123456", ".1234567", ".123456789"])
+    separators = st.sampled_from(["T", "t", " "])
+    return st.one_of(
+        st.builds(
+            lambda m, sep, frac, off: m.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + frac + off,
+            moments,
+            separators,
+            fractions,
+            offsets,
+        ),
+        st.text(max_size=30),
+    )
+
+
+@given(_timestamp_text())
+@settings(max_examples=400)
+def test_quick_epoch_is_the_validated_events_epoch(text: str) -> None:
+    """The shortcut that puts a log in time order never disagrees with the event."""
+    quick = quick_epoch(text)
+    try:
+        epoch = parse_event(with_(timestamp=text)).epoch
+    except InvalidEventError:
+        assert quick is None
+        return
+    assert quick is None or quick == epoch
+
+
+def test_quick_epoch_reads_the_usual_forms() -> None:
+    assert quick_epoch("2026-03-01T08:15:30Z") == parse_event(dict(BASE)).epoch
+    assert quick_epoch("2026-03-01T09:15:30.250+01:00") == 1772352930.25
+    assert quick_epoch(1772352930) is None
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -105,6 +144,29 @@ def test_ipv4_and_ipv6_are_parsed(text: str, kind: type) -> None:
     event = parse_event(with_(ip=text))
     assert isinstance(event.ip, kind)
     assert event.ip == ip_address(text)
+
+
+def _octet_text() -> st.SearchStrategy[str]:
+    # Octets as written by people and by attackers: leading zeros, signs, spaces, hex.
+    return st.one_of(
+        st.integers(0, 300).map(str),
+        st.from_regex(r"\A[0-9]{1,4}\Z"),
+        st.sampled_from(["", " 1", "1 ", "+1", "-1", "0x1", "٣", "1\x00"]),
+    )
+
+
+@given(st.lists(_octet_text(), min_size=3, max_size=5).map(".".join) | st.text(max_size=20))
+@settings(max_examples=400)
+def test_addresses_parse_as_the_standard_library_parses_them(text: str) -> None:
+    """The C library's fast path for dotted quads accepts and gives what ipaddress does."""
+    try:
+        expected = ip_address(text)
+    except ValueError:
+        with pytest.raises(InvalidEventError) as raised:
+            parse_event(with_(ip=text))
+        assert raised.value.field == "ip"
+        return
+    assert parse_event(with_(ip=text)).ip == expected
 
 
 def test_unknown_top_level_fields_are_ignored() -> None:

@@ -16,11 +16,18 @@ from risk_engine.events import parse_event
 from risk_engine.features import device as device_features
 from risk_engine.features import geo as geo_features
 from risk_engine.features.action import amount_z
-from risk_engine.features.common import effective_distance_km, familiarity, regular, speed_kmh
+from risk_engine.features.common import (
+    EARTH_RADIUS_KM,
+    effective_distance_km,
+    familiarity,
+    haversine_km,
+    regular,
+    speed_kmh,
+)
 from risk_engine.features.learn import learn
 from risk_engine.features.observation import Observation, observe
 from risk_engine.features.registry import as_dict, compute_features
-from risk_engine.geo import EARTH_RADIUS_KM, Location, haversine_km
+from risk_engine.geo import Location
 from risk_engine.privacy import Hasher
 from risk_engine.profiles.model import BurstCounts, Profile
 from risk_engine.reasons import explain

@@ -17,14 +17,8 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from risk_engine.errors import GeoIPError
-from risk_engine.geo import (
-    EARTH_RADIUS_KM,
-    GeoLocator,
-    Location,
-    haversine_km,
-    network_key,
-    network_prefix,
-)
+from risk_engine.features.common import EARTH_RADIUS_KM, haversine_km
+from risk_engine.geo import GeoLocator, Location, network_key, network_prefix
 
 SHARED = Path(__file__).parents[2] / "../shared/geoip-test"
 
