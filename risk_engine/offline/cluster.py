@@ -79,8 +79,14 @@ def worker_count(client: Any) -> int:
 
 
 def partition_count(workers: int, input_bytes: int) -> int:
-    """User (and network) partitions: a few per worker, more as the inputs grow."""
-    return max(workers * PARTITIONS_PER_WORKER, -(-input_bytes // PARTITION_BYTES))
+    """User (and network) partitions: a few per worker, more as the inputs grow.
+
+    Always a multiple of the workers: each partition's replay is one task, so with
+    one partition more than a multiple, one worker would replay it while the others
+    wait.
+    """
+    wanted = max(workers * PARTITIONS_PER_WORKER, -(-input_bytes // PARTITION_BYTES))
+    return -(-wanted // workers) * workers
 
 
 def plan_engine(files: list[Path], scheduler: str | None, workers: int | None) -> int:

@@ -213,13 +213,21 @@ def test_packed_lines_take_less_than_the_lines_of_a_log() -> None:
 def test_a_larger_log_gets_more_partitions_not_larger_ones() -> None:
     assert partition_count(2, 1 << 20) == 2 * PARTITIONS_PER_WORKER
     assert partition_count(2, 10 * PARTITION_BYTES) == 10
-    assert partition_count(2, 10 * PARTITION_BYTES + 1) == 11
+    assert partition_count(2, 10 * PARTITION_BYTES + 1) == 12
     sizes = [partition_count(4, n * PARTITION_BYTES // 3) for n in range(1, 400, 7)]
     assert sizes == sorted(sizes)
     assert all(
         n * PARTITION_BYTES // 3 <= p * PARTITION_BYTES
         for n, p in zip(range(1, 400, 7), sizes, strict=True)
     )
+
+
+def test_every_worker_gets_as_many_partitions() -> None:
+    # The replay is one task per partition: with 7 on 2 workers, one worker replays
+    # the last partition alone while the other waits.
+    for workers in (1, 2, 3, 8):
+        for n in range(0, 40 * PARTITION_BYTES, PARTITION_BYTES // 3):
+            assert partition_count(workers, n) % workers == 0
 
 
 @pytest.mark.parametrize("network_parts", [1, 3])
