@@ -86,8 +86,11 @@ WorkersOption = Annotated[
 @app.command()
 def backtest(
     events: Annotated[
-        list[Path],
-        typer.Argument(help="events (contract section 1): JSONL, JSONL.gz, Parquet, dirs, globs"),
+        list[str],
+        typer.Argument(
+            help="events (contract section 1): JSONL, JSONL.gz, Parquet; files, dirs, globs"
+            " or URLs (https://, s3://, ... through fsspec)",
+        ),
     ],
     out: Annotated[
         Path,
@@ -108,7 +111,8 @@ def backtest(
     """Replay EVENTS in time order through the engine and write the decisions.
 
     A progress bar is shown on a terminal. On a cluster, the workers need the
-    project installed and EVENTS, --model and --policy readable at the same paths.
+    project installed and EVENTS, --model and --policy readable at the same paths
+    (or URLs); a URL is read where it lies, by each worker for its own pieces.
     """
     from risk_engine.offline.backtest import run_backtest
 
@@ -262,7 +266,11 @@ def _synthesis_config(seed: int, rate: float, mix: str | None, knowledge: str) -
 @app.command()
 def train(
     events: Annotated[
-        list[Path], typer.Argument(help="event logs: JSONL, JSONL.gz, Parquet, dirs, globs")
+        list[str],
+        typer.Argument(
+            help="event logs: JSONL, JSONL.gz, Parquet; files, dirs, globs or URLs (https://,"
+            " s3://, ... through fsspec)",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="artifact to write, e.g. models/my.npz")],
     labels: Annotated[

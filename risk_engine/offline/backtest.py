@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from risk_engine.assembly import BACKTEST_SECRET, build_engine, load_scorer
@@ -20,6 +21,7 @@ from risk_engine.geo import GeoLocator
 from risk_engine.offline.cluster import offline_engine
 from risk_engine.offline.distributed import run_distributed
 from risk_engine.offline.logs import BadLine, LogReport, LogWriter, expand_paths, merged_events
+from risk_engine.offline.remote import LogPath, RemoteFile
 from risk_engine.offline.replayer import (
     BacktestSummary,
     EventClock,
@@ -32,9 +34,14 @@ from risk_engine.offline.sources import plan_pieces
 __all__ = ["BACKTEST_SECRET", "BacktestSummary", "load_outcomes", "run_backtest"]
 
 
-def count_lines(paths: list[Path]) -> int | None:
-    """The lines of plain JSON Lines inputs (a progress bar's total); None for others."""
-    if any(path.name.endswith((".gz", ".parquet")) for path in paths):
+def count_lines(paths: Sequence[LogPath]) -> int | None:
+    """The lines of local plain JSON Lines inputs (a progress bar's total); None for others.
+
+    A remote log is not read an extra time for a progress bar's total.
+    """
+    if any(
+        isinstance(path, RemoteFile) or path.name.endswith((".gz", ".parquet")) for path in paths
+    ):
         return None
     count = 0
     for path in paths:
@@ -44,14 +51,14 @@ def count_lines(paths: list[Path]) -> int | None:
     return count
 
 
-def in_file_order(problems: list[BadLine], paths: list[Path]) -> list[BadLine]:
+def in_file_order(problems: list[BadLine], paths: Sequence[LogPath]) -> list[BadLine]:
     """Bad lines by file, then line: the same list however the files were read."""
     rank = {str(path): k for k, path in enumerate(paths)}
     return sorted(problems, key=lambda p: (rank.get(p.source, len(rank)), p.line))
 
 
 def run_backtest(
-    events_path: Path | list[Path],
+    events_path: LogPath | str | Sequence[LogPath | str],
     out_path: Path,
     *,
     outcomes_path: Path | None = None,
@@ -71,7 +78,9 @@ def run_backtest(
     depend on where they were computed. ``label`` names the progress bar
     (``progress``: None shows it on a terminal only).
     """
-    paths = events_path if isinstance(events_path, list) else [events_path]
+    paths: Sequence[LogPath | str] = (
+        [events_path] if isinstance(events_path, Path | RemoteFile | str) else events_path
+    )
     files = expand_paths(paths)
     summary = BacktestSummary()
     outcome_report = LogReport()

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from risk_engine.errors import ConfigurationError
+from risk_engine.offline.remote import LogPath
 from risk_engine.offline.sources import total_bytes
 
 # How long to wait for a given scheduler to answer.
@@ -89,7 +89,7 @@ def partition_count(workers: int, input_bytes: int) -> int:
     return -(-wanted // workers) * workers
 
 
-def plan_engine(files: list[Path], scheduler: str | None, workers: int | None) -> int:
+def plan_engine(files: Sequence[LogPath], scheduler: str | None, workers: int | None) -> int:
     """0 for this process, else the local workers to start (any, with a scheduler)."""
     if scheduler is not None:
         return 1
@@ -112,7 +112,7 @@ class Where:
 
 @contextmanager
 def offline_engine(
-    files: list[Path], scheduler: str | None, workers: int | None
+    files: Sequence[LogPath], scheduler: str | None, workers: int | None
 ) -> Iterator[Where]:
     """This process for small inputs (``plan_engine``), else a connected cluster.
 

@@ -48,6 +48,7 @@ from risk_engine.events import Event, parse_event_line
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.labels import Label
 from risk_engine.offline.logs import MAX_KEPT_PROBLEMS, BadLine, LineSink, LogReport, read_piece
+from risk_engine.offline.remote import log_path
 from risk_engine.offline.replayer import DealtBurstStore, EventClock, Replayer
 from risk_engine.offline.sample import FeatureSample
 from risk_engine.offline.sources import Piece
@@ -214,7 +215,7 @@ def scan_piece(piece: Piece, setup: Setup) -> Scanned:
     lines: list[bytes] = []
     number = 0
     base = piece.index << 32
-    for number, raw, event in read_piece(Path(piece.path), piece.start, piece.end, report):
+    for number, raw, event in read_piece(log_path(piece.path), piece.start, piece.end, report):
         if event is None:
             continue
         seq.append(base | number)

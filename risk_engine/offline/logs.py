@@ -5,7 +5,7 @@ decisions, feedback) and writes its outputs here (decisions, simulated events,
 labels and outcomes). The format follows the name: ``.parquet`` is Parquet, a
 name ending in ``.gz`` is gzip-compressed JSON Lines, anything else plain JSON
 Lines. Inputs may be files, directories (their logs, sorted by name) and glob
-patterns.
+patterns, local or named by a URL (``remote.py``: read through fsspec).
 
 One rule for bad input everywhere: a line (or Parquet row) that is not a valid
 record is reported with its file and line number, and the field at fault when
@@ -32,7 +32,8 @@ import heapq
 import tempfile
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ import pyarrow.parquet as pq
 
 from risk_engine.errors import ConfigurationError, InvalidEventError
 from risk_engine.events import Event, parse_event, parse_event_line, quick_epoch
+from risk_engine.offline.remote import LogPath, RemoteFile, expand_url, is_url
 from risk_engine.sealing import open_record
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".parquet")
@@ -103,21 +105,26 @@ class LogReport:
         self.problems.extend(other.problems[: max(room, 0)])
 
 
-def expand_paths(paths: list[Path], what: str = "event log") -> list[Path]:
+def expand_paths(paths: Sequence[LogPath | str], what: str = "event log") -> list[LogPath]:
     """Files as given; directories and glob patterns become their log files, sorted by name.
 
     A glob (quoted on the command line, or given by a program) may use ``**``; a
     directory it matches gives its logs. A rotated audit log's segments
     (``audit.000001.jsonl``, ...) sort before its active ``audit.jsonl``: a
-    directory or ``audit*.jsonl`` reads them in order.
+    directory or ``audit*.jsonl`` reads them in order. A URL (a string or a
+    ``RemoteFile``) is expanded the same way by its file system (``remote.py``).
     """
-    out: list[Path] = []
-    for path in paths:
+    out: list[LogPath] = []
+    for given in paths:
+        if isinstance(given, RemoteFile) or (isinstance(given, str) and is_url(given)):
+            out.extend(expand_url(str(given), _is_log_name, what))
+            continue
+        path = Path(given)
         if not path.exists() and _is_glob(path):
             matched = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
             found = [p for p in matched if p.is_file() and _is_log(p)]
             for directory in (p for p in matched if p.is_dir()):
-                found.extend(expand_paths([directory], what))
+                found.extend(cast(list[Path], expand_paths([directory], what)))
             if not found:
                 raise ConfigurationError(f"no {what}s match {path}")
             out.extend(sorted(set(found)))
@@ -138,31 +145,39 @@ def _is_glob(path: Path) -> bool:
 
 
 def _is_log(path: Path) -> bool:
-    return any(path.name.endswith(suffix) for suffix in LOG_SUFFIXES)
+    return _is_log_name(path.name)
 
 
-def _open(path: Path) -> IO[bytes]:
-    if path.name.endswith(".gz"):
+def _is_log_name(name: str) -> bool:
+    return any(name.endswith(suffix) for suffix in LOG_SUFFIXES)
+
+
+def _open(path: LogPath) -> IO[bytes]:
+    gz = path.name.endswith(".gz")
+    if isinstance(path, RemoteFile):
+        return path.open("rb", compression="gzip" if gz else None)
+    if gz:
         return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _parquet_rows(path: LogPath) -> Iterator[tuple[int, dict[str, Any]]]:
     """Each row (numbered from 1) as a record: nulls dropped, timestamps as RFC 3339 text."""
-    try:
-        table = pq.ParquetFile(path)
-        row = 0
-        for batch in table.iter_batches(batch_size=10_000):
-            for record in batch.to_pylist():
-                row += 1
-                out = {k: v for k, v in record.items() if v is not None}
-                stamp = out.get("timestamp")
-                if isinstance(stamp, datetime):
-                    # Parquet keeps real timestamps; the contract's form is RFC 3339 text.
-                    out["timestamp"] = stamp.isoformat()
-                yield row, out
-    except pa.ArrowException as exc:
-        raise ConfigurationError(f"log {path} cannot be read: {exc}") from exc
+    with _open(path) if isinstance(path, RemoteFile) else nullcontext() as handle:
+        try:
+            table = pq.ParquetFile(path if handle is None else handle)
+            row = 0
+            for batch in table.iter_batches(batch_size=10_000):
+                for record in batch.to_pylist():
+                    row += 1
+                    out = {k: v for k, v in record.items() if v is not None}
+                    stamp = out.get("timestamp")
+                    if isinstance(stamp, datetime):
+                        # Parquet keeps real timestamps; the contract's form is RFC 3339 text.
+                        out["timestamp"] = stamp.isoformat()
+                    yield row, out
+        except pa.ArrowException as exc:
+            raise ConfigurationError(f"log {path} cannot be read: {exc}") from exc
 
 
 def _not_an_event(raw: bytes) -> bool:
@@ -184,7 +199,7 @@ def _not_an_event(raw: bytes) -> bool:
     )
 
 
-def read_events(path: Path, report: LogReport) -> Iterator[Event]:
+def read_events(path: LogPath, report: LogReport) -> Iterator[Event]:
     """The valid events of one file in file order; bad lines go to the report.
 
     A file that cannot be read at all (not gzip, truncated, not Parquet) is a
@@ -196,14 +211,14 @@ def read_events(path: Path, report: LogReport) -> Iterator[Event]:
         raise ConfigurationError(f"event log {path} cannot be read: {exc}") from exc
 
 
-def _read_events(path: Path, report: LogReport) -> Iterator[Event]:
+def _read_events(path: LogPath, report: LogReport) -> Iterator[Event]:
     for _, _, event in _read_piece(path, 0, None, report):
         if event is not None:
             yield event
 
 
 def read_piece(
-    path: Path, start: int, end: int | None, report: LogReport
+    path: LogPath, start: int, end: int | None, report: LogReport
 ) -> Iterator[tuple[int, bytes, Event | None]]:
     """Every line of a piece of a log: (line number in the piece, its bytes, its event).
 
@@ -219,7 +234,7 @@ def read_piece(
 
 
 def _read_piece(
-    path: Path, start: int, end: int | None, report: LogReport
+    path: LogPath, start: int, end: int | None, report: LogReport
 ) -> Iterator[tuple[int, bytes, Event | None]]:
     source = str(path)
     if path.name.endswith(".parquet"):
@@ -283,7 +298,7 @@ def _line_event(raw: bytes, number: int, source: str, report: LogReport) -> Even
     return event
 
 
-def read_many(paths: list[Path], report: LogReport) -> Iterator[Event]:
+def read_many(paths: Sequence[LogPath | str], report: LogReport) -> Iterator[Event]:
     for path in expand_paths(paths):
         yield from read_events(path, report)
 
@@ -309,18 +324,17 @@ def _timestamp_of(raw: bytes) -> float:
         return float("nan")
 
 
-def events_in_time_order(path: Path, report: LogReport) -> Iterator[Event]:
+def events_in_time_order(path: LogPath, report: LogReport) -> Iterator[Event]:
     """Valid events of a JSON Lines file in timestamp order (ties: file order).
 
     Memory stays flat in the file size: one pass keeps (timestamp, offset) per
     line in numpy arrays; an already ordered file is then simply streamed, any
-    other is read back line by line in sorted order.
+    other is read back line by line in sorted order (a remote one is sorted in
+    memory: a read per line would be a request per line).
     """
     if path.name.endswith((".gz", ".parquet")):
         # Compressed and columnar files cannot be seeked cheaply: sort in memory.
-        events = list(read_events(path, report))
-        events.sort(key=lambda e: e.epoch)  # stable: ties keep file order
-        yield from events
+        yield from _sorted_in_memory(path, report)
         return
     offsets = array("q")
     stamps = array("d")
@@ -335,6 +349,9 @@ def events_in_time_order(path: Path, report: LogReport) -> Iterator[Event]:
     if valid_ts.size == 0 or bool(np.all(np.diff(valid_ts) >= 0)):
         yield from read_events(path, report)
         return
+    if isinstance(path, RemoteFile):
+        yield from _sorted_in_memory(path, report)
+        return
     order = np.argsort(ts, kind="stable")
     source = str(path)
     with path.open("rb") as handle:
@@ -346,7 +363,13 @@ def events_in_time_order(path: Path, report: LogReport) -> Iterator[Event]:
                 yield event
 
 
-def merged_events(paths: list[Path], report: LogReport) -> Iterator[Event]:
+def _sorted_in_memory(path: LogPath, report: LogReport) -> Iterator[Event]:
+    events = list(read_events(path, report))
+    events.sort(key=lambda e: e.epoch)  # stable: ties keep file order
+    yield from events
+
+
+def merged_events(paths: Sequence[LogPath | str], report: LogReport) -> Iterator[Event]:
     """The events of logs (files, directories, globs) merged into one time order.
 
     Ties keep input order: file after file, and file order within one.
@@ -362,7 +385,7 @@ def merged_events(paths: list[Path], report: LogReport) -> Iterator[Event]:
 # -- records other than events: labels, outcomes, decisions, feedback ---------------------
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidEventError]]:
+def _records(path: LogPath) -> Iterator[tuple[int, dict[str, Any] | InvalidEventError]]:
     """Each record of one log with its line (or row) number, or the error that stops it."""
     if path.name.endswith(".parquet"):
         yield from _parquet_rows(path)
@@ -383,7 +406,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidEventErr
 
 
 def read_records(
-    paths: list[Path],
+    paths: Sequence[LogPath | str],
     parse: Callable[[dict[str, Any]], T],
     report: LogReport,
     what: str = "log",
@@ -413,7 +436,7 @@ def read_records(
             raise ConfigurationError(f"{what} {path} cannot be read: {exc}") from exc
 
 
-def raw_lines(path: Path) -> Iterator[bytes]:
+def raw_lines(path: LogPath) -> Iterator[bytes]:
     """The lines of one JSON Lines log (plain or gzip), as bytes, for a quick scan."""
     try:
         with _open(path) as handle:

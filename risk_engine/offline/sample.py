@@ -20,9 +20,8 @@ from __future__ import annotations
 import hashlib
 import math
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from risk_engine.features.registry import FEATURE_NAMES
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.labels import Label
 from risk_engine.offline.logs import LogReport, merged_events
+from risk_engine.offline.remote import LogPath
 from risk_engine.offline.replay import FeatureTable
 
 # Legitimate rows kept by default: the forest's 200 trees of 256 rows see 51,200 at most.
@@ -144,7 +144,7 @@ class FeatureSample:
 
 
 def replay_sample(
-    paths: list[Path],
+    paths: Sequence[LogPath | str],
     labels: dict[str, Label],
     *,
     geo: GeoLocator,

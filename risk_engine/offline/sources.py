@@ -9,8 +9,10 @@ lines are reported, counted and skipped the same way everywhere.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+
+from risk_engine.offline.remote import LogPath
 
 # A plain JSON Lines file is cut into ranges of about this size.
 PIECE_BYTES = 32 << 20
@@ -28,7 +30,7 @@ class Piece:
     end: int | None
 
 
-def byte_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
+def byte_ranges(path: LogPath, parts: int) -> list[tuple[int, int]]:
     """``parts`` consecutive byte ranges of the file, each starting at a line start."""
     size = path.stat().st_size
     cuts = [0]
@@ -42,7 +44,7 @@ def byte_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
-def plan_pieces(files: list[Path], piece_bytes: int = PIECE_BYTES) -> list[Piece]:
+def plan_pieces(files: Sequence[LogPath], piece_bytes: int = PIECE_BYTES) -> list[Piece]:
     """The pieces of the inputs, in input order (file after file, range after range)."""
     pieces: list[Piece] = []
     for file_index, path in enumerate(files):
@@ -55,5 +57,5 @@ def plan_pieces(files: list[Path], piece_bytes: int = PIECE_BYTES) -> list[Piece
     return pieces
 
 
-def total_bytes(files: list[Path]) -> int:
+def total_bytes(files: Sequence[LogPath]) -> int:
     return sum(path.stat().st_size for path in files)

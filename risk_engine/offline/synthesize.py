@@ -69,6 +69,7 @@ from risk_engine.features.observation import zone
 from risk_engine.geo import GeoLocator
 from risk_engine.offline.labels import Label
 from risk_engine.offline.logs import LogReport, merged_events, write_records
+from risk_engine.offline.remote import LogPath
 from risk_engine.useragent import parse_user_agent
 
 KINDS: tuple[str, ...] = (
@@ -241,7 +242,9 @@ def _local_hour(ts: float, *zones: str | None) -> int:
     return datetime.fromtimestamp(ts, UTC).hour
 
 
-def index_log(paths: list[Path], geo: GeoLocator, report: LogReport | None = None) -> LogIndex:
+def index_log(
+    paths: Sequence[LogPath | str], geo: GeoLocator, report: LogReport | None = None
+) -> LogIndex:
     """Read the logs in time order and keep what attacks are built from."""
     index = LogIndex()
     devices: dict[bytes, dict[str, str]] = {}
@@ -791,7 +794,7 @@ class Synthesizer:
 
 
 def synthesize(
-    paths: list[Path], config: SynthesisConfig, *, geo: GeoLocator | None = None
+    paths: Sequence[LogPath | str], config: SynthesisConfig, *, geo: GeoLocator | None = None
 ) -> Synthesis:
     """Read the logs and build the attacks; a pure function of the logs and the config."""
     index = index_log(paths, geo or GeoLocator())
@@ -800,7 +803,7 @@ def synthesize(
 
 @contextmanager
 def injected_log(
-    paths: list[Path], config: SynthesisConfig, *, geo: GeoLocator | None = None
+    paths: Sequence[LogPath | str], config: SynthesisConfig, *, geo: GeoLocator | None = None
 ) -> Iterator[tuple[Path, Synthesis]]:
     """The synthesized attacks as a temporary log beside ``paths`` (time order)."""
     synthesis = synthesize(paths, config, geo=geo)

@@ -13,7 +13,7 @@ time-based split of the sample: fit on its earliest 80%, measure on its latest
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from risk_engine.offline.cluster import offline_engine
 from risk_engine.offline.distributed import sample_distributed
 from risk_engine.offline.labels import Label, load_attack_labels
 from risk_engine.offline.logs import LogReport, expand_paths
+from risk_engine.offline.remote import LogPath
 from risk_engine.offline.replay import FeatureTable
 from risk_engine.offline.replayer import Ticker
 from risk_engine.offline.sample import SAMPLE_ROWS, FeatureSample, replay_sample
@@ -92,7 +93,7 @@ def suggested_thresholds(
 
 
 def sampled_features(
-    events: list[Path],
+    events: Sequence[LogPath | str],
     labels: dict[str, Label],
     *,
     geo: GeoLocator | None,
@@ -139,7 +140,7 @@ def sampled_features(
 
 
 def train(
-    events: list[Path],
+    events: Sequence[LogPath | str],
     out: Path,
     *,
     labels: list[Path] | None = None,
@@ -172,7 +173,9 @@ def train(
     if wanted:
         geo = geo or GeoLocator()
 
-    def features(paths: list[Path], known: dict[str, Label]) -> tuple[FeatureTable, FeatureSample]:
+    def features(
+        paths: Sequence[LogPath | str], known: dict[str, Label]
+    ) -> tuple[FeatureTable, FeatureSample]:
         table, sample, _ = sampled_features(
             paths,
             {event_id: label for event_id, label in known.items() if label.is_attack},

@@ -79,3 +79,52 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
                 process.wait()
         for log in logs:
             log.close()
+
+
+# A real HTTP file server: uvicorn serving a directory with Starlette's StaticFiles
+# (HEAD, Content-Length and byte ranges, as object stores and web servers answer).
+_FILE_SERVER = (
+    "import sys, uvicorn; from starlette.staticfiles import StaticFiles; "
+    "uvicorn.run(StaticFiles(directory=sys.argv[1]), host='127.0.0.1', "
+    "port=int(sys.argv[2]), log_level='warning')"
+)
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(base URL, the directory it serves): files put there are at base URL + name."""
+    import time
+
+    import httpx
+
+    served = tmp_path / "served"
+    served.mkdir()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "file-server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", _FILE_SERVER, str(served), str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        (served / "up.txt").write_bytes(b"up")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/up.txt").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the file server did not start: {process.poll()}")
+            time.sleep(0.05)
+        yield base, served
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
