@@ -651,7 +651,10 @@ def audit_verify(
 
 @app.command()
 def evaluate(
-    events: Annotated[Path, typer.Argument(help="labelled evaluation log (a later/other log)")],
+    events: Annotated[
+        str,
+        typer.Argument(help="labelled evaluation log (a later/other log): a path or a URL"),
+    ],
     labels: Annotated[
         Path | None,
         typer.Option("--labels", help="labels of EVENTS (optional with --synthesize-attacks)"),
@@ -723,7 +726,9 @@ def evaluate(
 
     from risk_engine.offline.evaluate import evaluate as run_evaluation
     from risk_engine.offline.evaluate import render, write_json
+    from risk_engine.offline.remote import log_path
 
+    log = log_path(events)
     # Off a terminal (a log, a report), do not squeeze the table into 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 160)
     if split_days is not None:
@@ -736,7 +741,7 @@ def evaluate(
             fail("--split-days judges the later days against --labels: give them")
         try:
             report, rows = evaluate_deployment(
-                events,
+                log,
                 labels,
                 split_days=split_days,
                 outcomes_path=outcomes,
@@ -765,7 +770,7 @@ def evaluate(
         try:
             config = _synthesis_config(attack_seed, attack_rate, attack_mix, attack_knowledge)
             reports = evaluate_with_synthesis(
-                events,
+                log,
                 labels,
                 config,
                 model_path=model,
@@ -794,7 +799,7 @@ def evaluate(
         fail("--labels is required (or --synthesize-attacks, for a log without labels)")
     try:
         report, _ = run_evaluation(
-            events,
+            log,
             labels,
             decisions_path=decisions,
             outcomes_path=outcomes,
@@ -817,7 +822,9 @@ def evaluate(
 
 @app.command()
 def calibrate(
-    events: Annotated[Path, typer.Argument(help="log to calibrate on (e.g. the shadow days)")],
+    events: Annotated[
+        str, typer.Argument(help="log to calibrate on (e.g. the shadow days): a path or a URL")
+    ],
     out: Annotated[Path, typer.Option("--out", help="policy TOML to write")],
     labels: Annotated[
         Path | None,
@@ -868,10 +875,11 @@ def calibrate(
     from rich.console import Console
 
     from risk_engine.offline.calibrate import calibrate_log, render_calibration
+    from risk_engine.offline.remote import log_path
 
     try:
         written, rows, reading = calibrate_log(
-            events,
+            log_path(events),
             labels,
             out,
             feedback_paths=feedback,

@@ -44,6 +44,7 @@ from risk_engine.offline.evaluate import (
 )
 from risk_engine.offline.labels import Label, LabelledRun, audit_labels, load_labels
 from risk_engine.offline.logs import LogReport
+from risk_engine.offline.remote import LogPath
 from risk_engine.policy import Policy, load_policy, parse_policy, save_policy
 
 DECIMALS = 6  # decisions carry scores rounded to 6 decimals; thresholds sit on that grid
@@ -328,7 +329,7 @@ def render_calibration(rows: list[ClassCalibration], version: str, console: Cons
 
 
 def calibrate_log(
-    events_path: Path,
+    events_path: LogPath,
     labels_path: Path | None,
     out_path: Path,
     *,

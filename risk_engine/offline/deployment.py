@@ -49,6 +49,7 @@ from risk_engine.offline.evaluate import (
 )
 from risk_engine.offline.labels import ESTABLISHED_MIN_PRIOR, load_labels
 from risk_engine.offline.logs import LogReport, LogWriter, events_in_time_order
+from risk_engine.offline.remote import LogPath
 from risk_engine.offline.train import train
 from risk_engine.policy import load_policy
 
@@ -119,7 +120,7 @@ class Split:
     later_events: int
 
 
-def split_log(events_path: Path, split_days: int, first_out: Path, report: LogReport) -> Split:
+def split_log(events_path: LogPath, split_days: int, first_out: Path, report: LogReport) -> Split:
     """Write the events before the cut to ``first_out`` (time order); count the rest.
 
     ``report`` gets the bad lines of ``events_path``.
@@ -173,7 +174,7 @@ def target_checks(report: Figures) -> list[dict[str, Any]]:
 
 
 def evaluate_deployment(
-    events_path: Path,
+    events_path: LogPath,
     labels_path: Path,
     *,
     split_days: int,

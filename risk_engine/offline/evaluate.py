@@ -49,6 +49,7 @@ from risk_engine.offline.logs import (
     read_records,
     required_text,
 )
+from risk_engine.offline.remote import LogPath, log_key
 from risk_engine.offline.replayer import Ticker
 
 FIXED_RATE = 0.02
@@ -88,7 +89,7 @@ def load_decisions(path: Path, report: LogReport) -> dict[str, Decided]:
 
 
 def build_run(
-    events_path: Path,
+    events_path: LogPath,
     labels: dict[str, Label],
     decisions_path: Path,
     baseline: Iterable[tuple[str, float]] | None = None,
@@ -163,7 +164,7 @@ def write_label_outcomes(labels: dict[str, Label], path: Path) -> Path:
 
 
 def labelled_backtest(
-    events_path: Path,
+    events_path: LogPath,
     labels: dict[str, Label],
     workdir: Path,
     *,
@@ -323,11 +324,11 @@ def figures(run: LabelledRun, fixed_rate: float = FIXED_RATE) -> Figures:
 
 
 def _split_warnings(
-    events_path: Path, train: list[Path], model_path: Path | None, *, check_model: bool
+    events_path: LogPath, train: list[Path], model_path: Path | None, *, check_model: bool
 ) -> list[str]:
     """Refuse a baseline trained on the evaluation log; warn of an in-sample model."""
-    target = events_path.resolve()
-    if any(p.resolve() == target for p in train):
+    target = log_key(events_path)
+    if any(log_key(p) == target for p in train):
         raise ConfigurationError(
             f"{events_path} is also a baseline training log: evaluate on a later or other log"
         )
@@ -337,14 +338,14 @@ def _split_warnings(
         artifact = load_artifact(model_path or default_model_path())
     except RiskEngineError:
         return []  # the backtest reports an unusable model itself
-    files = [Path(str(f)).resolve() for f in artifact.training.get("files", [])]
+    files = [log_key(str(f)) for f in artifact.training.get("files", [])]
     if target in files:
         return [f"the model {artifact.model_version} was trained on {events_path}: in-sample"]
     return []
 
 
 def evaluate(
-    events_path: Path,
+    events_path: LogPath,
     labels_path: Path,
     *,
     decisions_path: Path | None = None,

@@ -43,6 +43,7 @@ from risk_engine.errors import GeoIPError
 from risk_engine.events import Event
 from risk_engine.geo import GeoLocator, IPAddress, network_prefix
 from risk_engine.offline.logs import LogReport, events_in_time_order, merged_events
+from risk_engine.offline.remote import LogPath
 from risk_engine.offline.replayer import load_outcomes
 from risk_engine.useragent import parse_user_agent
 
@@ -256,7 +257,7 @@ class FreemanScorer:
 
 
 def freeman_backtest(
-    events_path: Path,
+    events_path: LogPath,
     train_paths: list[Path],
     *,
     outcomes_path: Path | None = None,

@@ -21,6 +21,7 @@ calibration and the per-context figures all read.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from numpy.typing import NDArray
 
 from risk_engine.errors import InvalidEventError
 from risk_engine.offline.logs import LogReport, expand_paths, raw_lines, read_records, required_text
+from risk_engine.offline.remote import LogPath
 
 # A user with at least this many earlier events in the log is "established".
 ESTABLISHED_MIN_PRIOR = 10
@@ -104,7 +106,7 @@ def load_attack_labels(paths: list[Path], report: LogReport) -> tuple[dict[str, 
     return attacks, count
 
 
-def audit_labels(paths: list[Path]) -> dict[str, Label]:
+def audit_labels(paths: Sequence[LogPath | str]) -> dict[str, Label]:
     """The labels an audit log holds: failed and passed step-ups, and feedback.
 
     A plain event log has none of these records and gives no labels; a decision

@@ -74,11 +74,17 @@ class RemoteFile:
 LogPath = Path | RemoteFile
 
 
-def log_path(text: str | Path) -> LogPath:
+def log_path(text: str | LogPath) -> LogPath:
     """A local path, or the remote file a URL names."""
-    if isinstance(text, Path):
+    if isinstance(text, Path | RemoteFile):
         return text
     return RemoteFile(text) if is_url(text) else Path(text)
+
+
+def log_key(path: LogPath | str) -> str:
+    """What tells two logs apart: a URL as given, a local path resolved."""
+    located = log_path(path)
+    return located.url if isinstance(located, RemoteFile) else str(located.resolve())
 
 
 def _filesystem(url: str) -> tuple[Any, str]:

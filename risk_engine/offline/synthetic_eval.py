@@ -11,6 +11,7 @@ log as it is comes first, and both are reported.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ from risk_engine.model.artifact import default_model_path, load_artifact
 from risk_engine.offline.evaluate import FIXED_RATE, Figures, evaluate, skipped_lines
 from risk_engine.offline.labels import load_labels
 from risk_engine.offline.logs import LogReport, LogWriter, merged_events
+from risk_engine.offline.remote import LogPath, log_key
 from risk_engine.offline.synthesize import SynthesisConfig, synthesize
 
 
-def write_merged(paths: list[Path], out: Path, report: LogReport) -> Path:
+def write_merged(paths: Sequence[LogPath], out: Path, report: LogReport) -> Path:
     """The valid events of ``paths`` as one log in time order (ties: path order)."""
     with LogWriter(out) as handle:
         for event in merged_events(paths, report):
@@ -32,7 +34,7 @@ def write_merged(paths: list[Path], out: Path, report: LogReport) -> Path:
 
 
 def _model_warnings(
-    events_path: Path, model_path: Path | None, config: SynthesisConfig
+    events_path: LogPath, model_path: Path | None, config: SynthesisConfig
 ) -> list[str]:
     """An in-sample model, or one trained on this synthesizer's attacks with the same seed."""
     try:
@@ -40,8 +42,8 @@ def _model_warnings(
     except RiskEngineError:
         return []  # the backtest reports an unusable model itself
     warnings = []
-    files = [Path(str(f)).resolve() for f in artifact.training.get("files", [])]
-    if events_path.resolve() in files:
+    files = [log_key(str(f)) for f in artifact.training.get("files", [])]
+    if log_key(events_path) in files:
         warnings.append(
             f"the model {artifact.model_version} was trained on {events_path}: in-sample"
         )
@@ -56,7 +58,7 @@ def _model_warnings(
 
 
 def evaluate_with_synthesis(
-    events_path: Path,
+    events_path: LogPath,
     labels_path: Path | None,
     config: SynthesisConfig,
     *,

@@ -30,7 +30,7 @@ from risk_engine.offline.logs import (
     read_events,
     read_piece,
 )
-from risk_engine.offline.remote import RemoteFile, is_url, log_path
+from risk_engine.offline.remote import LogPath, RemoteFile, is_url, log_path
 from risk_engine.offline.sources import byte_ranges, plan_pieces
 
 ROOT = Path(__file__).parents[2]
@@ -110,9 +110,9 @@ def test_a_url_that_names_no_log_is_a_clear_error(
         expand_paths([url])
 
 
-def _events(path: object) -> list[str]:
+def _events(path: LogPath) -> list[str]:
     report = LogReport()
-    events = [e.model_dump_json() for e in read_events(path, report)]  # type: ignore[arg-type]
+    events = [e.model_dump_json() for e in read_events(path, report)]
     assert report.bad == 0
     return events
 
@@ -228,3 +228,40 @@ def test_a_cluster_reads_a_url_in_pieces_and_decides_as_one_process(
     assert cluster.engine == dask_cluster
     assert counts_of(cluster) == counts_of(one)
     assert decisions(tmp_path / "cluster.jsonl") == decisions(tmp_path / "one.jsonl")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "risk-engine"), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def test_evaluate_and_calibrate_read_a_url_as_the_file(
+    file_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, served = file_server
+    (served / "events.jsonl").write_bytes(sample_bytes())
+    labels, outcomes = str(SAMPLES / "labels.jsonl"), str(SAMPLES / "outcomes.jsonl")
+    figures = {}
+    for name, events in (("local", str(SAMPLES / "events.jsonl")), ("url", f"{base}/events.jsonl")):
+        done = _cli(
+            "evaluate", events, "--labels", labels, "--outcomes", outcomes,
+            "--json", f"{name}.json", cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        report = orjson.loads((tmp_path / f"{name}.json").read_bytes())
+        assert report["inputs"]["events"] == events
+        report["inputs"].pop("events")
+        figures[name] = report
+        done = _cli("calibrate", events, "--out", f"{name}.toml", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert figures["url"] == figures["local"]
+    local, remote = ((tmp_path / f"{n}.toml").read_text() for n in ("local", "url"))
+    assert remote.replace(f"{base}/events.jsonl", "EVENTS") == local.replace(
+        str(SAMPLES / "events.jsonl"), "EVENTS"
+    )
