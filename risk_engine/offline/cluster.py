@@ -31,6 +31,12 @@ PARTITIONS_PER_WORKER = 2
 # At most this much input per partition: a partition's replay holds its users'
 # profiles and lines at once, so a larger log gets more partitions, not larger ones.
 PARTITION_BYTES = 64 << 20
+# Data a local worker keeps in memory between the steps (its pieces' scanned lines
+# waiting for their replay, decisions waiting for the client) before it spills the
+# least recently used to its local disk: what keeps a worker's memory the same
+# whatever the log's size. Megabytes; RISK_ENGINE_WORKER_DATA_MB sets it.
+WORKER_DATA_ENV = "RISK_ENGINE_WORKER_DATA_MB"
+DEFAULT_WORKER_DATA_MB = 256
 
 
 def local_cores() -> int:
@@ -56,13 +62,23 @@ def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[A
         finally:
             client.close()
         return
-    cluster = LocalCluster(
-        n_workers=workers or local_cores(),
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    )
+    import dask
+    from distributed.system import MEMORY_LIMIT
+
+    count = workers or local_cores()
+    # Dask's own limit (this host's memory shared by the workers) for pausing and
+    # for stopping a runaway worker; the spill target is the data budget within it.
+    limit = max(MEMORY_LIMIT // count, 1 << 30)
+    target = min(0.6, worker_data_bytes() / limit)
+    with dask.config.set({"distributed.worker.memory.target": target}):
+        cluster = LocalCluster(
+            n_workers=count,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+            memory_limit=limit,
+        )
     try:
         client = Client(cluster)
         try:
@@ -71,6 +87,20 @@ def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[A
             client.close()
     finally:
         cluster.close()
+
+
+def worker_data_bytes() -> int:
+    """The data budget of a local worker (``WORKER_DATA_ENV``, in MB)."""
+    text = os.environ.get(WORKER_DATA_ENV, "").strip()
+    if not text:
+        return DEFAULT_WORKER_DATA_MB << 20
+    try:
+        megabytes = int(text)
+    except ValueError:
+        megabytes = 0
+    if megabytes < 1:
+        raise ConfigurationError(f"{WORKER_DATA_ENV} must be a whole number of megabytes >= 1")
+    return megabytes << 20
 
 
 def worker_count(client: Any) -> int:

@@ -31,6 +31,7 @@ inputs and the model file readable at the same paths.
 from __future__ import annotations
 
 import io
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,6 +68,16 @@ SLICE_EVENTS = 200_000
 LINES_LEVEL = 1
 
 GeoPaths = tuple[str, str | None, str | None]
+# A small object's own size, beside what it holds.
+_OBJECT = 64
+
+
+def _object_array_size(values: NDArray[np.object_]) -> int:
+    """An array of strings or bytes with what it points to (the first few, as a sample)."""
+    if not values.size:
+        return values.nbytes
+    sample = values[:64].tolist()
+    return values.nbytes + values.size * sum(map(sys.getsizeof, sample)) // len(sample)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,11 @@ class PackedLines:
         ends = self.ends.tolist()
         return [raw[a:b] for a, b in zip([0, *ends], ends, strict=False)]
 
+    def __sizeof__(self) -> int:
+        # What Dask counts of a task's result (``dask.sizeof`` falls back to this):
+        # it decides when a worker spills to disk.
+        return _OBJECT + len(self.data) + self.ends.nbytes
+
 
 @dataclass
 class Rows:
@@ -131,6 +147,15 @@ class Rows:
             self.lines[index] if lines and self.lines is not None else None,
         )
 
+    def __sizeof__(self) -> int:
+        arrays = (self.seq, self.stamps, self.users, self.ips, self.failed, self.succeeded)
+        size = _OBJECT + sum(a.nbytes for a in arrays) + _object_array_size(self.networks)
+        if isinstance(self.lines, PackedLines):
+            size += sys.getsizeof(self.lines)
+        elif self.lines is not None:
+            size += _object_array_size(self.lines)
+        return size
+
 
 @dataclass
 class Scanned:
@@ -143,6 +168,9 @@ class Scanned:
     last: float
     by_network: list[Rows]
     by_user: list[Rows]
+
+    def __sizeof__(self) -> int:
+        return _OBJECT + sum(sys.getsizeof(rows) for rows in (*self.by_network, *self.by_user))
 
 
 @dataclass
@@ -158,6 +186,9 @@ class Slice:
     ends: NDArray[np.int64]
     data: bytes
 
+    def __sizeof__(self) -> int:
+        return _OBJECT + self.stamps.nbytes + self.seq.nbytes + self.ends.nbytes + len(self.data)
+
 
 @dataclass
 class Decided:
@@ -167,6 +198,9 @@ class Decided:
     decisions: Counter[str] = field(default_factory=Counter)
     outcomes_applied: int = 0
     slices: list[Slice] = field(default_factory=list)
+
+    def __sizeof__(self) -> int:
+        return _OBJECT + sum(sys.getsizeof(part) for part in self.slices)
 
 
 def key_text(value: int) -> str:
@@ -500,9 +534,15 @@ def make_setup(
 
 @dataclass
 class Planned:
-    """Steps 1 and 2 submitted: the scans, their joint report, the burst counts."""
+    """Steps 1 and 2 submitted: the scans' parts, their joint report, the burst counts.
 
-    scans: list[Any]
+    ``user_rows[q]`` holds user partition q's rows of every piece, each its own
+    future, taken out of the scans as soon as they end: a worker short of memory
+    spills (and reads back) each part alone, never a whole scan for one part.
+    """
+
+    pieces: int
+    user_rows: list[list[Any]]
     report: LogReport
     total: int
     first: float
@@ -518,7 +558,7 @@ def scan_and_bursts(client: Any, pieces: list[Piece], setup: Setup) -> Planned:
     report = _joined_report(pieces, summaries)
     total = sum(s[2] for s in summaries)
     if total == 0:
-        return Planned(scans, report, 0, 0.0, 0.0, [])
+        return Planned(len(pieces), [], report, 0, 0.0, 0.0, [])
     bursts = [
         submit(
             run_bursts,
@@ -528,8 +568,12 @@ def scan_and_bursts(client: Any, pieces: list[Piece], setup: Setup) -> Planned:
         )
         for k in range(setup.network_parts)
     ]
+    user_parts = [
+        [submit(user_rows, s, q, pure=False) for s in scans] for q in range(setup.user_parts)
+    ]
     return Planned(
-        scans,
+        len(pieces),
+        user_parts,
         report,
         total,
         min(s[3] for s in summaries if s[2]),
@@ -542,7 +586,7 @@ def _partition_inputs(client: Any, planned: Planned, part: int) -> list[Any]:
     """The inputs of a user partition's task: its rows of every scan, its burst shares."""
     submit = client.submit
     return [
-        *[submit(user_rows, s, part, pure=False) for s in planned.scans],
+        *planned.user_rows[part],
         *[submit(burst_share, b, part, pure=False) for b in planned.bursts],
     ]
 
@@ -583,7 +627,7 @@ def run_distributed(
             setup,
             shared_outcomes,
             edges,
-            len(planned.scans),
+            planned.pieces,
             *_partition_inputs(client, planned, q),
             pure=False,
         )
@@ -591,9 +635,13 @@ def run_distributed(
     ]
     report = planned.report
     del planned
+    # Each slice its own future from the start, so a partition's decisions are let
+    # go (or spilled) slice by slice as the client writes them.
+    sliced = [[submit(decided_slice, d, k, pure=False) for k in range(slices)] for d in decided]
+    counted = [submit(decided_counts, d, pure=False) for d in decided]
+    del decided
     decisions: Counter[str] = Counter()
     applied = done = 0
-    counted = [submit(decided_counts, d, pure=False) for d in decided]
     for future in as_completed(counted):
         result = future.result()
         decisions.update(result.decisions)
@@ -601,9 +649,9 @@ def run_distributed(
         done += result.events
         on_tick(done)
     for k in range(slices):
-        parts: list[Slice] = client.gather(
-            [submit(decided_slice, d, k, pure=False) for d in decided]
-        )
+        parts: list[Slice] = client.gather([row[k] for row in sliced])
+        for row in sliced:
+            row[k] = None  # written: the cluster may forget it
         _write_slice(parts, out)
     return DistributedResult(report, decisions, applied)
 
@@ -642,7 +690,7 @@ def sample_distributed(
             shared_labels,
             capacity,
             seed,
-            len(planned.scans),
+            planned.pieces,
             *_partition_inputs(client, planned, q),
             pure=False,
         )

@@ -7,6 +7,7 @@ import itertools
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -262,3 +263,79 @@ def test_crowds_run_per_network_partition_count_as_one_store_does(network_parts:
         for seq, counts in run_bursts(1, rows.take(index, lines=False)):
             got.update({int(s): BurstCounts(*c) for s, c in zip(seq, counts.tolist(), strict=True)})
     assert [got[i] for i in range(n)] == expected
+
+
+def test_what_the_cluster_holds_says_its_size() -> None:
+    """Dask decides when a worker spills by the sizes of what it holds (``dask.sizeof``)."""
+    from dask.sizeof import sizeof
+
+    from risk_engine.offline.distributed import Decided, Slice
+
+    lines = (SAMPLES / "events.jsonl").read_bytes().splitlines()[:3000]
+    packed = PackedLines.pack(lines)
+    assert len(packed.data) <= sizeof(packed) < len(packed.data) + packed.ends.nbytes + 1024
+    n = len(lines)
+    rows = Rows(
+        np.arange(n, dtype=np.int64),
+        np.zeros(n),
+        np.zeros(n, dtype=np.uint64),
+        np.zeros(n, dtype=np.uint64),
+        np.asarray(["81.2.69.0/24"] * n, dtype=object),
+        np.zeros(n, dtype=np.bool_),
+        np.ones(n, dtype=np.bool_),
+        np.asarray(lines, dtype=object),
+    )
+    held = sum(map(len, lines)) + 4 * 8 * n
+    assert held < sizeof(rows) < 3 * held
+    rows.lines = packed
+    assert sizeof(rows) < held
+    part = Slice(np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), b"x" * n)
+    assert sizeof(part) >= 3 * 8 * n + n
+    assert sizeof(Decided(slices=[part, part])) >= 2 * sizeof(part)
+
+
+def test_the_data_budget_of_local_workers_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from risk_engine.errors import ConfigurationError
+    from risk_engine.offline.cluster import (
+        DEFAULT_WORKER_DATA_MB,
+        WORKER_DATA_ENV,
+        worker_data_bytes,
+    )
+
+    monkeypatch.delenv(WORKER_DATA_ENV, raising=False)
+    assert worker_data_bytes() == DEFAULT_WORKER_DATA_MB << 20
+    monkeypatch.setenv(WORKER_DATA_ENV, "64")
+    assert worker_data_bytes() == 64 << 20
+    for bad in ("0", "-5", "lots", "1.5"):
+        monkeypatch.setenv(WORKER_DATA_ENV, bad)
+        with pytest.raises(ConfigurationError, match=WORKER_DATA_ENV):
+            worker_data_bytes()
+
+
+def test_local_workers_spill_what_waits_beyond_their_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The local cluster's workers keep at most the budget of data in memory."""
+    from risk_engine.offline.cluster import WORKER_DATA_ENV, dask_client
+
+    monkeypatch.setenv(WORKER_DATA_ENV, "32")
+
+    def settings(dask_worker: Any) -> tuple[float, int]:
+        import dask
+
+        target = dask.config.get("distributed.worker.memory.target")
+        return float(target), int(dask_worker.memory_manager.memory_limit)
+
+    with dask_client(None, 2) as client:
+        found = client.run(settings)
+        assert len(found) == 2
+        for target, limit in found.values():
+            assert target * limit == pytest.approx(32 << 20, rel=1e-6)
+        # Past the budget, results go to the worker's disk and come back intact.
+        futures = [client.submit(np.full, 2_000_000, k, pure=False) for k in range(8)]
+        client.gather(futures)
+        spilled = client.run(lambda dask_worker: len(dask_worker.data.slow))
+        assert sum(spilled.values()) > 0
+        assert [int(f.result()[0]) for f in futures] == list(range(8))
