@@ -33,10 +33,10 @@ PARTITIONS_PER_WORKER = 2
 PARTITION_BYTES = 64 << 20
 # Data a local worker keeps in memory between the steps (its pieces' scanned lines
 # waiting for their replay, decisions waiting for the client) before it spills the
-# least recently used to its local disk: what keeps a worker's memory the same
-# whatever the log's size. Megabytes; RISK_ENGINE_WORKER_DATA_MB sets it.
+# least recently used to its local disk, in megabytes. Unset: Dask's own target (60%
+# of the worker's share of this host's memory); a bound this low costs CPU in
+# pickling and disk reads (README, "Performance and sizing").
 WORKER_DATA_ENV = "RISK_ENGINE_WORKER_DATA_MB"
-DEFAULT_WORKER_DATA_MB = 256
 
 
 def local_cores() -> int:
@@ -69,7 +69,10 @@ def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[A
     # Dask's own limit (this host's memory shared by the workers) for pausing and
     # for stopping a runaway worker; the spill target is the data budget within it.
     limit = max(MEMORY_LIMIT // count, 1 << 30)
-    target = min(0.6, worker_data_bytes() / limit)
+    budget = worker_data_bytes()
+    target = dask.config.get("distributed.worker.memory.target")
+    if budget is not None:
+        target = min(float(target), budget / limit)
     with dask.config.set({"distributed.worker.memory.target": target}):
         cluster = LocalCluster(
             n_workers=count,
@@ -89,11 +92,11 @@ def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[A
         cluster.close()
 
 
-def worker_data_bytes() -> int:
-    """The data budget of a local worker (``WORKER_DATA_ENV``, in MB)."""
+def worker_data_bytes() -> int | None:
+    """The data budget of a local worker (``WORKER_DATA_ENV``, in MB); None: Dask's own."""
     text = os.environ.get(WORKER_DATA_ENV, "").strip()
     if not text:
-        return DEFAULT_WORKER_DATA_MB << 20
+        return None
     try:
         megabytes = int(text)
     except ValueError:

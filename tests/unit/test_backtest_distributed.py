@@ -298,14 +298,10 @@ def test_the_data_budget_of_local_workers_is_read_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from risk_engine.errors import ConfigurationError
-    from risk_engine.offline.cluster import (
-        DEFAULT_WORKER_DATA_MB,
-        WORKER_DATA_ENV,
-        worker_data_bytes,
-    )
+    from risk_engine.offline.cluster import WORKER_DATA_ENV, worker_data_bytes
 
     monkeypatch.delenv(WORKER_DATA_ENV, raising=False)
-    assert worker_data_bytes() == DEFAULT_WORKER_DATA_MB << 20
+    assert worker_data_bytes() is None
     monkeypatch.setenv(WORKER_DATA_ENV, "64")
     assert worker_data_bytes() == 64 << 20
     for bad in ("0", "-5", "lots", "1.5"):
