@@ -32,6 +32,7 @@ from risk_engine.offline.logs import (
 )
 from risk_engine.offline.remote import LogPath, RemoteFile, is_url, log_path
 from risk_engine.offline.sources import byte_ranges, plan_pieces
+from tests.unit.test_backtest_distributed import decisions
 
 ROOT = Path(__file__).parents[2]
 SAMPLES = ROOT / "data" / "samples"
@@ -50,15 +51,6 @@ def memory_fs() -> Iterator[fsspec.AbstractFileSystem]:
 
 def sample_bytes() -> bytes:
     return (SAMPLES / "events.jsonl").read_bytes()
-
-
-def decisions(path: Path) -> list[dict[str, object]]:
-    out = []
-    for line in path.read_bytes().splitlines():
-        record = orjson.loads(line)
-        record.pop("decision_id", None)
-        out.append(record)
-    return out
 
 
 def counts_of(summary: BacktestSummary) -> tuple[object, ...]:
