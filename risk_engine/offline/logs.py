@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from risk_engine.errors import ConfigurationError, InvalidEventError
 from risk_engine.events import Event, parse_event, parse_event_line, quick_epoch
-from risk_engine.offline.remote import LogPath, RemoteFile, expand_url, is_url
+from risk_engine.offline.remote import LogPath, RemoteFile, expand_url, log_path
 from risk_engine.sealing import open_record
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".parquet")
@@ -116,10 +116,10 @@ def expand_paths(paths: Sequence[LogPath | str], what: str = "event log") -> lis
     """
     out: list[LogPath] = []
     for given in paths:
-        if isinstance(given, RemoteFile) or (isinstance(given, str) and is_url(given)):
-            out.extend(expand_url(str(given), _is_log_name, what))
+        path = log_path(given)
+        if isinstance(path, RemoteFile):
+            out.extend(expand_url(path.url, _is_log_name, what))
             continue
-        path = Path(given)
         if not path.exists() and _is_glob(path):
             matched = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
             found = [p for p in matched if p.is_file() and _is_log(p)]
